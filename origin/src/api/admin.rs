@@ -1,0 +1,555 @@
+//! The admin API: writes, deletes, history, rollbacks, model operations and the audit log.
+//! Every call needs a bearer token with the right scope; every change is recorded in the audit log.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::auth::{Principal, Scope};
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, parse_json};
+use super::{AppState, Inner};
+use crate::forecasts::{ModelForecast, ModelRollbackResult};
+use crate::representation::{Rendered, etag_version};
+use crate::storage::{AuditEntry, Expect, VersionRecord};
+
+/// How many writes of one batch run at once.
+const BATCH_CONCURRENCY: usize = 32;
+/// Most audit entries one call returns.
+const MAX_AUDIT_PAGE: usize = 1000;
+
+impl Inner {
+    fn principal(&self, headers: &HeaderMap, scope: Scope) -> ApiResult<Principal> {
+        let principal = self.auth.authenticate(headers)?;
+        principal.require(scope)?;
+        Ok(principal)
+    }
+
+    async fn audit(
+        &self,
+        actor: &Principal,
+        action: &str,
+        target: String,
+        status: StatusCode,
+        detail: serde_json::Value,
+    ) {
+        let entry = AuditEntry {
+            at: OffsetDateTime::now_utc(),
+            actor: actor.name.clone(),
+            action: action.to_owned(),
+            target,
+            status: status.as_u16(),
+            detail,
+        };
+        self.forecasts.audit(entry).await;
+    }
+}
+
+/// The precondition an `If-Match` header asks for.
+fn expectation(headers: &HeaderMap) -> ApiResult<Expect> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(Expect::Any);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match must be an ETag or *"))?
+        .trim();
+    if value == "*" {
+        return Ok(Expect::Exists);
+    }
+    // An ETag that is not ours cannot match any version.
+    Ok(Expect::Version(etag_version(value).unwrap_or(0)))
+}
+
+fn written(record: &VersionRecord, rendered: &Rendered) -> Response {
+    let status = if record.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, rendered.body.clone()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
+        headers.insert(header::ETAG, etag);
+    }
+    let location = format!("{}/versions/{}", record.key().path(), record.version);
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn checked(forecast: Forecast) -> ApiResult<Forecast> {
+    forecast
+        .validate()
+        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    Ok(forecast)
+}
+
+/// Stores a new version of a forecast and makes it current.
+#[utoipa::path(
+    put,
+    path = "/admin/v1/forecasts/{instrument}/{timeframe}",
+    tag = "admin",
+    security(("bearer" = ["forecasts:write"])),
+    params(
+        ("instrument" = String, Path, example = "AAPL"),
+        ("timeframe" = String, Path, example = "1h"),
+        ("If-Match" = Option<String>, Header, description = "Write only if this ETag (or `*`: any version) is current"),
+    ),
+    request_body = Forecast,
+    responses(
+        (status = 201, description = "First version created", body = crate::api::openapi::ForecastDocument),
+        (status = 200, description = "New version stored", body = crate::api::openapi::ForecastDocument),
+        (status = 400, description = "Malformed JSON, invalid instrument or timeframe", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
+        (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "The forecast is invalid", body = ErrorBody),
+        (status = 503, description = "Storage unavailable; retry after Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn put_forecast(
+    State(state): State<AppState>,
+    ApiPath((instrument, timeframe)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(forecast): JsonBody<Forecast>,
+) -> ApiResult<Response> {
+    let principal = state.principal(&headers, Scope::ForecastsWrite)?;
+    let key = forecast_key(&instrument, &timeframe)?;
+    let expect = expectation(&headers)?;
+    let forecast = checked(forecast)?;
+    let (record, rendered) = state
+        .forecasts
+        .write(&key, forecast, expect, &principal.name, None)
+        .await?;
+    let response = written(&record, &rendered);
+    let detail = serde_json::json!({"version": record.version, "model": record.forecast.model.to_string()});
+    state
+        .audit(&principal, "forecast.write", key.to_string(), response.status(), detail)
+        .await;
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchWrite {
+    #[schema(value_type = String, example = "AAPL")]
+    instrument: Instrument,
+    #[schema(value_type = String, example = "1h")]
+    timeframe: Timeframe,
+    forecast: Forecast,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchWriteRequest {
+    /// Each item is checked and written on its own; one bad item does not stop the others.
+    #[schema(value_type = Vec<BatchWrite>)]
+    writes: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchWriteResult {
+    /// Position in the request.
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "AAPL:1h")]
+    key: Option<ForecastKey>,
+    /// The HTTP status this write alone would have had.
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<super::error::ErrorDetail>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchWriteResponse {
+    results: Vec<BatchWriteResult>,
+}
+
+/// Many writes in one call; each result is reported in order.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/forecasts:batch",
+    tag = "admin",
+    security(("bearer" = ["forecasts:write"])),
+    request_body = BatchWriteRequest,
+    responses(
+        (status = 200, description = "Every item's outcome", body = BatchWriteResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
+        (status = 413, description = "Body too large, or more writes than allowed", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "The body is not an object with a writes list", body = ErrorBody),
+    )
+)]
+pub async fn batch_write(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<BatchWriteRequest>,
+) -> ApiResult<Json<BatchWriteResponse>> {
+    let principal = state.principal(&headers, Scope::ForecastsWrite)?;
+    if request.writes.len() > state.limits.max_batch_writes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {} writes per batch", state.limits.max_batch_writes),
+        ));
+    }
+    let write_one = |index: usize, item: serde_json::Value| {
+        let state = state.clone();
+        let actor = principal.name.clone();
+        async move {
+            let parsed = serde_json::to_vec(&item)
+                .map_err(|e| ApiError::unprocessable(e.to_string()))
+                .and_then(|bytes| parse_json::<BatchWrite>(&bytes))
+                .and_then(|item| {
+                    Ok((
+                        ForecastKey::new(item.instrument, item.timeframe),
+                        checked(item.forecast)?,
+                    ))
+                });
+            let (key, forecast) = match parsed {
+                Ok(parsed) => parsed,
+                Err(error) => return failed(index, None, error),
+            };
+            match state.forecasts.write(&key, forecast, Expect::Any, &actor, None).await {
+                Ok((record, rendered)) => BatchWriteResult {
+                    index,
+                    key: Some(key),
+                    status: if record.version == 1 { 201 } else { 200 },
+                    version: Some(record.version),
+                    etag: Some(rendered.etag.clone()),
+                    error: None,
+                },
+                Err(error) => failed(index, Some(key), error.into()),
+            }
+        }
+    };
+    let results: Vec<BatchWriteResult> = futures::stream::iter(request.writes.into_iter().enumerate())
+        .map(|(index, item)| write_one(index, item))
+        .buffered(BATCH_CONCURRENCY)
+        .collect()
+        .await;
+    let written = results.iter().filter(|r| r.version.is_some()).count();
+    let detail = serde_json::json!({"items": results.len(), "written": written});
+    state
+        .audit(
+            &principal,
+            "forecast.batch_write",
+            format!("{written} forecasts"),
+            StatusCode::OK,
+            detail,
+        )
+        .await;
+    Ok(Json(BatchWriteResponse { results }))
+}
+
+fn failed(index: usize, key: Option<ForecastKey>, error: ApiError) -> BatchWriteResult {
+    BatchWriteResult {
+        index,
+        key,
+        status: error.status.as_u16(),
+        version: None,
+        etag: None,
+        error: Some(super::error::ErrorDetail {
+            code: error.code.to_owned(),
+            message: error.message,
+        }),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    /// The version that was current.
+    deleted_version: u64,
+}
+
+/// Removes the current version; the history stays, and the next write continues its numbering.
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/forecasts/{instrument}/{timeframe}",
+    tag = "admin",
+    security(("bearer" = ["forecasts:write"])),
+    params(("instrument" = String, Path, example = "AAPL"), ("timeframe" = String, Path, example = "1h")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 400, description = "Invalid instrument or timeframe", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
+        (status = 404, description = "No current version", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn delete_forecast(
+    State(state): State<AppState>,
+    ApiPath((instrument, timeframe)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Deleted>> {
+    let principal = state.principal(&headers, Scope::ForecastsWrite)?;
+    let key = forecast_key(&instrument, &timeframe)?;
+    let Some(deleted_version) = state.forecasts.delete(&key).await? else {
+        return Err(ApiError::not_found(format!("no forecast for {key}")));
+    };
+    let detail = serde_json::json!({"version": deleted_version});
+    state
+        .audit(&principal, "forecast.delete", key.to_string(), StatusCode::OK, detail)
+        .await;
+    Ok(Json(Deleted { deleted_version }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionSummary {
+    version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: OffsetDateTime,
+    created_by: String,
+    model: ModelRef,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollback_of: Option<u64>,
+    etag: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionHistory {
+    #[schema(value_type = String)]
+    instrument: Instrument,
+    #[schema(value_type = String)]
+    timeframe: Timeframe,
+    /// The number the last write got.
+    latest: u64,
+    /// The current version, or null after a delete.
+    current: Option<u64>,
+    /// Retained versions, newest first.
+    versions: Vec<VersionSummary>,
+}
+
+/// The retained versions of a forecast, with the model of each.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/forecasts/{instrument}/{timeframe}/versions",
+    tag = "admin",
+    security(("bearer" = ["forecasts:read"])),
+    params(("instrument" = String, Path, example = "AAPL"), ("timeframe" = String, Path, example = "1h")),
+    responses(
+        (status = 200, description = "History", body = VersionHistory),
+        (status = 400, description = "Invalid instrument or timeframe", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks forecasts:read", body = ErrorBody),
+        (status = 404, description = "Never written", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn versions(
+    State(state): State<AppState>,
+    ApiPath((instrument, timeframe)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<VersionHistory>> {
+    state.principal(&headers, Scope::ForecastsRead)?;
+    let key = forecast_key(&instrument, &timeframe)?;
+    let history = state.forecasts.history(&key).await?;
+    if history.latest == 0 {
+        return Err(ApiError::not_found(format!("{key} was never written")));
+    }
+    let versions = history
+        .versions
+        .iter()
+        .map(|v| VersionSummary {
+            version: v.version,
+            created_at: v.created_at,
+            created_by: v.created_by.clone(),
+            model: v.forecast.model.clone(),
+            rollback_of: v.rollback_of,
+            etag: Rendered::new(v).etag,
+        })
+        .collect();
+    Ok(Json(VersionHistory {
+        instrument: key.instrument,
+        timeframe: key.timeframe,
+        latest: history.latest,
+        current: history.current,
+        versions,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version whose content becomes current again (as a new version).
+    #[schema(minimum = 1, example = 3)]
+    to_version: u64,
+}
+
+/// Makes an old version's content current again, as a new version, so ETags stay monotonic.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/forecasts/{instrument}/{timeframe}/rollback",
+    tag = "admin",
+    security(("bearer" = ["forecasts:write"])),
+    params(("instrument" = String, Path, example = "AAPL"), ("timeframe" = String, Path, example = "1h")),
+    request_body = RollbackRequest,
+    responses(
+        (status = 200, description = "The new current version", body = crate::api::openapi::ForecastDocument),
+        (status = 400, description = "Malformed JSON, invalid instrument or timeframe", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 410, description = "That version was trimmed", body = ErrorBody),
+        (status = 422, description = "to_version missing or not a positive integer", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn rollback(
+    State(state): State<AppState>,
+    ApiPath((instrument, timeframe)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<RollbackRequest>,
+) -> ApiResult<Response> {
+    let principal = state.principal(&headers, Scope::ForecastsWrite)?;
+    let key = forecast_key(&instrument, &timeframe)?;
+    if request.to_version == 0 {
+        return Err(ApiError::unprocessable("to_version must be 1 or more"));
+    }
+    let (record, rendered) = state
+        .forecasts
+        .rollback(&key, request.to_version, &principal.name)
+        .await?;
+    let mut response = written(&record, &rendered);
+    *response.status_mut() = StatusCode::OK;
+    let detail = serde_json::json!({"to_version": request.to_version, "new_version": record.version});
+    state
+        .audit(&principal, "forecast.rollback", key.to_string(), StatusCode::OK, detail)
+        .await;
+    Ok(response)
+}
+
+fn model_ref(id: &str, version: &str) -> ApiResult<ModelRef> {
+    ModelRef::new(id, version).map_err(|e| ApiError::bad_request("invalid_model", e.to_string()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelForecasts {
+    model: ModelRef,
+    forecasts: Vec<ModelForecast>,
+}
+
+/// Every forecast a model version produced (among retained versions).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/models/{model_id}/{model_version}/forecasts",
+    tag = "admin",
+    security(("bearer" = ["forecasts:read"])),
+    params(("model_id" = String, Path, example = "lstm"), ("model_version" = String, Path, example = "3.2.0")),
+    responses(
+        (status = 200, description = "Forecasts with versions by this model", body = ModelForecasts),
+        (status = 400, description = "Invalid model id or version", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks forecasts:read", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn model_forecasts(
+    State(state): State<AppState>,
+    ApiPath((id, version)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<ModelForecasts>> {
+    state.principal(&headers, Scope::ForecastsRead)?;
+    let model = model_ref(&id, &version)?;
+    let forecasts = state.forecasts.model_forecasts(&model).await?;
+    Ok(Json(ModelForecasts { model, forecasts }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelRollbackResponse {
+    model: ModelRef,
+    results: Vec<ModelRollbackResult>,
+}
+
+/// Rolls every forecast whose current version this model made back to the previous model's version.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/models/{model_id}/{model_version}/rollback",
+    tag = "admin",
+    security(("bearer" = ["forecasts:write"])),
+    params(("model_id" = String, Path, example = "lstm"), ("model_version" = String, Path, example = "3.2.0")),
+    responses(
+        (status = 200, description = "What happened to each forecast", body = ModelRollbackResponse),
+        (status = 400, description = "Invalid model id or version", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn model_rollback(
+    State(state): State<AppState>,
+    ApiPath((id, version)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<ModelRollbackResponse>> {
+    let principal = state.principal(&headers, Scope::ForecastsWrite)?;
+    let model = model_ref(&id, &version)?;
+    let results = state.forecasts.model_rollback(&model, &principal.name).await?;
+    let detail = serde_json::to_value(&results).unwrap_or_default();
+    state
+        .audit(&principal, "model.rollback", model.to_string(), StatusCode::OK, detail)
+        .await;
+    Ok(Json(ModelRollbackResponse { model, results }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// How many entries, newest first (1 to 1000, default 100).
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    entries: Vec<AuditEntry>,
+}
+
+/// The newest admin actions: who, what, when.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/audit",
+    tag = "admin",
+    security(("bearer" = ["audit:read"])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Entries, newest first", body = AuditPage),
+        (status = 400, description = "limit out of range", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks audit:read", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn audit(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<AuditPage>> {
+    state.principal(&headers, Scope::AuditRead)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_AUDIT_PAGE}"),
+        ));
+    }
+    let entries = state.forecasts.audit_log(limit).await?;
+    Ok(Json(AuditPage { entries }))
+}

@@ -1,0 +1,217 @@
+//! Bearer tokens with scopes. Tokens are known only by their SHA-256; a presented token is hashed and
+//! compared with every configured hash in constant time, so neither a match nor its position leaks.
+
+use std::fmt::Write as _;
+
+use axum::http::{HeaderMap, header};
+use ring::digest;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::config::TokenConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    #[serde(rename = "forecasts:read")]
+    ForecastsRead,
+    #[serde(rename = "forecasts:write")]
+    ForecastsWrite,
+    #[serde(rename = "audit:read")]
+    AuditRead,
+    /// Every scope.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::ForecastsRead => "forecasts:read",
+            Scope::ForecastsWrite => "forecasts:write",
+            Scope::AuditRead => "audit:read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+}
+
+/// Who made a request, once its token was recognised.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    scopes: Vec<Scope>,
+}
+
+impl Principal {
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.iter().any(|&s| s == scope || s == Scope::Admin) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "token {:?} lacks the scope {}",
+                self.name,
+                scope.name()
+            )))
+        }
+    }
+}
+
+struct Token {
+    name: String,
+    hash: [u8; 32],
+    scopes: Vec<Scope>,
+}
+
+pub struct Authenticator {
+    tokens: Vec<Token>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: hashes stay out of logs too.
+        f.debug_list().entries(self.tokens.iter().map(|t| &t.name)).finish()
+    }
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+    hash
+}
+
+/// The configuration form of a token's hash: `sha256:` and 64 hex digits.
+pub fn format_hash(hash: &[u8; 32]) -> String {
+    let mut text = String::from("sha256:");
+    for byte in hash {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+impl Authenticator {
+    /// Checks configured tokens; `extra` are `(name, hash)` pairs holding every scope.
+    pub fn new(configured: &[TokenConfig], extra: &[(&str, [u8; 32])]) -> anyhow::Result<Self> {
+        let mut tokens = Vec::with_capacity(configured.len() + extra.len());
+        for token in configured {
+            let hash = parse_hash(&token.hash)
+                .ok_or_else(|| anyhow::anyhow!("token {:?}: hash must be sha256: and 64 hex digits", token.name))?;
+            let scopes = token
+                .scopes
+                .iter()
+                .map(|s| Scope::parse(s).ok_or_else(|| anyhow::anyhow!("token {:?}: unknown scope {s:?}", token.name)))
+                .collect::<anyhow::Result<_>>()?;
+            tokens.push(Token {
+                name: token.name.clone(),
+                hash,
+                scopes,
+            });
+        }
+        for (name, hash) in extra {
+            tokens.push(Token {
+                name: (*name).to_owned(),
+                hash: *hash,
+                scopes: vec![Scope::Admin],
+            });
+        }
+        Ok(Self { tokens })
+    }
+
+    pub fn parse_stored_hash(text: &str) -> Option<[u8; 32]> {
+        parse_hash(text)
+    }
+
+    /// The principal behind the request's bearer token: 401 when it is missing or unknown.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be: Bearer <token>"))?;
+        let presented = hash_token(token);
+        let mut found: Option<&Token> = None;
+        for candidate in &self.tokens {
+            if bool::from(candidate.hash.ct_eq(&presented)) && found.is_none() {
+                found = Some(candidate);
+            }
+        }
+        found
+            .map(|t| Principal {
+                name: t.name.clone(),
+                scopes: t.scopes.clone(),
+            })
+            .ok_or_else(|| ApiError::unauthorized("unknown token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn tokens_are_known_by_hash_and_scoped() {
+        let writer = TokenConfig {
+            name: "writer".into(),
+            hash: format_hash(&hash_token("w-secret")),
+            scopes: vec!["forecasts:write".into()],
+        };
+        let auth = Authenticator::new(&[writer], &[("bootstrap", hash_token("b-secret"))]).unwrap();
+        let principal = auth.authenticate(&headers("Bearer w-secret")).unwrap();
+        assert_eq!(principal.name, "writer");
+        assert!(principal.require(Scope::ForecastsWrite).is_ok());
+        assert_eq!(principal.require(Scope::AuditRead).unwrap_err().status.as_u16(), 403);
+        let admin = auth.authenticate(&headers("Bearer b-secret")).unwrap();
+        assert!(admin.require(Scope::AuditRead).is_ok());
+        for bad in ["Bearer nope", "Basic abc", "Bearer ", "w-secret"] {
+            assert_eq!(
+                auth.authenticate(&headers(bad)).unwrap_err().status.as_u16(),
+                401,
+                "{bad}"
+            );
+        }
+        assert_eq!(auth.authenticate(&HeaderMap::new()).unwrap_err().status.as_u16(), 401);
+    }
+
+    #[test]
+    fn bad_token_config_is_refused() {
+        let bad_hash = TokenConfig {
+            name: "x".into(),
+            hash: "abc".into(),
+            scopes: vec![],
+        };
+        assert!(Authenticator::new(&[bad_hash], &[]).is_err());
+        let bad_scope = TokenConfig {
+            name: "x".into(),
+            hash: format_hash(&hash_token("t")),
+            scopes: vec!["root".into()],
+        };
+        assert!(Authenticator::new(&[bad_scope], &[]).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Extractors that answer bad input with the API's error shape instead of axum's plain text.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use shared::domain::{ForecastKey, Instrument, Timeframe};
+
+use super::error::ApiError;
+
+/// A JSON request body: 415 without a JSON content type, 413 past the size limit, 400 when it is not
+/// JSON, 422 when it is JSON of the wrong shape (unknown fields, wrong types, non-finite numbers).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is too large",
+                )
+            } else {
+                ApiError::bad_request("unreadable_body", rejection.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ApiError::unprocessable(error.to_string()),
+        _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {error}")),
+    })
+}
+
+/// Path parameters, with a JSON 400 when they cannot be decoded.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|rejection| ApiError::bad_request("invalid_path", rejection.body_text()))
+    }
+}
+
+/// Query parameters, with a JSON 400 when they do not fit.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))
+    }
+}
+
+pub fn instrument(raw: &str) -> Result<Instrument, ApiError> {
+    raw.parse()
+        .map_err(|e: shared::domain::DomainError| ApiError::bad_request("invalid_instrument", e.to_string()))
+}
+
+pub fn forecast_key(instrument_raw: &str, timeframe_raw: &str) -> Result<ForecastKey, ApiError> {
+    let timeframe: Timeframe = timeframe_raw
+        .parse()
+        .map_err(|e: shared::domain::DomainError| ApiError::bad_request("invalid_timeframe", e.to_string()))?;
+    Ok(ForecastKey::new(instrument(instrument_raw)?, timeframe))
+}
+
+/// A version number from a path: a positive integer.
+pub fn version_number(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| ApiError::bad_request("invalid_version", format!("version {raw:?} must be a positive integer")))
+}

@@ -1,0 +1,139 @@
+//! The HTTP API: routing, shared state, and the layer that counts and times every request.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod ops;
+pub mod read;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+use self::auth::{Authenticator, Scope};
+use self::error::{ApiError, ApiResult};
+use crate::forecasts::Forecasts;
+use crate::metrics::Metrics;
+use crate::representation::{CachePolicy, Representation};
+
+/// Limits the API enforces, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_batch_reads: usize,
+    pub max_batch_writes: usize,
+    pub public_reads: bool,
+}
+
+#[derive(Debug)]
+pub struct Inner {
+    pub forecasts: Forecasts,
+    pub auth: Authenticator,
+    pub policy: CachePolicy,
+    pub limits: Limits,
+    pub metrics: Metrics,
+}
+
+pub type AppState = Arc<Inner>;
+
+impl Inner {
+    /// Reads are open unless configured otherwise.
+    fn authorize_read(&self, headers: &HeaderMap) -> ApiResult<()> {
+        if self.limits.public_reads {
+            return Ok(());
+        }
+        self.auth.authenticate(headers)?.require(Scope::ForecastsRead)
+    }
+
+    /// 304 when the request's validators match, the full representation otherwise.
+    fn respond(&self, representation: &Representation, request: &HeaderMap) -> Response {
+        let headers = representation.headers(&self.policy, SystemTime::now());
+        if representation.not_modified(request) {
+            (StatusCode::NOT_MODIFIED, headers).into_response()
+        } else {
+            (headers, representation.body.clone()).into_response()
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/forecasts", get(read::batch))
+        .route("/v1/forecasts/{instrument}", get(read::instrument_forecasts))
+        .route("/v1/forecasts/{instrument}/{timeframe}", get(read::current))
+        .route(
+            "/v1/forecasts/{instrument}/{timeframe}/versions/{version}",
+            get(read::version),
+        )
+        .route("/admin/v1/forecasts:batch", post(admin::batch_write))
+        .route(
+            "/admin/v1/forecasts/{instrument}/{timeframe}",
+            put(admin::put_forecast).delete(admin::delete_forecast),
+        )
+        .route(
+            "/admin/v1/forecasts/{instrument}/{timeframe}/versions",
+            get(admin::versions),
+        )
+        .route(
+            "/admin/v1/forecasts/{instrument}/{timeframe}/rollback",
+            post(admin::rollback),
+        )
+        .route(
+            "/admin/v1/models/{model_id}/{model_version}/forecasts",
+            get(admin::model_forecasts),
+        )
+        .route(
+            "/admin/v1/models/{model_id}/{model_version}/rollback",
+            post(admin::model_rollback),
+        )
+        .route("/admin/v1/audit", get(admin::audit))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Counts and times every request by its route template, never by its raw path.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = route.as_deref().unwrap_or("unmatched");
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .http_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .with_label_values(&[route, method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}

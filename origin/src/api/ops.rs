@@ -1,0 +1,65 @@
+//! Operations endpoints: liveness, readiness, metrics and the OpenAPI document.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorBody};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// Storage backend: `redis` or `embedded`.
+    #[schema(example = "embedded")]
+    storage: &'static str,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        storage: state.forecasts.store().backend(),
+    })
+}
+
+/// The origin can serve reads and writes: its storage answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, body = Health), (status = 503, description = "Storage unreachable", body = ErrorBody))
+)]
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    let store = state.forecasts.store();
+    store
+        .ping()
+        .await
+        .map_err(|error| ApiError::unavailable(format!("not ready: {error}")))?;
+    Ok(Json(Health {
+        status: "ready",
+        storage: store.backend(),
+    }))
+}
+
+/// Prometheus metrics in the text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, content_type = "application/json")))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi::ApiDoc::openapi())
+}

@@ -1,0 +1,165 @@
+//! The public read API: what edges and readers fetch.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use shared::domain::{ForecastKey, Timeframe};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{ApiPath, ApiQuery, forecast_key, instrument, version_number};
+use crate::representation::{Rendered, Representation};
+
+/// The current version of one forecast.
+#[utoipa::path(
+    get,
+    path = "/v1/forecasts/{instrument}/{timeframe}",
+    tag = "read",
+    params(
+        ("instrument" = String, Path, description = "1 to 32 of A-Z a-z 0-9 . _ - (case-insensitive)", example = "AAPL"),
+        ("timeframe" = String, Path, description = "1m 5m 15m 1h 4h 1d 1w", example = "1h"),
+    ),
+    responses(
+        (status = 200, description = "The current version, with ETag, Last-Modified, Cache-Control, CDN-Cache-Control and Surrogate-Key", body = crate::api::openapi::ForecastDocument),
+        (status = 304, description = "Not modified (If-None-Match / If-Modified-Since)"),
+        (status = 400, description = "Invalid instrument or timeframe", body = ErrorBody),
+        (status = 401, description = "A token is needed (when reads are not public)", body = ErrorBody),
+        (status = 404, description = "No current version", body = ErrorBody),
+        (status = 503, description = "Storage unavailable and nothing cached", body = ErrorBody),
+    )
+)]
+pub async fn current(
+    State(state): State<AppState>,
+    ApiPath((instrument, timeframe)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    state.authorize_read(&headers)?;
+    let key = forecast_key(&instrument, &timeframe)?;
+    match state.forecasts.current(&key).await? {
+        Some(rendered) => Ok(state.respond(&Representation::single(&rendered, false), &headers)),
+        None => Err(ApiError::not_found(format!("no forecast for {key}"))),
+    }
+}
+
+/// One version of a forecast. Versions never change, so the answer is `immutable`.
+#[utoipa::path(
+    get,
+    path = "/v1/forecasts/{instrument}/{timeframe}/versions/{version}",
+    tag = "read",
+    params(
+        ("instrument" = String, Path, example = "AAPL"),
+        ("timeframe" = String, Path, example = "1h"),
+        ("version" = u64, Path, description = "1 or more", example = 3),
+    ),
+    responses(
+        (status = 200, description = "The version", body = crate::api::openapi::ForecastDocument),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "Invalid instrument, timeframe or version number", body = ErrorBody),
+        (status = 404, description = "No such version (beyond the latest)", body = ErrorBody),
+        (status = 410, description = "The version was trimmed from history", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn version(
+    State(state): State<AppState>,
+    ApiPath((instrument, timeframe, version)): ApiPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    state.authorize_read(&headers)?;
+    let key = forecast_key(&instrument, &timeframe)?;
+    let rendered = state.forecasts.version(&key, version_number(&version)?).await?;
+    Ok(state.respond(&Representation::single(&rendered, true), &headers))
+}
+
+/// The current versions of every timeframe of an instrument.
+#[utoipa::path(
+    get,
+    path = "/v1/forecasts/{instrument}",
+    tag = "read",
+    params(("instrument" = String, Path, example = "AAPL")),
+    responses(
+        (status = 200, description = "Every timeframe that has a current version", body = crate::api::openapi::ForecastList),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "Invalid instrument", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn instrument_forecasts(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    state.authorize_read(&headers)?;
+    let instrument = instrument(&raw)?;
+    let keys: Vec<ForecastKey> = Timeframe::ALL
+        .iter()
+        .map(|&tf| ForecastKey::new(instrument.clone(), tf))
+        .collect();
+    let found = state.forecasts.current_many(&keys).await?;
+    let members: Vec<&Rendered> = found.iter().flatten().map(Arc::as_ref).collect();
+    let representation = Representation::list(&members, &[], &[instrument.to_string()]);
+    Ok(state.respond(&representation, &headers))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    /// Comma-separated `INSTRUMENT:TIMEFRAME` keys, such as `AAPL:1h,MSFT:1d`.
+    keys: Option<String>,
+}
+
+/// The current versions of several forecasts; keys without one are listed under `missing`.
+#[utoipa::path(
+    get,
+    path = "/v1/forecasts",
+    tag = "read",
+    params(BatchQuery),
+    responses(
+        (status = 200, description = "Found forecasts, in the order asked, and the missing keys", body = crate::api::openapi::ForecastList),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "No keys, an invalid key, or more keys than allowed", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn batch(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<BatchQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    state.authorize_read(&headers)?;
+    let raw = query.keys.unwrap_or_default();
+    let mut keys: Vec<ForecastKey> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let key: ForecastKey = part
+            .parse()
+            .map_err(|e: shared::domain::DomainError| ApiError::bad_request("invalid_key", e.to_string()))?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+        if keys.len() > state.limits.max_batch_reads {
+            return Err(ApiError::bad_request(
+                "batch_too_large",
+                format!("at most {} keys per batch read", state.limits.max_batch_reads),
+            ));
+        }
+    }
+    if keys.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_keys",
+            "give keys=INSTRUMENT:TIMEFRAME,… such as keys=AAPL:1h",
+        ));
+    }
+    let found = state.forecasts.current_many(&keys).await?;
+    let members: Vec<&Rendered> = found.iter().flatten().map(Arc::as_ref).collect();
+    let missing: Vec<ForecastKey> = keys
+        .iter()
+        .zip(&found)
+        .filter(|(_, entry)| entry.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let tags: Vec<String> = missing.iter().map(ToString::to_string).collect();
+    Ok(state.respond(&Representation::list(&members, &missing, &tags), &headers))
+}

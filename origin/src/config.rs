@@ -1,0 +1,192 @@
+//! The origin's configuration. Every key is documented here and in `config/origin.toml`, which a test keeps
+//! identical to these defaults. Layers: defaults → `--config FILE` → `ORIGIN_*` environment variables.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shared::telemetry::LogFormat;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    pub http: HttpConfig,
+    pub storage: StorageConfig,
+    pub cache: CacheConfig,
+    pub caching: CachingConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: NonZeroUsize,
+    /// Most keys in one batch read (`GET /v1/forecasts?keys=`).
+    pub max_batch_reads: NonZeroUsize,
+    /// Most writes in one `POST /admin/v1/forecasts:batch`.
+    pub max_batch_writes: NonZeroUsize,
+    /// How long SIGTERM waits for requests in flight before the process exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: NonZeroUsize::new(1 << 20).expect("non-zero"),
+            max_batch_reads: NonZeroUsize::new(100).expect("non-zero"),
+            max_batch_writes: NonZeroUsize::new(500).expect("non-zero"),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Redis URL (`redis://host:port/db`); for a cluster, comma-separated nodes. Empty: embedded store.
+    #[serde(with = "shared::config::empty_as_none")]
+    pub redis_url: Option<String>,
+    /// Whether `redis_url` names Redis Cluster nodes.
+    pub redis_cluster: bool,
+    /// Folder of the embedded store (used when `redis_url` is empty).
+    pub data_dir: PathBuf,
+    /// Versions kept per forecast; older ones are trimmed.
+    pub versions_kept: NonZeroUsize,
+    /// Audit log entries kept.
+    pub audit_kept: NonZeroUsize,
+    /// Upper bound of one storage operation; past it the operation fails as unavailable.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_cluster: false,
+            data_dir: PathBuf::from(".data/origin"),
+            versions_kept: NonZeroUsize::new(20).expect("non-zero"),
+            audit_kept: NonZeroUsize::new(100_000).expect("non-zero"),
+            operation_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The in-process cache of current versions (L1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Most forecasts kept.
+    pub capacity: NonZeroUsize,
+    /// After this, an entry is read again from storage: the bound on staleness when several origins
+    /// share one Redis (writes through this origin update its L1 at once).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long past `ttl` an entry may still be served while storage is unavailable.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            capacity: NonZeroUsize::new(100_000).expect("non-zero"),
+            ttl: Duration::from_secs(5),
+            max_stale: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Caching headers sent with forecasts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CachingConfig {
+    /// `Cache-Control: max-age` for browsers, which no purge reaches (at most the forecast's validity).
+    #[serde(with = "humantime_serde")]
+    pub browser_max_age: Duration,
+    /// `stale-while-revalidate` in `CDN-Cache-Control`.
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error` in `CDN-Cache-Control`.
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+}
+
+impl Default for CachingConfig {
+    fn default() -> Self {
+        Self {
+            browser_max_age: Duration::from_secs(1),
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether the read API (`/v1/forecasts…`) is open; when false, it needs a `forecasts:read` token.
+    pub public_reads: bool,
+    /// A token with every scope, for first start and scripts. Empty: none.
+    #[serde(with = "shared::config::empty_as_none")]
+    pub bootstrap_token: Option<String>,
+    /// Tokens, stored as hashes. When none is configured and no bootstrap token is set, the origin
+    /// generates an admin token on first start, prints it once and keeps only its hash.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            public_reads: true,
+            bootstrap_token: None,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who the token belongs to; recorded in the audit log.
+    pub name: String,
+    /// `sha256:` followed by the hex SHA-256 of the token (`origin hash-token` prints it).
+    pub hash: String,
+    /// Scopes: `forecasts:read`, `forecasts:write`, `audit:read`, `admin` (all of them).
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `plain` or `json`. The level comes from `RUST_LOG` (default `info`).
+    pub format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_is_the_defaults() {
+        let text = include_str!("../../config/origin.toml");
+        let shipped: OriginConfig = shared::config::from_toml(text).unwrap();
+        assert_eq!(shipped, OriginConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = shared::config::from_toml::<OriginConfig>("[http]\nlisten_on = \"x\"").unwrap_err();
+        assert!(error.to_string().contains("listen_on"), "{error}");
+    }
+}

@@ -1,0 +1,366 @@
+//! Forecast operations between the HTTP API and storage: the L1 cache, rendering, rollbacks.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::cache::{Entry, L1Cache, Lookup};
+use crate::metrics::Metrics;
+use crate::representation::Rendered;
+use crate::storage::{AuditEntry, Expect, History, NewVersion, Result, SharedStore, StorageError, VersionRecord};
+
+#[derive(Debug)]
+pub struct Forecasts {
+    store: SharedStore,
+    l1: Option<L1Cache>,
+    metrics: Metrics,
+}
+
+/// What a model rollback did to one key.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ModelRollbackOutcome {
+    /// The key's content is now that of `to_version`, as the new version `new_version`.
+    RolledBack {
+        from_version: u64,
+        to_version: u64,
+        new_version: u64,
+    },
+    /// The current version is not from this model: nothing to undo.
+    NotCurrent,
+    /// No retained version from another model to go back to.
+    NoPreviousModel,
+    /// A write came in meanwhile; nothing was changed.
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ModelRollbackResult {
+    #[schema(value_type = String, example = "AAPL:1h")]
+    pub key: ForecastKey,
+    #[serde(flatten)]
+    pub outcome: ModelRollbackOutcome,
+}
+
+/// The versions a model produced in one key.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ModelForecast {
+    #[schema(value_type = String)]
+    pub instrument: Instrument,
+    #[schema(value_type = String)]
+    pub timeframe: Timeframe,
+    /// Retained versions made by the model, newest first.
+    pub versions: Vec<u64>,
+    /// Whether the current version is one of them.
+    pub current: bool,
+}
+
+/// The version to go back to when undoing `model` in a key: the newest retained version by another model
+/// older than the current one. `Err` says why there is none.
+pub fn model_rollback_target(history: &History, model: &ModelRef) -> Result<(u64, u64), ModelRollbackOutcome> {
+    let current = history.current_record().ok_or(ModelRollbackOutcome::NotCurrent)?;
+    if &current.forecast.model != model {
+        return Err(ModelRollbackOutcome::NotCurrent);
+    }
+    history
+        .versions
+        .iter()
+        .find(|v| v.version < current.version && &v.forecast.model != model)
+        .map(|target| (current.version, target.version))
+        .ok_or(ModelRollbackOutcome::NoPreviousModel)
+}
+
+impl Forecasts {
+    pub fn new(store: SharedStore, l1: Option<L1Cache>, metrics: Metrics) -> Self {
+        Self { store, l1, metrics }
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// Runs a storage operation, recording its latency and failures.
+    async fn timed<T>(&self, operation: &'static str, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let backend = self.store.backend();
+        let started = Instant::now();
+        let result = work.await;
+        self.metrics
+            .storage_duration
+            .with_label_values(&[backend, operation])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            let kind = match error {
+                StorageError::Unavailable(_) => "unavailable",
+                StorageError::Corrupt(_) => "corrupt",
+                _ => "refused",
+            };
+            self.metrics
+                .storage_errors
+                .with_label_values(&[backend, operation, kind])
+                .inc();
+            if !matches!(
+                error,
+                StorageError::VersionNotFound { .. }
+                    | StorageError::VersionTrimmed { .. }
+                    | StorageError::Conflict { .. }
+            ) {
+                tracing::warn!(%error, backend, operation, "storage operation failed");
+            }
+        }
+        result
+    }
+
+    fn count_l1(&self, result: &str) {
+        self.metrics.l1_lookups.with_label_values(&[result]).inc();
+    }
+
+    /// The current version of each key, in order, through the L1 cache when it is on.
+    pub async fn current_many(&self, keys: &[ForecastKey]) -> Result<Vec<Entry>> {
+        let Some(l1) = &self.l1 else {
+            let found = self.timed("current", self.store.current_many(keys)).await?;
+            return Ok(found
+                .into_iter()
+                .map(|r| r.map(|r| Arc::new(Rendered::new(&r))))
+                .collect());
+        };
+        let mut answers: Vec<Option<Entry>> = Vec::with_capacity(keys.len());
+        let mut stale: Vec<Option<Entry>> = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match l1.get(key) {
+                Lookup::Fresh(entry) => {
+                    self.count_l1("hit");
+                    answers.push(Some(entry));
+                    stale.push(None);
+                }
+                Lookup::Stale(entry) => {
+                    answers.push(None);
+                    stale.push(Some(entry));
+                    misses.push(i);
+                }
+                Lookup::Miss => {
+                    answers.push(None);
+                    stale.push(None);
+                    misses.push(i);
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let wanted: Vec<ForecastKey> = misses.iter().map(|&i| keys[i].clone()).collect();
+            let tickets: Vec<_> = wanted.iter().map(|k| l1.ticket(k)).collect();
+            match self.timed("current", self.store.current_many(&wanted)).await {
+                Ok(found) => {
+                    for ((&i, ticket), record) in misses.iter().zip(tickets).zip(found) {
+                        self.count_l1("miss");
+                        let entry = record.map(|r| Arc::new(Rendered::new(&r)));
+                        l1.fill(ticket, &keys[i], entry.clone());
+                        answers[i] = Some(entry);
+                    }
+                }
+                Err(error @ StorageError::Unavailable(_)) => {
+                    for &i in &misses {
+                        match stale[i].take() {
+                            Some(entry) => {
+                                self.count_l1("stale");
+                                answers[i] = Some(entry);
+                            }
+                            None => return Err(error),
+                        }
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(answers.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    pub async fn current(&self, key: &ForecastKey) -> Result<Entry> {
+        Ok(self.current_many(std::slice::from_ref(key)).await?.pop().flatten())
+    }
+
+    pub async fn version(&self, key: &ForecastKey, version: u64) -> Result<Rendered> {
+        let record = self.timed("version", self.store.version(key, version)).await?;
+        Ok(Rendered::new(&record))
+    }
+
+    pub async fn history(&self, key: &ForecastKey) -> Result<History> {
+        self.timed("history", self.store.history(key)).await
+    }
+
+    pub async fn write(
+        &self,
+        key: &ForecastKey,
+        forecast: Forecast,
+        expect: Expect,
+        actor: &str,
+        rollback_of: Option<u64>,
+    ) -> Result<(VersionRecord, Arc<Rendered>)> {
+        let new = NewVersion {
+            created_at: OffsetDateTime::now_utc(),
+            created_by: actor.to_owned(),
+            rollback_of,
+            forecast,
+        };
+        let record = self.timed("write", self.store.write(key, new, expect)).await?;
+        let rendered = Arc::new(Rendered::new(&record));
+        if let Some(l1) = &self.l1 {
+            l1.write(key, Some(rendered.clone()));
+        }
+        Ok((record, rendered))
+    }
+
+    pub async fn delete(&self, key: &ForecastKey) -> Result<Option<u64>> {
+        let deleted = self.timed("delete", self.store.delete(key)).await?;
+        if let Some(l1) = &self.l1 {
+            l1.write(key, None);
+        }
+        Ok(deleted)
+    }
+
+    /// Makes the content of `to_version` current again, as a new version.
+    pub async fn rollback(
+        &self,
+        key: &ForecastKey,
+        to_version: u64,
+        actor: &str,
+    ) -> Result<(VersionRecord, Arc<Rendered>)> {
+        let target = self.timed("version", self.store.version(key, to_version)).await?;
+        self.write(key, target.forecast, Expect::Any, actor, Some(to_version))
+            .await
+    }
+
+    pub async fn model_forecasts(&self, model: &ModelRef) -> Result<Vec<ModelForecast>> {
+        let mut found = Vec::new();
+        for key in self.timed("model_keys", self.store.model_keys(model)).await? {
+            let history = self.history(&key).await?;
+            let versions: Vec<u64> = history
+                .versions
+                .iter()
+                .filter(|v| &v.forecast.model == model)
+                .map(|v| v.version)
+                .collect();
+            if versions.is_empty() {
+                continue;
+            }
+            let current = history.current.is_some_and(|c| versions.contains(&c));
+            found.push(ModelForecast {
+                instrument: key.instrument,
+                timeframe: key.timeframe,
+                versions,
+                current,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Undoes `model` everywhere it is current: each such key goes back to its previous model's version.
+    pub async fn model_rollback(&self, model: &ModelRef, actor: &str) -> Result<Vec<ModelRollbackResult>> {
+        let mut results = Vec::new();
+        for key in self.timed("model_keys", self.store.model_keys(model)).await? {
+            let history = self.history(&key).await?;
+            if !history.versions.iter().any(|v| &v.forecast.model == model) {
+                continue;
+            }
+            let outcome = match model_rollback_target(&history, model) {
+                Err(outcome) => outcome,
+                Ok((from_version, to_version)) => {
+                    let Some(target) = history.versions.iter().find(|v| v.version == to_version) else {
+                        continue;
+                    };
+                    let expect = Expect::Version(from_version);
+                    match self
+                        .write(&key, target.forecast.clone(), expect, actor, Some(to_version))
+                        .await
+                    {
+                        Ok((record, _)) => ModelRollbackOutcome::RolledBack {
+                            from_version,
+                            to_version,
+                            new_version: record.version,
+                        },
+                        Err(StorageError::Conflict { .. }) => ModelRollbackOutcome::Conflict,
+                        Err(error) => return Err(error),
+                    }
+                }
+            };
+            results.push(ModelRollbackResult { key, outcome });
+        }
+        Ok(results)
+    }
+
+    /// Records an admin action. A failure is logged, not returned: the action itself already happened.
+    pub async fn audit(&self, entry: AuditEntry) {
+        if let Err(error) = self.timed("audit_append", self.store.append_audit(&entry)).await {
+            tracing::error!(%error, action = %entry.action, target = %entry.target, "audit entry not recorded");
+        }
+    }
+
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.timed("audit", self.store.audit(limit)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(n: u64, model: &str) -> VersionRecord {
+        let (id, v) = model.split_once('@').unwrap();
+        VersionRecord {
+            version: n,
+            instrument: "AAPL".parse().unwrap(),
+            timeframe: Timeframe::H1,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            created_by: "t".into(),
+            rollback_of: None,
+            forecast: serde_json::from_value(serde_json::json!({
+                "horizon": "1h", "generated_at": "2026-11-23T14:00:00Z", "valid_until": "2026-11-23T15:00:00Z",
+                "model": {"id": id, "version": v}, "point": 1.0
+            }))
+            .unwrap(),
+        }
+    }
+
+    fn history(current: Option<u64>, models: &[&str]) -> History {
+        let versions: Vec<_> = models
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, m)| version(i as u64 + 1, m))
+            .collect();
+        History {
+            latest: models.len() as u64,
+            current,
+            versions,
+        }
+    }
+
+    #[test]
+    fn rollback_goes_to_the_previous_model() {
+        let bad = ModelRef::new("lstm", "4").unwrap();
+        let h = history(Some(4), &["lstm@3", "lstm@3", "lstm@4", "lstm@4"]);
+        assert_eq!(model_rollback_target(&h, &bad), Ok((4, 2)));
+        let h = history(Some(2), &["lstm@3", "lstm@4", "lstm@3"]);
+        assert_eq!(model_rollback_target(&h, &bad), Ok((2, 1)));
+    }
+
+    #[test]
+    fn rollback_refuses_when_nothing_fits() {
+        let bad = ModelRef::new("lstm", "4").unwrap();
+        assert_eq!(
+            model_rollback_target(&history(Some(2), &["lstm@4", "lstm@4"]), &bad),
+            Err(ModelRollbackOutcome::NoPreviousModel)
+        );
+        assert_eq!(
+            model_rollback_target(&history(Some(2), &["lstm@4", "lstm@3"]), &bad),
+            Err(ModelRollbackOutcome::NotCurrent)
+        );
+        assert_eq!(
+            model_rollback_target(&history(None, &["lstm@4"]), &bad),
+            Err(ModelRollbackOutcome::NotCurrent)
+        );
+    }
+}

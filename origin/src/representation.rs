@@ -1,0 +1,337 @@
+//! How a stored version becomes an HTTP response: the JSON body, its ETag and its caching headers.
+//!
+//! Bodies are rendered once per version and kept (in the L1 cache); only the freshness headers, which
+//! depend on the clock, are computed per response.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use bytes::{BufMut, Bytes, BytesMut};
+use ring::digest;
+use serde::Serialize;
+use shared::domain::{Forecast, ForecastKey, Instrument, Timeframe};
+use time::OffsetDateTime;
+
+use crate::storage::VersionRecord;
+
+/// The public JSON form of one version.
+#[derive(Serialize)]
+struct Document<'a> {
+    instrument: &'a Instrument,
+    timeframe: Timeframe,
+    version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollback_of: Option<u64>,
+    #[serde(flatten)]
+    forecast: &'a Forecast,
+}
+
+/// One version, ready to answer with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub key: ForecastKey,
+    pub version: u64,
+    /// Strong ETag, quotes included: `"7-1f2e3d4c5b6a7988"`.
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub valid_until: SystemTime,
+    /// Tags a cache can purge this response by.
+    pub surrogate_keys: Vec<String>,
+    pub body: Bytes,
+}
+
+impl Rendered {
+    pub fn new(record: &VersionRecord) -> Self {
+        let document = Document {
+            instrument: &record.instrument,
+            timeframe: record.timeframe,
+            version: record.version,
+            updated_at: record.created_at,
+            rollback_of: record.rollback_of,
+            forecast: &record.forecast,
+        };
+        // Serializing plain data into memory cannot fail: every map key is a string.
+        let body = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
+        let key = record.key();
+        let model = &record.forecast.model;
+        Self {
+            etag: format!("\"{}-{}\"", record.version, short_digest(&[&body])),
+            last_modified: record.created_at.into(),
+            valid_until: record.forecast.valid_until.into(),
+            surrogate_keys: vec![
+                key.instrument.to_string(),
+                key.to_string(),
+                format!("model:{}", model.id),
+                format!("model:{model}"),
+            ],
+            version: record.version,
+            key,
+            body,
+        }
+    }
+}
+
+/// The version an ETag of ours names, if it is one of ours.
+pub fn etag_version(etag: &str) -> Option<u64> {
+    etag.strip_prefix('"')?
+        .strip_suffix('"')?
+        .split_once('-')?
+        .0
+        .parse()
+        .ok()
+}
+
+fn short_digest(parts: &[&[u8]]) -> String {
+    let mut context = digest::Context::new(&digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
+    let mut hex = String::with_capacity(16);
+    for byte in &context.finish().as_ref()[..8] {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Freshness settings: browsers cannot be purged, shared caches can.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    pub browser_max_age: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+/// A response made of one or more versions, with the headers they imply together.
+#[derive(Debug)]
+pub struct Representation {
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub valid_until: SystemTime,
+    pub surrogate_keys: Vec<String>,
+    pub immutable: bool,
+    pub body: Bytes,
+}
+
+impl Representation {
+    pub fn single(rendered: &Rendered, immutable: bool) -> Self {
+        Self {
+            etag: rendered.etag.clone(),
+            last_modified: rendered.last_modified,
+            valid_until: rendered.valid_until,
+            surrogate_keys: rendered.surrogate_keys.clone(),
+            immutable,
+            body: rendered.body.clone(),
+        }
+    }
+
+    /// `{"forecasts":[…],"missing":[…]}`. Member bodies are copied as they are, not serialized again.
+    /// `tags` are surrogate keys the list answers for even when it is empty (such as its instrument).
+    pub fn list(members: &[&Rendered], missing: &[ForecastKey], tags: &[String]) -> Self {
+        let mut body = BytesMut::with_capacity(members.iter().map(|m| m.body.len() + 1).sum::<usize>() + 64);
+        body.put_slice(b"{\"forecasts\":[");
+        for (i, member) in members.iter().enumerate() {
+            if i > 0 {
+                body.put_u8(b',');
+            }
+            body.put_slice(&member.body);
+        }
+        body.put_slice(b"],\"missing\":");
+        // A list of validated keys always serializes.
+        body.put_slice(&serde_json::to_vec(missing).unwrap_or_default());
+        body.put_u8(b'}');
+        let body = body.freeze();
+
+        let mut surrogate_keys: Vec<String> = tags.to_vec();
+        for member in members {
+            surrogate_keys.extend(member.surrogate_keys.iter().cloned());
+        }
+        surrogate_keys.sort();
+        surrogate_keys.dedup();
+        Self {
+            etag: format!("\"l-{}\"", short_digest(&[&body])),
+            last_modified: members
+                .iter()
+                .map(|m| m.last_modified)
+                .max()
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            valid_until: members
+                .iter()
+                .map(|m| m.valid_until)
+                .min()
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            surrogate_keys,
+            immutable: false,
+            body,
+        }
+    }
+
+    /// Validators and caching headers, as of `now`.
+    pub fn headers(&self, policy: &CachePolicy, now: SystemTime) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        insert(&mut headers, header::ETAG, &self.etag);
+        insert(
+            &mut headers,
+            header::LAST_MODIFIED,
+            &httpdate::fmt_http_date(self.last_modified),
+        );
+        if self.immutable {
+            let value = HeaderValue::from_static("public, max-age=31536000, immutable");
+            headers.insert(header::CACHE_CONTROL, value.clone());
+            headers.insert(CDN_CACHE_CONTROL, value);
+        } else {
+            let remaining = self.valid_until.duration_since(now).unwrap_or_default().as_secs();
+            let browser = remaining.min(policy.browser_max_age.as_secs());
+            insert(
+                &mut headers,
+                header::CACHE_CONTROL,
+                &format!("public, max-age={browser}"),
+            );
+            insert(
+                &mut headers,
+                CDN_CACHE_CONTROL,
+                &format!(
+                    "public, max-age={remaining}, stale-while-revalidate={}, stale-if-error={}",
+                    policy.stale_while_revalidate.as_secs(),
+                    policy.stale_if_error.as_secs()
+                ),
+            );
+        }
+        insert(&mut headers, SURROGATE_KEY, &self.surrogate_keys.join(" "));
+        headers
+    }
+
+    /// Whether a conditional GET may be answered 304 (RFC 9110 §13.2.2: If-None-Match wins).
+    pub fn not_modified(&self, request: &HeaderMap) -> bool {
+        if let Some(condition) = request.get(header::IF_NONE_MATCH) {
+            let Ok(condition) = condition.to_str() else {
+                return false;
+            };
+            return condition
+                .split(',')
+                .map(str::trim)
+                .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag);
+        }
+        let since = request
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        match since {
+            // HTTP dates have whole seconds.
+            Some(since) => self
+                .last_modified
+                .duration_since(since)
+                .map_or(true, |d| d < Duration::from_secs(1)),
+            None => false,
+        }
+    }
+}
+
+pub const CDN_CACHE_CONTROL: header::HeaderName = header::HeaderName::from_static("cdn-cache-control");
+pub const SURROGATE_KEY: header::HeaderName = header::HeaderName::from_static("surrogate-key");
+
+fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    // Every value built here is ASCII without control characters.
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::VersionRecord;
+    use time::macros::datetime;
+
+    fn record(version: u64) -> VersionRecord {
+        let forecast: Forecast = serde_json::from_value(serde_json::json!({
+            "horizon": "1h", "generated_at": "2026-11-23T14:00:00Z", "valid_until": "2026-11-23T15:00:00Z",
+            "model": {"id": "lstm", "version": "3.2.0"}, "point": 187.42
+        }))
+        .unwrap();
+        VersionRecord {
+            version,
+            instrument: "AAPL".parse().unwrap(),
+            timeframe: Timeframe::H1,
+            created_at: datetime!(2026-11-23 14:00:05 UTC),
+            created_by: "test".into(),
+            rollback_of: None,
+            forecast,
+        }
+    }
+
+    const POLICY: CachePolicy = CachePolicy {
+        browser_max_age: Duration::from_secs(5),
+        stale_while_revalidate: Duration::from_secs(30),
+        stale_if_error: Duration::from_secs(600),
+    };
+
+    #[test]
+    fn freshness_follows_the_validity_window() {
+        let rendered = Rendered::new(&record(3));
+        assert!(rendered.etag.starts_with("\"3-"));
+        assert_eq!(etag_version(&rendered.etag), Some(3));
+        let now: SystemTime = datetime!(2026-11-23 14:30:00 UTC).into();
+        let headers = Representation::single(&rendered, false).headers(&POLICY, now);
+        assert_eq!(headers["cache-control"], "public, max-age=5");
+        assert_eq!(
+            headers["cdn-cache-control"],
+            "public, max-age=1800, stale-while-revalidate=30, stale-if-error=600"
+        );
+        assert_eq!(headers["surrogate-key"], "AAPL AAPL:1h model:lstm model:lstm@3.2.0");
+        assert_eq!(headers["last-modified"], "Mon, 23 Nov 2026 14:00:05 GMT");
+        let later: SystemTime = datetime!(2026-11-23 16:00:00 UTC).into();
+        let headers = Representation::single(&rendered, false).headers(&POLICY, later);
+        assert_eq!(headers["cache-control"], "public, max-age=0");
+    }
+
+    #[test]
+    fn etags_differ_between_versions() {
+        assert_ne!(Rendered::new(&record(1)).etag, Rendered::new(&record(2)).etag);
+        assert_eq!(etag_version("\"x\""), None);
+        assert_eq!(etag_version("12-ab"), None);
+    }
+
+    #[test]
+    fn conditional_requests() {
+        let rendered = Rendered::new(&record(3));
+        let representation = Representation::single(&rendered, true);
+        let mut request = HeaderMap::new();
+        assert!(!representation.not_modified(&request));
+        request.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_str(&format!("\"a\", W/{}", rendered.etag)).unwrap(),
+        );
+        assert!(representation.not_modified(&request));
+        request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
+        request.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Mon, 23 Nov 2026 14:00:05 GMT"),
+        );
+        assert!(
+            !representation.not_modified(&request),
+            "If-None-Match must win over If-Modified-Since"
+        );
+        request.remove(header::IF_NONE_MATCH);
+        assert!(representation.not_modified(&request));
+        request.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Mon, 23 Nov 2026 14:00:04 GMT"),
+        );
+        assert!(!representation.not_modified(&request));
+    }
+
+    #[test]
+    fn lists_copy_member_bodies() {
+        let a = Rendered::new(&record(1));
+        let list = Representation::list(&[&a], &["MSFT:1d".parse().unwrap()], &["AAPL".into()]);
+        let value: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+        assert_eq!(value["forecasts"][0]["point"], 187.42);
+        assert_eq!(value["forecasts"][0]["version"], 1);
+        assert_eq!(value["missing"][0], "MSFT:1d");
+        assert!(list.etag.starts_with("\"l-"));
+    }
+}

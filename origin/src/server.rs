@@ -1,0 +1,128 @@
+//! Start-up: from a configuration to a running HTTP server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::net::TcpListener;
+
+use crate::api::auth::{self, Authenticator};
+use crate::api::{self, AppState, Inner, Limits};
+use crate::cache::{L1Cache, L1Settings};
+use crate::config::OriginConfig;
+use crate::forecasts::Forecasts;
+use crate::metrics::Metrics;
+use crate::representation::CachePolicy;
+use crate::storage::embedded::EmbeddedStore;
+use crate::storage::redis::{RedisSettings, RedisStore};
+use crate::storage::{Retention, SharedStore};
+
+/// Opens the configured store.
+pub fn open_store(config: &OriginConfig) -> anyhow::Result<SharedStore> {
+    let storage = &config.storage;
+    let retention = Retention {
+        versions_kept: storage.versions_kept.get() as u64,
+        audit_kept: storage.audit_kept.get() as u64,
+    };
+    Ok(match &storage.redis_url {
+        Some(urls) => Arc::new(RedisStore::new(RedisSettings {
+            urls: urls
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            cluster: storage.redis_cluster,
+            operation_timeout: storage.operation_timeout,
+            retention,
+        })?),
+        None => Arc::new(
+            EmbeddedStore::open(&storage.data_dir, retention)
+                .with_context(|| format!("opening the embedded store in {}", storage.data_dir.display()))?,
+        ),
+    })
+}
+
+/// Tokens that hold every scope: the bootstrap token, or one generated on first start.
+async fn admin_tokens(config: &OriginConfig, store: &SharedStore) -> anyhow::Result<Vec<(&'static str, [u8; 32])>> {
+    if let Some(token) = &config.auth.bootstrap_token {
+        return Ok(vec![("bootstrap", auth::hash_token(token))]);
+    }
+    if !config.auth.tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut secret = [0u8; 24];
+    SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let token: String = std::iter::once("ft_".to_owned())
+        .chain(secret.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let candidate = auth::format_hash(&auth::hash_token(&token));
+    let stored = store
+        .admin_token_hash(&candidate)
+        .await
+        .context("storing the generated admin token's hash (no token is configured)")?;
+    if stored == candidate {
+        // Printed once, on purpose: only its hash is kept.
+        eprintln!("origin: generated admin token (shown once, keep it): {token}");
+    } else {
+        tracing::info!("using the admin token generated at first start (only its hash is stored)");
+    }
+    let hash = Authenticator::parse_stored_hash(&stored).context("the stored admin token hash is corrupt")?;
+    Ok(vec![("generated-admin", hash)])
+}
+
+/// Builds the application state from a configuration.
+pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
+    let store = open_store(config)?;
+    let metrics = Metrics::new();
+    let l1 = config.cache.enabled.then(|| {
+        L1Cache::new(L1Settings {
+            capacity: config.cache.capacity.get(),
+            ttl: config.cache.ttl,
+            max_stale: config.cache.max_stale,
+        })
+    });
+    let extra = admin_tokens(config, &store).await?;
+    let auth = Authenticator::new(&config.auth.tokens, &extra).context("invalid [auth] configuration")?;
+    Ok(Arc::new(Inner {
+        forecasts: Forecasts::new(store, l1, metrics.clone()),
+        auth,
+        policy: CachePolicy {
+            browser_max_age: config.caching.browser_max_age,
+            stale_while_revalidate: config.caching.stale_while_revalidate,
+            stale_if_error: config.caching.stale_if_error,
+        },
+        limits: Limits {
+            max_body_bytes: config.http.max_body_bytes.get(),
+            max_batch_reads: config.http.max_batch_reads.get(),
+            max_batch_writes: config.http.max_batch_writes.get(),
+            public_reads: config.auth.public_reads,
+        },
+        metrics,
+    }))
+}
+
+/// A started origin: the address it listens on, and its state.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight finish.
+pub async fn start(
+    config: &OriginConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let state = build(config).await?;
+    let addr = listener.local_addr()?;
+    let app = api::router(state.clone());
+    let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
+    tracing::info!(%addr, storage = state.forecasts.store().backend(), "origin listening");
+    Ok(Running { addr, state, task })
+}

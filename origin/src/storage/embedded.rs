@@ -1,0 +1,395 @@
+//! The embedded backend: one redb file on local disk, for a single origin without Redis.
+//!
+//! Writes go to one writer thread that commits everything queued in one durable transaction (group
+//! commit): concurrent writers share an fsync instead of waiting for one each. A write is answered only
+//! after its transaction is durable. Reads open their own read transactions and never wait for the writer.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use shared::domain::{ForecastKey, ModelRef};
+use tokio::sync::oneshot;
+
+use super::{
+    AuditEntry, Expect, History, NewVersion, Result, Retention, StorageError, Store, VersionRecord, check_expect,
+    missing_version,
+};
+
+/// `AAPL:1h` → [`KeyState`] as JSON.
+const FORECASTS: TableDefinition<&str, &[u8]> = TableDefinition::new("forecasts");
+/// (`AAPL:1h`, version) → [`VersionRecord`] as JSON.
+const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
+/// (`lstm@3.2.0`, `AAPL:1h`) → (): the model directory.
+const MODELS: TableDefinition<(&str, &str), ()> = TableDefinition::new("models");
+/// Sequence → [`AuditEntry`] as JSON.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Name → value, for single settings such as the generated admin token's hash.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const ADMIN_TOKEN: &str = "admin-token";
+
+/// Most writes one transaction takes from the queue.
+const MAX_GROUP: usize = 256;
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct KeyState {
+    latest: u64,
+    oldest: u64,
+    current: Option<u64>,
+}
+
+enum Command {
+    Write {
+        key: ForecastKey,
+        new: NewVersion,
+        expect: Expect,
+        reply: oneshot::Sender<Result<VersionRecord>>,
+    },
+    Delete {
+        key: ForecastKey,
+        reply: oneshot::Sender<Result<Option<u64>>>,
+    },
+    Audit {
+        entry: AuditEntry,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    AdminToken {
+        candidate: String,
+        reply: oneshot::Sender<Result<String>>,
+    },
+}
+
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writer: mpsc::SyncSender<Command>,
+}
+
+fn fail(error: impl std::fmt::Display) -> StorageError {
+    StorageError::unavailable(format!("embedded store: {error}"))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/forecasts.redb` and starts the writer thread.
+    pub fn open(dir: &Path, retention: Retention) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("forecasts.redb");
+        let db = Database::create(&path).map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(fail)?;
+        {
+            txn.open_table(FORECASTS).map_err(fail)?;
+            txn.open_table(VERSIONS).map_err(fail)?;
+            txn.open_table(MODELS).map_err(fail)?;
+            txn.open_table(AUDIT).map_err(fail)?;
+            txn.open_table(META).map_err(fail)?;
+        }
+        txn.commit().map_err(fail)?;
+        let db = Arc::new(db);
+        let (writer, queue) = mpsc::sync_channel(4 * MAX_GROUP);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("embedded-store-writer".into())
+            .spawn(move || run_writer(&writer_db, &queue, retention))
+            .map_err(fail)?;
+        Ok(Self { db, writer })
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        match self.writer.try_send(make(reply)) {
+            Ok(()) => {}
+            // A full queue blocks the sender until the writer catches up; keep that off the async workers.
+            Err(mpsc::TrySendError::Full(command)) => {
+                let writer = self.writer.clone();
+                tokio::task::spawn_blocking(move || writer.send(command).map_err(drop))
+                    .await
+                    .map_err(fail)?
+                    .map_err(|_| fail("writer stopped"))?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(fail("writer stopped")),
+        }
+        answer.await.map_err(|_| fail("writer stopped"))?
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_read().map_err(fail)?;
+        f(&txn)
+    }
+}
+
+fn key_state(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<KeyState> {
+    match table.get(key).map_err(fail)? {
+        Some(raw) => serde_json::from_slice(raw.value()).map_err(StorageError::corrupt),
+        None => Ok(KeyState {
+            oldest: 1,
+            ..KeyState::default()
+        }),
+    }
+}
+
+fn record_at(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    key: &str,
+    version: u64,
+) -> Result<Option<VersionRecord>> {
+    table
+        .get((key, version))
+        .map_err(fail)?
+        .map(|raw| VersionRecord::decode(raw.value()))
+        .transpose()
+}
+
+fn encode(value: &impl Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(StorageError::corrupt)
+}
+
+/// Applies one command inside the open transaction. Failures that concern only this command (a
+/// precondition) are returned in its reply; failures of the transaction itself abort the whole group.
+struct Group<'a> {
+    txn: &'a redb::WriteTransaction,
+    retention: Retention,
+}
+
+impl Group<'_> {
+    fn write(&self, key: &ForecastKey, new: NewVersion, expect: Expect) -> Result<Result<VersionRecord>> {
+        let name = key.to_string();
+        let mut forecasts = self.txn.open_table(FORECASTS).map_err(fail)?;
+        let mut state = key_state(&forecasts, &name)?;
+        if let Err(conflict) = check_expect(key, expect, state.current) {
+            return Ok(Err(conflict));
+        }
+        let version = state.latest + 1;
+        let record = VersionRecord::from_new(key, version, new);
+        let mut versions = self.txn.open_table(VERSIONS).map_err(fail)?;
+        versions
+            .insert((name.as_str(), version), encode(&record)?.as_slice())
+            .map_err(fail)?;
+        while state.oldest + self.retention.versions_kept <= version {
+            versions.remove((name.as_str(), state.oldest)).map_err(fail)?;
+            state.oldest += 1;
+        }
+        state.latest = version;
+        state.current = Some(version);
+        forecasts
+            .insert(name.as_str(), encode(&state)?.as_slice())
+            .map_err(fail)?;
+        let model = record.forecast.model.to_string();
+        self.txn
+            .open_table(MODELS)
+            .map_err(fail)?
+            .insert((model.as_str(), name.as_str()), ())
+            .map_err(fail)?;
+        Ok(Ok(record))
+    }
+
+    fn delete(&self, key: &ForecastKey) -> Result<Option<u64>> {
+        let name = key.to_string();
+        let mut forecasts = self.txn.open_table(FORECASTS).map_err(fail)?;
+        let mut state = key_state(&forecasts, &name)?;
+        let deleted = state.current.take();
+        if deleted.is_some() {
+            forecasts
+                .insert(name.as_str(), encode(&state)?.as_slice())
+                .map_err(fail)?;
+        }
+        Ok(deleted)
+    }
+
+    fn audit(&self, entry: &AuditEntry) -> Result<()> {
+        let mut audit = self.txn.open_table(AUDIT).map_err(fail)?;
+        let next = audit.last().map_err(fail)?.map_or(0, |(seq, _)| seq.value() + 1);
+        audit.insert(next, encode(entry)?.as_slice()).map_err(fail)?;
+        if audit.len().map_err(fail)? > self.retention.audit_kept {
+            audit.pop_first().map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    fn admin_token(&self, candidate: &str) -> Result<String> {
+        let mut meta = self.txn.open_table(META).map_err(fail)?;
+        if let Some(stored) = meta.get(ADMIN_TOKEN).map_err(fail)? {
+            return Ok(stored.value().to_owned());
+        }
+        meta.insert(ADMIN_TOKEN, candidate).map_err(fail)?;
+        Ok(candidate.to_owned())
+    }
+}
+
+/// A reply that is sent only once the transaction it belongs to is durable.
+type PendingReply = Box<dyn FnOnce(Option<&StorageError>) + Send>;
+
+fn pending<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, outcome: Result<T>) -> PendingReply {
+    Box::new(move |commit_error| {
+        let _ = reply.send(match commit_error {
+            Some(error) => Err(fail(error)),
+            None => outcome,
+        });
+    })
+}
+
+fn apply(group: &Group<'_>, command: Command) -> Result<PendingReply> {
+    Ok(match command {
+        Command::Write {
+            key,
+            new,
+            expect,
+            reply,
+        } => pending(reply, group.write(&key, new, expect)?),
+        Command::Delete { key, reply } => pending(reply, group.delete(&key)),
+        Command::Audit { entry, reply } => pending(reply, group.audit(&entry)),
+        Command::AdminToken { candidate, reply } => pending(reply, group.admin_token(&candidate)),
+    })
+}
+
+fn run_writer(db: &Database, queue: &mpsc::Receiver<Command>, retention: Retention) {
+    while let Ok(first) = queue.recv() {
+        let mut commands = vec![first];
+        while commands.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => commands.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        let result = db.begin_write().map_err(fail).and_then(|txn| {
+            {
+                let group = Group { txn: &txn, retention };
+                for command in commands {
+                    replies.push(apply(&group, command)?);
+                }
+            }
+            txn.commit().map_err(fail)
+        });
+        // Commands of an aborted group that were not applied are dropped: their callers see "writer stopped"
+        // through the closed reply channel; those that were applied get the transaction's error.
+        let error = result.err();
+        if let Some(error) = &error {
+            tracing::error!(%error, "embedded store transaction failed");
+        }
+        for reply in replies {
+            reply(error.as_ref());
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|_| Ok(()))
+    }
+
+    async fn write(&self, key: &ForecastKey, new: NewVersion, expect: Expect) -> Result<VersionRecord> {
+        let key = key.clone();
+        self.submit(|reply| Command::Write {
+            key,
+            new,
+            expect,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &ForecastKey) -> Result<Option<u64>> {
+        let key = key.clone();
+        self.submit(|reply| Command::Delete { key, reply }).await
+    }
+
+    async fn current(&self, key: &ForecastKey) -> Result<Option<VersionRecord>> {
+        Ok(self.current_many(std::slice::from_ref(key)).await?.pop().flatten())
+    }
+
+    async fn current_many(&self, keys: &[ForecastKey]) -> Result<Vec<Option<VersionRecord>>> {
+        self.read(|txn| {
+            let forecasts = txn.open_table(FORECASTS).map_err(fail)?;
+            let versions = txn.open_table(VERSIONS).map_err(fail)?;
+            keys.iter()
+                .map(|key| {
+                    let name = key.to_string();
+                    match key_state(&forecasts, &name)?.current {
+                        Some(current) => record_at(&versions, &name, current),
+                        None => Ok(None),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    async fn version(&self, key: &ForecastKey, version: u64) -> Result<VersionRecord> {
+        self.read(|txn| {
+            let name = key.to_string();
+            if let Some(record) = record_at(&txn.open_table(VERSIONS).map_err(fail)?, &name, version)? {
+                return Ok(record);
+            }
+            let state = key_state(&txn.open_table(FORECASTS).map_err(fail)?, &name)?;
+            Err(missing_version(key, version, state.latest, state.oldest))
+        })
+    }
+
+    async fn history(&self, key: &ForecastKey) -> Result<History> {
+        self.read(|txn| {
+            let name = key.to_string();
+            let state = key_state(&txn.open_table(FORECASTS).map_err(fail)?, &name)?;
+            let table = txn.open_table(VERSIONS).map_err(fail)?;
+            let mut versions = Vec::new();
+            for entry in table
+                .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                .map_err(fail)?
+                .rev()
+            {
+                let (_, raw) = entry.map_err(fail)?;
+                versions.push(VersionRecord::decode(raw.value())?);
+            }
+            Ok(History {
+                latest: state.latest,
+                current: state.current,
+                versions,
+            })
+        })
+    }
+
+    async fn model_keys(&self, model: &ModelRef) -> Result<Vec<ForecastKey>> {
+        self.read(|txn| {
+            let model = model.to_string();
+            let table = txn.open_table(MODELS).map_err(fail)?;
+            let mut keys = Vec::new();
+            for entry in table.range((model.as_str(), "")..).map_err(fail)? {
+                let (names, _) = entry.map_err(fail)?;
+                let (owner, key) = names.value();
+                if owner != model {
+                    break;
+                }
+                keys.push(key.parse().map_err(StorageError::corrupt)?);
+            }
+            Ok(keys)
+        })
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let entry = entry.clone();
+        self.submit(|reply| Command::Audit { entry, reply }).await
+    }
+
+    async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.read(|txn| {
+            let table = txn.open_table(AUDIT).map_err(fail)?;
+            let mut entries = Vec::new();
+            for entry in table.iter().map_err(fail)?.rev().take(limit) {
+                let (_, raw) = entry.map_err(fail)?;
+                entries.push(serde_json::from_slice(raw.value()).map_err(StorageError::corrupt)?);
+            }
+            Ok(entries)
+        })
+    }
+
+    async fn admin_token_hash(&self, candidate: &str) -> Result<String> {
+        let candidate = candidate.to_owned();
+        self.submit(|reply| Command::AdminToken { candidate, reply }).await
+    }
+}

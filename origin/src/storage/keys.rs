@@ -1,0 +1,48 @@
+//! Every Redis key the origin uses, in one place.
+//!
+//! Keys of one instrument carry the `{INSTRUMENT}` hash tag, so on Redis Cluster they share one slot and
+//! a write can touch them atomically; sharding by instrument is the cluster's job.
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `fc:{AAPL}:1h` | hash | `seq` last version number, `lo` oldest kept, `curv` current version (absent when deleted), `cur` current record JSON, `v:N` record JSON of version N |
+//! | `model:{lstm@3.2.0}` | set | `AAPL:1h` members: keys the model may have versions in (a superset) |
+//! | `audit` | stream | field `e`: one audit entry as JSON |
+//! | `auth:admin-token` | string | SHA-256 (hex) of the token generated at first start |
+
+use shared::domain::{ForecastKey, ModelRef};
+
+/// Fields of the per-forecast hash.
+pub const SEQ: &str = "seq";
+pub const OLDEST: &str = "lo";
+pub const CURRENT_VERSION: &str = "curv";
+pub const CURRENT_RECORD: &str = "cur";
+
+pub fn forecast(key: &ForecastKey) -> String {
+    format!("fc:{{{}}}:{}", key.instrument, key.timeframe)
+}
+
+pub fn version_field(version: u64) -> String {
+    format!("v:{version}")
+}
+
+pub fn model_directory(model: &ModelRef) -> String {
+    format!("model:{{{model}}}")
+}
+
+pub const AUDIT: &str = "audit";
+pub const AUDIT_FIELD: &str = "e";
+pub const ADMIN_TOKEN: &str = "auth:admin-token";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_an_instrument_share_a_hash_tag() {
+        let key: ForecastKey = "btc-usd:1h".parse().unwrap();
+        assert_eq!(forecast(&key), "fc:{BTC-USD}:1h");
+        let model = ModelRef::new("lstm", "3.2.0").unwrap();
+        assert_eq!(model_directory(&model), "model:{lstm@3.2.0}");
+    }
+}

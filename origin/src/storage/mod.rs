@@ -1,0 +1,282 @@
+//! Durable storage of forecasts, their versions and the audit log.
+//!
+//! One [`Store`] trait, two backends with the same semantics, checked by one contract suite
+//! (`tests/it/contract.rs`):
+//! * [`redis::RedisStore`]: production and scale-out, one node or a Redis Cluster (key layout in [`keys`]);
+//! * [`embedded::EmbeddedStore`]: a redb file on local disk, the default when no Redis is configured.
+//!
+//! Invariants both backends keep:
+//! * versions of a key are numbered 1, 2, 3… and a number is never reused, not even after a delete;
+//! * a write (new version, current pointer, trim to the last `versions_kept`) is atomic;
+//! * a version, once written, never changes: only trimming removes it;
+//! * the model directory lists every key a model has a retained version in (it may list more; readers
+//!   check the versions themselves).
+
+pub mod embedded;
+pub mod keys;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("version {requested} of {key} does not exist (latest is {latest})")]
+    VersionNotFound {
+        key: ForecastKey,
+        requested: u64,
+        latest: u64,
+    },
+    #[error("version {requested} of {key} was trimmed (oldest kept is {oldest_kept})")]
+    VersionTrimmed {
+        key: ForecastKey,
+        requested: u64,
+        oldest_kept: u64,
+    },
+    #[error("precondition failed for {key}: expected {expected}, found {found}")]
+    Conflict {
+        key: ForecastKey,
+        expected: Expect,
+        found: Current,
+    },
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StorageError {
+    pub fn unavailable(error: impl std::fmt::Display) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+
+    pub fn corrupt(error: impl std::fmt::Display) -> Self {
+        Self::Corrupt(error.to_string())
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// What the writer expects the current version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No expectation: always write.
+    Any,
+    /// Some current version must exist (`If-Match: *`).
+    Exists,
+    /// The current version must be exactly this one (`If-Match` with an ETag).
+    Version(u64),
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Any => f.write_str("anything"),
+            Expect::Exists => f.write_str("a current version"),
+            Expect::Version(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// The current version of a key as a precondition saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current(pub Option<u64>);
+
+impl std::fmt::Display for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "version {v}"),
+            None => f.write_str("no current version"),
+        }
+    }
+}
+
+/// One stored version of a forecast. The JSON form is what backends store; `version` comes first so that
+/// a backend can assign it while it writes (see [`VersionRecord::encode_tail`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRecord {
+    pub version: u64,
+    pub instrument: Instrument,
+    pub timeframe: Timeframe,
+    /// When the origin stored this version.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// Name of the token that wrote it.
+    pub created_by: String,
+    /// Set when a rollback made this version: the version whose content it copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+    pub forecast: Forecast,
+}
+
+/// A version about to be written; the store gives it its number.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub rollback_of: Option<u64>,
+    pub forecast: Forecast,
+}
+
+impl VersionRecord {
+    pub fn key(&self) -> ForecastKey {
+        ForecastKey::new(self.instrument.clone(), self.timeframe)
+    }
+
+    pub fn from_new(key: &ForecastKey, version: u64, new: NewVersion) -> Self {
+        Self {
+            version,
+            instrument: key.instrument.clone(),
+            timeframe: key.timeframe,
+            created_at: new.created_at,
+            created_by: new.created_by,
+            rollback_of: new.rollback_of,
+            forecast: new.forecast,
+        }
+    }
+
+    const VERSION_PREFIX: &'static str = "{\"version\":";
+
+    /// The record's JSON without its leading `{"version":N`, so a store can prepend the number it assigns
+    /// inside an atomic step (a Lua script) without parsing JSON there.
+    pub fn encode_tail(key: &ForecastKey, new: &NewVersion) -> Result<String> {
+        let record = Self::from_new(key, 0, new.clone());
+        let json = serde_json::to_string(&record).map_err(StorageError::corrupt)?;
+        json.strip_prefix(Self::VERSION_PREFIX)
+            .and_then(|rest| rest.strip_prefix('0'))
+            .map(str::to_owned)
+            .ok_or_else(|| StorageError::corrupt("version record does not start with its version"))
+    }
+
+    pub fn encode_with_tail(version: u64, tail: &str) -> String {
+        format!("{}{version}{tail}", Self::VERSION_PREFIX)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(StorageError::corrupt)
+    }
+}
+
+/// Everything a store keeps about one key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// The number the last write got (0 when never written).
+    pub latest: u64,
+    /// The current version; `None` after a delete or before the first write.
+    pub current: Option<u64>,
+    /// Retained versions, newest first.
+    pub versions: Vec<VersionRecord>,
+}
+
+impl History {
+    pub fn current_record(&self) -> Option<&VersionRecord> {
+        let current = self.current?;
+        self.versions.iter().find(|v| v.version == current)
+    }
+}
+
+/// One admin action, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    /// Name of the token that acted.
+    pub actor: String,
+    /// What was done, such as `forecast.write`.
+    pub action: String,
+    /// What it was done to, such as `AAPL:1h`.
+    pub target: String,
+    /// HTTP status of the answer.
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Short name for metrics and logs.
+    fn backend(&self) -> &'static str;
+
+    /// Succeeds when the store can serve reads and writes now.
+    async fn ping(&self) -> Result<()>;
+
+    /// Stores `new` as the next version of `key` and makes it current, if `expect` holds.
+    async fn write(&self, key: &ForecastKey, new: NewVersion, expect: Expect) -> Result<VersionRecord>;
+
+    /// Makes `key` have no current version; its history stays. Returns the version that was current.
+    async fn delete(&self, key: &ForecastKey) -> Result<Option<u64>>;
+
+    async fn current(&self, key: &ForecastKey) -> Result<Option<VersionRecord>>;
+
+    /// The current versions of many keys, in the order asked.
+    async fn current_many(&self, keys: &[ForecastKey]) -> Result<Vec<Option<VersionRecord>>>;
+
+    async fn version(&self, key: &ForecastKey, version: u64) -> Result<VersionRecord>;
+
+    async fn history(&self, key: &ForecastKey) -> Result<History>;
+
+    /// Keys in which `model` may have retained versions (a superset; see the module docs).
+    async fn model_keys(&self, model: &ModelRef) -> Result<Vec<ForecastKey>>;
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+
+    /// The newest audit entries, newest first.
+    async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// Stores `candidate` as the generated admin token's hash unless one is stored; returns the stored one.
+    async fn admin_token_hash(&self, candidate: &str) -> Result<String>;
+}
+
+/// Settings both backends share.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// How many versions of each key are kept.
+    pub versions_kept: u64,
+    /// How many audit entries are kept.
+    pub audit_kept: u64,
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Which retained versions `n` falls among, for a key whose latest is `latest` and oldest kept `oldest`.
+pub(crate) fn missing_version(key: &ForecastKey, requested: u64, latest: u64, oldest_kept: u64) -> StorageError {
+    if requested == 0 || requested > latest {
+        StorageError::VersionNotFound {
+            key: key.clone(),
+            requested,
+            latest,
+        }
+    } else {
+        StorageError::VersionTrimmed {
+            key: key.clone(),
+            requested,
+            oldest_kept,
+        }
+    }
+}
+
+/// Whether a write expecting `expect` may go ahead when `current` is current.
+pub(crate) fn check_expect(key: &ForecastKey, expect: Expect, current: Option<u64>) -> Result<()> {
+    let holds = match expect {
+        Expect::Any => true,
+        Expect::Exists => current.is_some(),
+        Expect::Version(v) => current == Some(v),
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(StorageError::Conflict {
+            key: key.clone(),
+            expected: expect,
+            found: Current(current),
+        })
+    }
+}

@@ -1,0 +1,396 @@
+//! The Redis backend: one node through a reconnecting connection manager, or a Redis Cluster.
+//!
+//! The connection is made on first use, not at start, so the origin starts (not ready) while Redis is
+//! down and connects by itself when it comes back. Every call is bounded by `operation_timeout`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use shared::domain::{ForecastKey, ModelRef};
+use tokio::sync::OnceCell;
+
+use super::keys;
+use super::{
+    AuditEntry, Current, Expect, History, NewVersion, Result, Retention, StorageError, Store, VersionRecord,
+    missing_version,
+};
+
+/// Appends a version atomically: assigns the number, checks the precondition, updates the current pointer
+/// and trims old versions. KEYS[1] the forecast hash; ARGV: expect mode, expected version, record tail,
+/// versions kept. Returns `{"ok", n}` or `{"conflict", current or ""}`.
+const WRITE_SCRIPT: &str = r#"
+local k = KEYS[1]
+local mode, expected, tail, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local curv = redis.call('HGET', k, 'curv')
+if (mode == 'exists' and not curv) or (mode == 'version' and curv ~= expected) then
+  return {'conflict', curv or ''}
+end
+local n = tonumber(redis.call('HGET', k, 'seq') or '0') + 1
+local rec = '{"version":' .. n .. tail
+redis.call('HSET', k, 'seq', n, 'curv', n, 'cur', rec, 'v:' .. n, rec)
+local lo = tonumber(redis.call('HGET', k, 'lo') or '1')
+while lo <= n - keep do
+  redis.call('HDEL', k, 'v:' .. lo)
+  lo = lo + 1
+end
+redis.call('HSET', k, 'lo', lo)
+return {'ok', n}
+"#;
+
+/// Removes the current pointer. Returns the version that was current, or false.
+const DELETE_SCRIPT: &str = r#"
+local curv = redis.call('HGET', KEYS[1], 'curv')
+if curv then redis.call('HDEL', KEYS[1], 'curv', 'cur') end
+return curv
+"#;
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// One URL for a single node; for a cluster, any number of its nodes.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub operation_timeout: Duration,
+    pub retention: Retention,
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+pub struct RedisStore {
+    settings: RedisSettings,
+    connection: OnceCell<Connection>,
+    write_script: Script,
+    delete_script: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &self.settings.cluster)
+            .field("connected", &self.connection.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Checks the settings; the connection is made on first use.
+    pub fn new(settings: RedisSettings) -> Result<Self> {
+        if settings.urls.is_empty() {
+            return Err(StorageError::unavailable("no redis url configured"));
+        }
+        for url in &settings.urls {
+            redis::Client::open(url.as_str())
+                .map_err(|e| StorageError::unavailable(format!("invalid redis url: {e}")))?;
+        }
+        Ok(Self {
+            settings,
+            connection: OnceCell::new(),
+            write_script: Script::new(WRITE_SCRIPT),
+            delete_script: Script::new(DELETE_SCRIPT),
+        })
+    }
+
+    async fn connect(&self) -> Result<Connection> {
+        let timeout = self.settings.operation_timeout;
+        if self.settings.cluster {
+            let client = ClusterClientBuilder::new(self.settings.urls.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .build()
+                .map_err(StorageError::unavailable)?;
+            let connection = client.get_async_connection().await.map_err(StorageError::unavailable)?;
+            Ok(Connection::Cluster(connection))
+        } else {
+            let client = redis::Client::open(self.settings.urls[0].as_str()).map_err(StorageError::unavailable)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout)
+                .set_number_of_retries(1)
+                .set_max_delay(500);
+            let manager = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(StorageError::unavailable)?;
+            Ok(Connection::Single(manager))
+        }
+    }
+
+    async fn connection(&self) -> Result<Connection> {
+        let timeout = self.settings.operation_timeout;
+        let connection = tokio::time::timeout(timeout, self.connection.get_or_try_init(|| self.connect()))
+            .await
+            .map_err(|_| StorageError::unavailable("timed out connecting to redis"))??;
+        Ok(connection.clone())
+    }
+
+    /// Runs one request, bounded in time; every Redis failure is reported as unavailability.
+    async fn run<T, F>(&self, request: impl FnOnce(Connection) -> F) -> Result<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let connection = self.connection().await?;
+        match tokio::time::timeout(self.settings.operation_timeout, request(connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(StorageError::unavailable(error)),
+            Err(_) => Err(StorageError::unavailable("redis operation timed out")),
+        }
+    }
+}
+
+fn decode_optional(bytes: Option<Vec<u8>>) -> Result<Option<VersionRecord>> {
+    bytes.map(|b| VersionRecord::decode(&b)).transpose()
+}
+
+fn parse_number(fields: &HashMap<String, Vec<u8>>, name: &str) -> Result<Option<u64>> {
+    fields
+        .get(name)
+        .map(|raw| {
+            std::str::from_utf8(raw)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| StorageError::corrupt(format!("field {name} is not a number")))
+        })
+        .transpose()
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .map(drop)
+    }
+
+    async fn write(&self, key: &ForecastKey, new: NewVersion, expect: Expect) -> Result<VersionRecord> {
+        let tail = VersionRecord::encode_tail(key, &new)?;
+        let model_directory = keys::model_directory(&new.forecast.model);
+        let hash = keys::forecast(key);
+        let (mode, expected) = match expect {
+            Expect::Any => ("any", String::new()),
+            Expect::Exists => ("exists", String::new()),
+            Expect::Version(v) => ("version", v.to_string()),
+        };
+        // The directory entry goes first: on Cluster it lives in another slot, and a crash between the two
+        // steps must leave an extra entry rather than a missing one.
+        let member = key.to_string();
+        self.run(|mut c| async move {
+            redis::cmd("SADD")
+                .arg(&model_directory)
+                .arg(&member)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await?;
+        let (status, value): (String, String) = self
+            .run(|mut c| {
+                let script = &self.write_script;
+                let keep = self.settings.retention.versions_kept;
+                let tail = &tail;
+                async move {
+                    script
+                        .key(&hash)
+                        .arg(mode)
+                        .arg(expected)
+                        .arg(tail)
+                        .arg(keep)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        match status.as_str() {
+            "ok" => {
+                let version = value.parse().map_err(StorageError::corrupt)?;
+                Ok(VersionRecord::from_new(key, version, new))
+            }
+            _ => Err(StorageError::Conflict {
+                key: key.clone(),
+                expected: expect,
+                found: Current(value.parse().ok()),
+            }),
+        }
+    }
+
+    async fn delete(&self, key: &ForecastKey) -> Result<Option<u64>> {
+        let hash = keys::forecast(key);
+        let deleted: Option<u64> = self
+            .run(|mut c| async move { self.delete_script.key(&hash).invoke_async(&mut c).await })
+            .await?;
+        Ok(deleted)
+    }
+
+    async fn current(&self, key: &ForecastKey) -> Result<Option<VersionRecord>> {
+        let hash = keys::forecast(key);
+        let bytes: Option<Vec<u8>> = self
+            .run(|mut c| async move {
+                redis::cmd("HGET")
+                    .arg(&hash)
+                    .arg(keys::CURRENT_RECORD)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        decode_optional(bytes)
+    }
+
+    async fn current_many(&self, keys: &[ForecastKey]) -> Result<Vec<Option<VersionRecord>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGET").arg(keys::forecast(key)).arg(keys::CURRENT_RECORD);
+        }
+        let found: Vec<Option<Vec<u8>>> = self.run(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        found.into_iter().map(decode_optional).collect()
+    }
+
+    async fn version(&self, key: &ForecastKey, version: u64) -> Result<VersionRecord> {
+        let hash = keys::forecast(key);
+        let (record, latest, oldest): (Option<Vec<u8>>, Option<u64>, Option<u64>) = self
+            .run(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&hash)
+                    .arg(keys::version_field(version))
+                    .arg(keys::SEQ)
+                    .arg(keys::OLDEST)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        match record {
+            Some(bytes) => VersionRecord::decode(&bytes),
+            None => Err(missing_version(key, version, latest.unwrap_or(0), oldest.unwrap_or(1))),
+        }
+    }
+
+    async fn history(&self, key: &ForecastKey) -> Result<History> {
+        let hash = keys::forecast(key);
+        let fields: HashMap<String, Vec<u8>> = self
+            .run(|mut c| async move { redis::cmd("HGETALL").arg(&hash).query_async(&mut c).await })
+            .await?;
+        let mut versions = fields
+            .iter()
+            .filter(|(name, _)| name.starts_with("v:"))
+            .map(|(_, bytes)| VersionRecord::decode(bytes))
+            .collect::<Result<Vec<_>>>()?;
+        versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+        Ok(History {
+            latest: parse_number(&fields, keys::SEQ)?.unwrap_or(0),
+            current: parse_number(&fields, keys::CURRENT_VERSION)?,
+            versions,
+        })
+    }
+
+    async fn model_keys(&self, model: &ModelRef) -> Result<Vec<ForecastKey>> {
+        let directory = keys::model_directory(model);
+        let members: Vec<String> = self
+            .run(|mut c| async move { redis::cmd("SMEMBERS").arg(&directory).query_async(&mut c).await })
+            .await?;
+        let mut found = members
+            .iter()
+            .map(|m| m.parse().map_err(StorageError::corrupt))
+            .collect::<Result<Vec<ForecastKey>>>()?;
+        found.sort();
+        Ok(found)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let json = serde_json::to_string(entry).map_err(StorageError::corrupt)?;
+        let kept = self.settings.retention.audit_kept;
+        self.run(|mut c| async move {
+            redis::cmd("XADD")
+                .arg(keys::AUDIT)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(kept)
+                .arg("*")
+                .arg(keys::AUDIT_FIELD)
+                .arg(&json)
+                .query_async::<String>(&mut c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .run(|mut c| async move {
+                redis::cmd("XREVRANGE")
+                    .arg(keys::AUDIT)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        reply
+            .ids
+            .iter()
+            .map(|id| {
+                let json: String = id
+                    .get(keys::AUDIT_FIELD)
+                    .ok_or_else(|| StorageError::corrupt("audit entry without its field"))?;
+                serde_json::from_str(&json).map_err(StorageError::corrupt)
+            })
+            .collect()
+    }
+
+    async fn admin_token_hash(&self, candidate: &str) -> Result<String> {
+        let candidate = candidate.to_owned();
+        self.run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(keys::ADMIN_TOKEN)
+                .arg(&candidate)
+                .arg("NX")
+                .arg("GET")
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .map(|previous| previous.unwrap_or(candidate))
+        })
+        .await
+    }
+}

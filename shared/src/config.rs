@@ -1,0 +1,51 @@
+//! Layered configuration: compiled-in defaults, then an optional TOML file, then environment variables
+//! with a prefix and `__` between levels (`ORIGIN_HTTP__LISTEN` sets `http.listen`).
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+/// Reads `T` from its defaults, `file` when given, and the environment variables starting with `env_prefix`.
+///
+/// Environment values are parsed like TOML scalars, so `true` is a boolean and `8` a number.
+pub fn load<T>(env_prefix: &str, file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment
+        .merge(Env::prefixed(env_prefix).split("__"))
+        .extract()
+        .map_err(|e| ConfigError(Box::new(e)))
+}
+
+/// Reads `T` from TOML text alone, without defaults or environment: used to check shipped config files.
+pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    Figment::from(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError(Box::new(e)))
+}
+
+/// Deserializes an empty string as `None`, so `ORIGIN_STORAGE__REDIS_URL=` means "not configured".
+pub mod empty_as_none {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(value.as_deref().unwrap_or(""))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+        let value = Option::<String>::deserialize(deserializer)?;
+        Ok(value.filter(|s| !s.trim().is_empty()))
+    }
+}

@@ -1,0 +1,11 @@
+//! What the origin and the edges both need, and nothing else.
+//!
+//! * [`domain`]: instruments, timeframes, forecasts and models, checked when they are built.
+//! * [`config`]: layered configuration loading (defaults → TOML file → prefixed environment).
+//! * [`telemetry`]: the one `tracing` setup.
+//!
+//! Invariant: this crate opens no sockets and spawns no tasks.
+
+pub mod config;
+pub mod domain;
+pub mod telemetry;
