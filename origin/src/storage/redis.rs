@@ -189,6 +189,21 @@ fn parse_number(fields: &HashMap<String, Vec<u8>>, name: &str) -> Result<Option<
         .transpose()
 }
 
+impl RedisStore {
+    /// Current records of `keys` in one pipeline (on a cluster, the keys must share a slot).
+    async fn current_pipelined(&self, keys: &[ForecastKey]) -> Result<Vec<Option<VersionRecord>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGET").arg(keys::forecast(key)).arg(keys::CURRENT_RECORD);
+        }
+        let found: Vec<Option<Vec<u8>>> = self.run(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        found.into_iter().map(decode_optional).collect()
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
@@ -274,15 +289,32 @@ impl Store for RedisStore {
     }
 
     async fn current_many(&self, keys: &[ForecastKey]) -> Result<Vec<Option<VersionRecord>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        if !self.settings.cluster {
+            return self.current_pipelined(keys).await;
         }
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("HGET").arg(keys::forecast(key)).arg(keys::CURRENT_RECORD);
+        // A cluster pipeline must stay in one slot: one pipeline per instrument, all at once.
+        let mut groups: Vec<(Vec<usize>, Vec<ForecastKey>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|(_, group)| group[0].instrument == key.instrument)
+            {
+                Some((positions, group)) => {
+                    positions.push(i);
+                    group.push(key.clone());
+                }
+                None => groups.push((vec![i], vec![key.clone()])),
+            }
         }
-        let found: Vec<Option<Vec<u8>>> = self.run(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-        found.into_iter().map(decode_optional).collect()
+        let found =
+            futures::future::try_join_all(groups.iter().map(|(_, group)| self.current_pipelined(group))).await?;
+        let mut answers = vec![None; keys.len()];
+        for ((positions, _), records) in groups.iter().zip(found) {
+            for (&i, record) in positions.iter().zip(records) {
+                answers[i] = record;
+            }
+        }
+        Ok(answers)
     }
 
     async fn version(&self, key: &ForecastKey, version: u64) -> Result<VersionRecord> {

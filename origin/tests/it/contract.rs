@@ -1,0 +1,286 @@
+//! One contract for every storage backend: the embedded store, one Redis node, and a 3-master Redis
+//! Cluster. Each case uses its own instruments, so cases share one store.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loadtest::launch::{RedisCluster, RedisServer};
+use origin::storage::embedded::EmbeddedStore;
+use origin::storage::redis::{RedisSettings, RedisStore};
+use origin::storage::{AuditEntry, Expect, NewVersion, Retention, SharedStore, StorageError};
+use shared::domain::{Forecast, ForecastKey, ModelRef};
+use time::OffsetDateTime;
+
+use crate::support::{forecast, unique_instrument};
+
+const RETENTION: Retention = Retention {
+    versions_kept: 3,
+    audit_kept: 1000,
+};
+
+fn key(prefix: &str) -> ForecastKey {
+    format!("{}:1h", unique_instrument(prefix)).parse().unwrap()
+}
+
+fn new_version(model: (&str, &str), point: f64) -> NewVersion {
+    let forecast: Forecast = serde_json::from_value(forecast(model, point)).unwrap();
+    NewVersion {
+        created_at: OffsetDateTime::now_utc(),
+        created_by: "contract".into(),
+        rollback_of: None,
+        forecast,
+    }
+}
+
+async fn write(store: &SharedStore, key: &ForecastKey, point: f64) -> u64 {
+    store
+        .write(key, new_version(("m", "1"), point), Expect::Any)
+        .await
+        .unwrap()
+        .version
+}
+
+async fn versions_are_numbered_and_current(store: &SharedStore) {
+    let key = key("NUM");
+    assert!(store.current(&key).await.unwrap().is_none());
+    for expected in 1..=3 {
+        assert_eq!(write(store, &key, expected as f64).await, expected);
+    }
+    let current = store.current(&key).await.unwrap().unwrap();
+    assert_eq!((current.version, current.forecast.point), (3, 3.0));
+    assert_eq!(current.key(), key);
+    let history = store.history(&key).await.unwrap();
+    assert_eq!((history.latest, history.current), (3, Some(3)));
+    assert_eq!(
+        history.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [3, 2, 1]
+    );
+}
+
+async fn old_versions_are_trimmed(store: &SharedStore) {
+    let key = key("TRIM");
+    for point in 1..=5 {
+        write(store, &key, point as f64).await;
+    }
+    let history = store.history(&key).await.unwrap();
+    assert_eq!(
+        history.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [5, 4, 3]
+    );
+    assert_eq!(store.version(&key, 3).await.unwrap().forecast.point, 3.0);
+    assert!(matches!(
+        store.version(&key, 2).await,
+        Err(StorageError::VersionTrimmed {
+            requested: 2,
+            oldest_kept: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.version(&key, 6).await,
+        Err(StorageError::VersionNotFound { latest: 5, .. })
+    ));
+    assert!(matches!(
+        store.version(&key, 0).await,
+        Err(StorageError::VersionNotFound { .. })
+    ));
+    let never = self::key("NEVER");
+    assert!(matches!(
+        store.version(&never, 1).await,
+        Err(StorageError::VersionNotFound { latest: 0, .. })
+    ));
+    assert_eq!(store.history(&never).await.unwrap().latest, 0);
+}
+
+async fn preconditions_are_atomic_checks(store: &SharedStore) {
+    let key = key("PRE");
+    let refused = store.write(&key, new_version(("m", "1"), 1.0), Expect::Exists).await;
+    assert!(matches!(refused, Err(StorageError::Conflict { .. })), "{refused:?}");
+    assert!(
+        store.history(&key).await.unwrap().versions.is_empty(),
+        "a refused write left data behind"
+    );
+    write(store, &key, 1.0).await;
+    let stale = store
+        .write(&key, new_version(("m", "1"), 2.0), Expect::Version(7))
+        .await;
+    assert!(matches!(stale, Err(StorageError::Conflict { .. })), "{stale:?}");
+    let ok = store
+        .write(&key, new_version(("m", "1"), 2.0), Expect::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(ok.version, 2);
+    assert_eq!(
+        store
+            .write(&key, new_version(("m", "1"), 3.0), Expect::Exists)
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+async fn deletes_keep_history_and_numbering(store: &SharedStore) {
+    let key = key("DEL");
+    assert_eq!(store.delete(&key).await.unwrap(), None);
+    write(store, &key, 1.0).await;
+    write(store, &key, 2.0).await;
+    assert_eq!(store.delete(&key).await.unwrap(), Some(2));
+    assert!(store.current(&key).await.unwrap().is_none());
+    assert_eq!(store.delete(&key).await.unwrap(), None);
+    let history = store.history(&key).await.unwrap();
+    assert_eq!((history.latest, history.current, history.versions.len()), (2, None, 2));
+    let refused = store.write(&key, new_version(("m", "1"), 3.0), Expect::Exists).await;
+    assert!(matches!(refused, Err(StorageError::Conflict { .. })));
+    assert_eq!(write(store, &key, 3.0).await, 3);
+}
+
+async fn many_keys_are_read_in_order(store: &SharedStore) {
+    let (a, b, c) = (key("MA"), key("MB"), key("MC"));
+    write(store, &a, 1.0).await;
+    write(store, &c, 3.0).await;
+    let found = store.current_many(&[c.clone(), b.clone(), a.clone()]).await.unwrap();
+    let points: Vec<Option<f64>> = found.iter().map(|r| r.as_ref().map(|r| r.forecast.point)).collect();
+    assert_eq!(points, [Some(3.0), None, Some(1.0)]);
+    assert!(store.current_many(&[]).await.unwrap().is_empty());
+}
+
+async fn models_list_their_keys(store: &SharedStore) {
+    let model_id = unique_instrument("model").to_lowercase();
+    let (a, b) = (key("MOD"), key("MOD"));
+    store
+        .write(&a, new_version((&model_id, "1"), 1.0), Expect::Any)
+        .await
+        .unwrap();
+    store
+        .write(&b, new_version((&model_id, "2"), 1.0), Expect::Any)
+        .await
+        .unwrap();
+    let v1 = store.model_keys(&ModelRef::new(&model_id, "1").unwrap()).await.unwrap();
+    assert_eq!(v1, [a.clone()]);
+    let v2 = store.model_keys(&ModelRef::new(&model_id, "2").unwrap()).await.unwrap();
+    assert_eq!(v2, [b]);
+    assert!(
+        store
+            .model_keys(&ModelRef::new(&model_id, "3").unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn concurrent_writes_lose_nothing(store: &SharedStore) {
+    let key = key("RACE");
+    let writes = (0..24).map(|i| {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move { store.write(&key, new_version(("m", "1"), i as f64), Expect::Any).await })
+    });
+    let mut versions: Vec<u64> = Vec::new();
+    for write in writes {
+        versions.push(write.await.unwrap().unwrap().version);
+    }
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (1..=24).collect::<Vec<u64>>(),
+        "versions were lost or duplicated"
+    );
+    assert_eq!(store.history(&key).await.unwrap().latest, 24);
+}
+
+async fn audit_is_kept_newest_first(store: &SharedStore) {
+    let actor = unique_instrument("actor");
+    for i in 0..3 {
+        let entry = AuditEntry {
+            at: OffsetDateTime::now_utc(),
+            actor: actor.clone(),
+            action: "forecast.write".into(),
+            target: format!("T{i}"),
+            status: 200,
+            detail: serde_json::json!({"i": i}),
+        };
+        store.append_audit(&entry).await.unwrap();
+    }
+    let entries = store.audit(2).await.unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e.actor == actor));
+    assert_eq!((entries[0].target.as_str(), entries[1].target.as_str()), ("T2", "T1"));
+}
+
+async fn the_first_admin_token_hash_wins(store: &SharedStore) {
+    let first = store.admin_token_hash("sha256:first").await.unwrap();
+    let second = store.admin_token_hash("sha256:second").await.unwrap();
+    assert_eq!(first, second, "a second start replaced the stored token hash");
+}
+
+/// Runs every case against `store`, then checks that a new connection (`reopen`) sees what was written.
+async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> SharedStore) {
+    store.ping().await.unwrap();
+    versions_are_numbered_and_current(&store).await;
+    old_versions_are_trimmed(&store).await;
+    preconditions_are_atomic_checks(&store).await;
+    deletes_keep_history_and_numbering(&store).await;
+    many_keys_are_read_in_order(&store).await;
+    models_list_their_keys(&store).await;
+    concurrent_writes_lose_nothing(&store).await;
+    audit_is_kept_newest_first(&store).await;
+    the_first_admin_token_hash_wins(&store).await;
+
+    let key = key("DURABLE");
+    write(&store, &key, 42.0).await;
+    let reopened = reopen(store).await;
+    assert_eq!(reopened.current(&key).await.unwrap().unwrap().forecast.point, 42.0);
+}
+
+fn redis_store(urls: Vec<String>, cluster: bool) -> SharedStore {
+    std::sync::Arc::new(
+        RedisStore::new(RedisSettings {
+            urls,
+            cluster,
+            operation_timeout: Duration::from_secs(5),
+            retention: RETENTION,
+        })
+        .unwrap(),
+    )
+}
+
+/// Opens the embedded store, waiting for a previous instance's writer to let go of the file.
+pub async fn open_embedded(dir: PathBuf) -> SharedStore {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match EmbeddedStore::open(&dir, RETENTION) {
+            Ok(store) => return std::sync::Arc::new(store),
+            Err(error) if tokio::time::Instant::now() > deadline => panic!("embedded store did not reopen: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let store = open_embedded(path.clone()).await;
+    contract(store, async |store| {
+        drop(store);
+        open_embedded(path).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_keeps_the_contract() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    contract(redis_store(vec![url.clone()], false), async |_| {
+        redis_store(vec![url], false)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_keeps_the_contract() {
+    let cluster = RedisCluster::start().unwrap();
+    let urls = cluster.urls();
+    contract(redis_store(urls.clone(), true), async |_| redis_store(urls, true)).await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the origin: real HTTP, real redb files, real `redis-server` processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod bad_input;
+mod contract;
+mod outage;
+mod support;

@@ -1,0 +1,144 @@
+//! A real origin on a free loopback port, and helpers to talk to it.
+
+use std::path::Path;
+
+use origin::config::OriginConfig;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Configuration for tests: a free port, the embedded store in `dir`, a known admin token.
+pub fn config(dir: &Path) -> OriginConfig {
+    let mut config = OriginConfig::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.storage.data_dir = dir.to_path_buf();
+    config.auth.bootstrap_token = Some(ADMIN_TOKEN.to_owned());
+    config
+}
+
+pub struct TestOrigin {
+    pub base: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Option<TempDir>,
+}
+
+impl TestOrigin {
+    /// An origin on the embedded store in a fresh folder.
+    pub async fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut origin = Self::start(config(dir.path())).await;
+        origin._dir = Some(dir);
+        origin
+    }
+
+    pub async fn start(config: OriginConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind(config.http.listen).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = origin::server::start(&config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+        Self {
+            base: format!("http://{}", running.addr),
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(running.task),
+            _dir: None,
+        }
+    }
+
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    /// An admin request with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Writes `body` as the next version of `instrument`/`timeframe`; panics unless it is stored.
+    pub async fn put(&self, instrument: &str, timeframe: &str, body: &Value) -> Value {
+        let response = self
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/admin/v1/forecasts/{instrument}/{timeframe}"),
+            )
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let value: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "write failed with {status}: {value}");
+        value
+    }
+}
+
+impl Drop for TestOrigin {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A valid forecast body from `model` with value `point`, valid for the next hour.
+pub fn forecast(model: (&str, &str), point: f64) -> Value {
+    let now = time::OffsetDateTime::now_utc();
+    let format = &time::format_description::well_known::Rfc3339;
+    json!({
+        "horizon": "1h",
+        "generated_at": now.format(format).unwrap(),
+        "valid_until": (now + time::Duration::hours(1)).format(format).unwrap(),
+        "model": {"id": model.0, "version": model.1},
+        "point": point,
+        "quantiles": {"0.05": point - 5.0, "0.5": point, "0.95": point + 5.0},
+        "direction_prob_up": 0.61,
+        "metadata": {"features": "ohlcv"}
+    })
+}
+
+/// An instrument name no other test uses.
+pub fn unique_instrument(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}-{}",
+        std::process::id() % 10_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Asserts the API's error shape and code, and returns the message.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "unexpected status for expected {code}"
+    );
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap().to_owned();
+    assert!(!message.is_empty());
+    message
+}
