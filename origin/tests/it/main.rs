@@ -5,4 +5,5 @@ mod api;
 mod bad_input;
 mod contract;
 mod outage;
+mod process;
 mod support;

@@ -1,0 +1,120 @@
+//! The real `origin` binary: configuration layers, the generated admin token, SIGTERM.
+
+use std::process::Command;
+use std::time::Duration;
+
+use loadtest::launch::{ChildProcess, free_port, wait_http_ok};
+
+use crate::support::forecast;
+
+struct Binary {
+    process: ChildProcess,
+    base: String,
+}
+
+fn start(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Binary {
+    let port = free_port().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_origin"));
+    let config_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/origin.toml");
+    command
+        .args(["--config", config_file])
+        .env("ORIGIN_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ORIGIN_STORAGE__DATA_DIR", data_dir)
+        .env("ORIGIN_STORAGE__REDIS_URL", "")
+        .env("ORIGIN_LOG__FORMAT", "json")
+        .env_remove("ORIGIN_AUTH__BOOTSTRAP_TOKEN");
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    Binary {
+        process: ChildProcess::spawn("origin", command).unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+impl Binary {
+    async fn ready(&self) {
+        if let Err(error) = wait_http_ok(&format!("{}/readyz", self.base), Duration::from_secs(20)).await {
+            panic!("origin did not become ready: {error:#}{}", self.process.log_excerpt());
+        }
+    }
+
+    fn generated_token(&self) -> Option<String> {
+        let log = self.process.log_tail(200);
+        let start = log.find("ft_")?;
+        Some(
+            log[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect(),
+        )
+    }
+
+    async fn put(&self, token: &str) -> reqwest::StatusCode {
+        reqwest::Client::new()
+            .put(format!("{}/admin/v1/forecasts/BIN/1h", self.base))
+            .bearer_auth(token)
+            .json(&forecast(("m", "1"), 1.0))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_token_is_shown_once_and_sigterm_stops_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path(), &[]);
+    first.ready().await;
+    let token = first
+        .generated_token()
+        .expect("the first start prints a generated token");
+    assert_eq!(first.put(&token).await, 201);
+    assert_eq!(first.put("ft_wrong").await, 401);
+    let status = first.process.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "SIGTERM ended the origin with {status}");
+
+    let second = start(dir.path(), &[]);
+    second.ready().await;
+    assert_eq!(second.generated_token(), None, "a second start printed a new token");
+    assert_eq!(
+        second.put(&token).await,
+        200,
+        "the generated token no longer works after a restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start(
+        dir.path(),
+        &[
+            ("ORIGIN_AUTH__BOOTSTRAP_TOKEN", "env-token"),
+            ("ORIGIN_AUTH__PUBLIC_READS", "false"),
+        ],
+    );
+    origin.ready().await;
+    assert_eq!(origin.generated_token(), None, "a bootstrap token was configured");
+    assert_eq!(origin.put("env-token").await, 201);
+    let anonymous = reqwest::get(format!("{}/v1/forecasts/BIN/1h", origin.base))
+        .await
+        .unwrap();
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "public_reads=false from the environment was ignored"
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_with_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .env("ORIGIN_HTTP__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.to_lowercase().contains("http.listen"), "the error does not name the key: {stderr}");
+}
