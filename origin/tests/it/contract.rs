@@ -157,7 +157,7 @@ async fn models_list_their_keys(store: &SharedStore) {
         .await
         .unwrap();
     let v1 = store.model_keys(&ModelRef::new(&model_id, "1").unwrap()).await.unwrap();
-    assert_eq!(v1, [a.clone()]);
+    assert_eq!(v1, [a]);
     let v2 = store.model_keys(&ModelRef::new(&model_id, "2").unwrap()).await.unwrap();
     assert_eq!(v2, [b]);
     assert!(

@@ -1,0 +1,473 @@
+//! An HTTP/1.1 load generator on keep-alive hyper client connections.
+//!
+//! [`run`] drives a fixed number of connections, each sending one request at a time, until a
+//! deadline or a request count is reached. A generator closure builds each request from its
+//! index, so a run can read random keys or write each key once. Latency runs from just before a
+//! request is sent until its whole response body has arrived.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// Requests and responses as the generator sends and reads them.
+pub type Body = Full<Bytes>;
+
+/// Highest latency the histograms track; slower requests are recorded as this value.
+const MAX_TRACKED_LATENCY_US: u64 = 60_000_000;
+/// Pause before reconnecting after a failed connect, so a dead server is not hammered.
+const RECONNECT_DELAY: Duration = Duration::from_millis(10);
+/// Timeout of a single connect or request made by [`get_status`].
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What one [`run`] does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Connections open at once, each with one request in flight.
+    pub connections: usize,
+    /// Upper bound of the run: no request starts after it.
+    pub duration: Duration,
+    /// Stop after this many requests have been started, when given.
+    pub requests: Option<u64>,
+    /// A request without a response after this long counts as an error and its connection is
+    /// replaced.
+    pub request_timeout: Duration,
+    /// Prefix of the progress lines; `None` prints none.
+    pub progress: Option<String>,
+}
+
+impl Plan {
+    /// A run of `connections` for `duration`, with a 10 s request timeout and no progress lines.
+    pub fn timed(connections: usize, duration: Duration) -> Self {
+        Self {
+            connections,
+            duration,
+            requests: None,
+            request_timeout: Duration::from_secs(10),
+            progress: None,
+        }
+    }
+
+    /// Stops after `requests` requests (still bounded by the duration).
+    pub fn with_requests(mut self, requests: u64) -> Self {
+        self.requests = Some(requests);
+        self
+    }
+
+    /// Prints a progress line to stderr every second, starting with `label`.
+    pub fn with_progress(mut self, label: impl Into<String>) -> Self {
+        self.progress = Some(label.into());
+        self
+    }
+}
+
+/// The outcome of one [`run`].
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadResult {
+    /// Responses received, whatever their status.
+    pub requests: u64,
+    /// Responses with a 2xx or 304 status.
+    pub ok: u64,
+    /// Responses with another status, plus transport errors.
+    pub errors: u64,
+    /// Failed connects, failed requests and timeouts.
+    pub transport_errors: u64,
+    /// Connections replaced after the server closed them between requests (not errors).
+    pub reconnects: u64,
+    /// Responses by status code.
+    pub statuses: BTreeMap<u16, u64>,
+    pub elapsed_secs: f64,
+    /// Responses per second over `elapsed_secs`.
+    pub rps: f64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl LoadResult {
+    /// How many responses had `status`.
+    pub fn count(&self, status: u16) -> u64 {
+        self.statuses.get(&status).copied().unwrap_or(0)
+    }
+}
+
+/// A GET request for `path` (the Host header is added by [`run`]).
+pub fn get(path: &str) -> Result<Request<Body>> {
+    Request::get(path)
+        .body(Body::default())
+        .with_context(|| format!("build GET {path}"))
+}
+
+/// A request with a JSON body and, when `bearer` is given, `Authorization: Bearer <token>`.
+pub fn json_request(method: Method, path: &str, body: Bytes, bearer: Option<&str>) -> Result<Request<Body>> {
+    let mut builder = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(token) = bearer {
+        builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+    }
+    builder
+        .body(Full::new(body))
+        .with_context(|| format!("build {method} {path}"))
+}
+
+/// Sends one GET for `uri` (`http://HOST:PORT/path`) over a new connection and returns the status.
+pub async fn get_status(uri: &Uri) -> Result<StatusCode> {
+    let authority = uri.authority().with_context(|| format!("{uri} has no host and port"))?;
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    let request = Request::get(path)
+        .header(HOST, authority.as_str())
+        .body(Body::default())
+        .with_context(|| format!("build GET {uri}"))?;
+    let stream = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(authority.as_str()))
+        .await
+        .with_context(|| format!("connect to {authority}: timed out"))?
+        .with_context(|| format!("connect to {authority}"))?;
+    let mut sender = handshake(stream).await?;
+    tokio::time::timeout(PROBE_TIMEOUT, exchange(&mut sender, request))
+        .await
+        .with_context(|| format!("GET {uri}: timed out"))?
+        .with_context(|| format!("GET {uri}"))
+}
+
+/// Runs `plan` against `address`; `generate` builds the request with the given index (0, 1, …).
+pub async fn run<G>(address: SocketAddr, plan: &Plan, generate: G) -> Result<LoadResult>
+where
+    G: Fn(u64) -> Result<Request<Body>> + Send + Sync + 'static,
+{
+    ensure!(plan.connections > 0, "a load run needs at least one connection");
+    let started = Instant::now();
+    let shared = Arc::new(Shared {
+        address,
+        host: HeaderValue::from_str(&address.to_string()).context("use the target address as Host header")?,
+        generate,
+        deadline: started + plan.duration,
+        limit: plan.requests,
+        request_timeout: plan.request_timeout,
+        next_index: AtomicU64::new(0),
+        completed: AtomicU64::new(0),
+    });
+
+    let mut progress = JoinSet::new();
+    if let Some(label) = &plan.progress {
+        progress.spawn(print_progress(label.clone(), Arc::clone(&shared)));
+    }
+    let mut workers = JoinSet::new();
+    for _ in 0..plan.connections {
+        workers.spawn(drive_connection(Arc::clone(&shared)));
+    }
+    let mut total = Tally::new()?;
+    while let Some(joined) = workers.join_next().await {
+        let tally = joined.context("a load connection task failed")??;
+        total.merge(tally)?;
+    }
+    let elapsed = started.elapsed();
+    progress.abort_all();
+    Ok(total.into_result(elapsed))
+}
+
+struct Shared<G> {
+    address: SocketAddr,
+    host: HeaderValue,
+    generate: G,
+    deadline: Instant,
+    limit: Option<u64>,
+    request_timeout: Duration,
+    /// Index of the next request to start.
+    next_index: AtomicU64,
+    /// Responses received so far, for progress lines.
+    completed: AtomicU64,
+}
+
+impl<G> Shared<G> {
+    /// The index of the next request, or `None` when the run is over.
+    fn claim(&self) -> Option<u64> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed);
+        match self.limit {
+            Some(limit) if index >= limit => None,
+            _ => Some(index),
+        }
+    }
+}
+
+/// What one connection saw.
+struct Tally {
+    latency_us: Histogram<u64>,
+    statuses: BTreeMap<u16, u64>,
+    transport_errors: u64,
+    reconnects: u64,
+}
+
+impl Tally {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            latency_us: Histogram::new_with_bounds(1, MAX_TRACKED_LATENCY_US, 3)
+                .context("create a latency histogram")?,
+            statuses: BTreeMap::new(),
+            transport_errors: 0,
+            reconnects: 0,
+        })
+    }
+
+    fn record(&mut self, status: StatusCode, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.saturating_record(micros.max(1));
+        *self.statuses.entry(status.as_u16()).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Self) -> Result<()> {
+        self.latency_us
+            .add(&other.latency_us)
+            .context("merge latency histograms")?;
+        for (status, count) in other.statuses {
+            *self.statuses.entry(status).or_default() += count;
+        }
+        self.transport_errors += other.transport_errors;
+        self.reconnects += other.reconnects;
+        Ok(())
+    }
+
+    fn into_result(self, elapsed: Duration) -> LoadResult {
+        let requests: u64 = self.statuses.values().sum();
+        let ok: u64 = self
+            .statuses
+            .iter()
+            .filter(|&(&status, _)| is_ok(status))
+            .map(|(_, count)| count)
+            .sum();
+        let elapsed_secs = elapsed.as_secs_f64();
+        let histogram = &self.latency_us;
+        LoadResult {
+            requests,
+            ok,
+            errors: requests - ok + self.transport_errors,
+            transport_errors: self.transport_errors,
+            reconnects: self.reconnects,
+            statuses: self.statuses,
+            elapsed_secs,
+            rps: if elapsed_secs > 0.0 {
+                requests as f64 / elapsed_secs
+            } else {
+                0.0
+            },
+            mean_us: histogram.mean(),
+            p50_us: histogram.value_at_quantile(0.50),
+            p90_us: histogram.value_at_quantile(0.90),
+            p99_us: histogram.value_at_quantile(0.99),
+            max_us: histogram.max(),
+        }
+    }
+}
+
+fn is_ok(status: u16) -> bool {
+    (200..300).contains(&status) || status == 304
+}
+
+async fn handshake(stream: TcpStream) -> Result<SendRequest<Body>> {
+    stream.set_nodelay(true).context("set TCP_NODELAY")?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP/1.1 handshake")?;
+    tokio::spawn(async move {
+        // A broken connection shows up as an error of the next request on its sender.
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+async fn connect(address: SocketAddr) -> Result<SendRequest<Body>> {
+    let stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connect to {address}"))?;
+    handshake(stream).await
+}
+
+async fn exchange(sender: &mut SendRequest<Body>, request: Request<Body>) -> Result<StatusCode> {
+    let response = sender.send_request(request).await.context("send the request")?;
+    let status = response.status();
+    response.into_body().collect().await.context("read the response body")?;
+    Ok(status)
+}
+
+/// Sends requests over one connection at a time, replacing it when it fails, until the run is over.
+async fn drive_connection<G>(shared: Arc<Shared<G>>) -> Result<Tally>
+where
+    G: Fn(u64) -> Result<Request<Body>>,
+{
+    let mut tally = Tally::new()?;
+    let deadline = tokio::time::Instant::from_std(shared.deadline);
+    'connect: while Instant::now() < shared.deadline {
+        let mut sender = match tokio::time::timeout_at(deadline, connect(shared.address)).await {
+            Ok(Ok(sender)) => sender,
+            Ok(Err(_)) => {
+                tally.transport_errors += 1;
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+            Err(_) => break,
+        };
+        loop {
+            // A connection the server closed after the previous response is not an error.
+            match tokio::time::timeout(shared.request_timeout, sender.ready()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    tally.reconnects += 1;
+                    continue 'connect;
+                }
+            }
+            let Some(index) = shared.claim() else {
+                break 'connect;
+            };
+            let mut request = (shared.generate)(index)?;
+            request.headers_mut().entry(HOST).or_insert_with(|| shared.host.clone());
+            let sent = Instant::now();
+            match tokio::time::timeout(shared.request_timeout, exchange(&mut sender, request)).await {
+                Ok(Ok(status)) => {
+                    tally.record(status, sent.elapsed());
+                    shared.completed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    tally.transport_errors += 1;
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    Ok(tally)
+}
+
+async fn print_progress<G>(label: String, shared: Arc<Shared<G>>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.tick().await;
+    let mut previous = (Instant::now(), 0);
+    loop {
+        interval.tick().await;
+        let now = Instant::now();
+        let completed = shared.completed.load(Ordering::Relaxed);
+        let rate = (completed - previous.1) as f64 / (now - previous.0).as_secs_f64();
+        eprintln!("{label}: {completed} requests, {rate:.0}/s");
+        previous = (now, completed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server that answers every request on a connection with a fixed `200 ok`, skipping
+    /// request bodies announced by Content-Length.
+    async fn fixed_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut reader = BufReader::new(read);
+                    loop {
+                        let mut content_length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                content_length = value.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; content_length];
+                        reader.read_exact(&mut body).await.unwrap();
+                        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if write.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn timed_run_counts_responses_and_latencies() {
+        let address = fixed_server().await;
+        let plan = Plan::timed(4, Duration::from_millis(300));
+        let result = run(address, &plan, |index| get(&format!("/item/{}", index % 10)))
+            .await
+            .unwrap();
+        assert!(result.requests > 0);
+        assert_eq!(result.ok, result.requests);
+        assert_eq!(result.errors, 0);
+        assert_eq!(result.count(200), result.requests);
+        assert!(result.p50_us <= result.p99_us && result.p99_us <= result.max_us);
+        assert!(result.rps > 0.0);
+    }
+
+    #[tokio::test]
+    async fn counted_run_sends_each_index_once() {
+        let address = fixed_server().await;
+        let plan = Plan::timed(8, Duration::from_secs(30)).with_requests(100);
+        let body = Bytes::from_static(br#"{"point":1.0}"#);
+        let result = run(address, &plan, move |index| {
+            json_request(Method::PUT, &format!("/admin/{index}"), body.clone(), Some("token"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(result.requests, 100);
+        assert_eq!(result.count(200), 100);
+        assert_eq!(result.errors, 0);
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_gives_transport_errors_until_the_deadline() {
+        let address = SocketAddr::from(([127, 0, 0, 1], crate::launch::free_port().unwrap()));
+        let plan = Plan::timed(2, Duration::from_millis(100));
+        let result = run(address, &plan, |_| get("/")).await.unwrap();
+        assert_eq!(result.requests, 0);
+        assert!(result.transport_errors > 0);
+        assert_eq!(result.errors, result.transport_errors);
+    }
+
+    #[tokio::test]
+    async fn generator_errors_end_the_run() {
+        let address = fixed_server().await;
+        let plan = Plan::timed(1, Duration::from_secs(5));
+        let result = run(address, &plan, |_| get("not a path")).await;
+        assert!(result.is_err());
+    }
+
+    #[tokio::test]
+    async fn get_status_reads_the_status() {
+        let address = fixed_server().await;
+        let uri: Uri = format!("http://{address}/readyz").parse().unwrap();
+        assert_eq!(get_status(&uri).await.unwrap(), StatusCode::OK);
+    }
+}

@@ -1,0 +1,611 @@
+//! Starts the processes that integration tests and measurements need, on loopback only.
+//!
+//! Every process is owned by a value that kills it (SIGKILL) and reaps it on drop, so an error or a
+//! panic never leaves a server behind. Output of a child goes to a log file in its own temporary
+//! directory, or to the terminal when `LOADTEST_VERBOSE=1`; the log is kept when the owner is dropped
+//! during a panic, and its path is printed so a failing test can be diagnosed.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use tempfile::TempDir;
+
+/// How often the blocking waits in this module look again.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How long a Redis server may take to answer its first PING.
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect, read and write timeout of one Redis command sent by [`redis_command`].
+const REDIS_IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// A server started on a port found by [`free_port`] may lose the port to another process in between.
+const REDIS_START_ATTEMPTS: usize = 3;
+/// How long `redis-cli --cluster create` may take, and then the cluster to report `cluster_state:ok`.
+const CLUSTER_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many lines of a child's log an error message quotes.
+const LOG_LINES_IN_ERRORS: usize = 20;
+/// How much of the end of a log [`ChildProcess::log_tail`] reads at most.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+const CLUSTER_ARGS: &[&str] = &[
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "2000",
+];
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0 to find a free port")?;
+    let address = listener
+        .local_addr()
+        .context("read the address of a listener bound to port 0")?;
+    Ok(address.port())
+}
+
+/// Whether children inherit the terminal instead of writing to a log file (`LOADTEST_VERBOSE=1`).
+pub fn verbose() -> bool {
+    std::env::var_os("LOADTEST_VERBOSE").is_some_and(|value| value == "1")
+}
+
+/// Finds an executable by name in the directories of `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Whether `taskset` (util-linux) is available to pin processes to CPUs.
+pub fn taskset_available() -> bool {
+    find_on_path("taskset").is_some()
+}
+
+/// A command for `program`, run under `taskset -c CPU` when `cpu` is given and `taskset` exists.
+///
+/// `taskset` executes the program in its own process, so the PID of the child is the program's.
+pub fn command_on_cpu(program: impl AsRef<OsStr>, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) if taskset_available() => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(program);
+            command
+        }
+        _ => Command::new(program),
+    }
+}
+
+/// Pins every thread of process `pid` to `cpu` (`taskset -a -cp CPU PID`); threads and children
+/// created afterwards inherit the affinity.
+pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
+    let output = Command::new("taskset")
+        .args(["-a", "-cp", &cpu.to_string(), &pid.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .context("run taskset (install the Debian package util-linux)")?;
+    ensure!(
+        output.status.success(),
+        "taskset could not pin pid {pid} to cpu {cpu}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+fn ensure_redis_installed(program: &str) -> Result<()> {
+    ensure!(
+        find_on_path(program).is_some(),
+        "{program} is not on PATH: install the Debian package `redis-server` (apt-get install redis-server)"
+    );
+    Ok(())
+}
+
+/// Where a child's stdout and stderr go.
+#[derive(Debug)]
+struct Log {
+    path: PathBuf,
+    /// The directory holding the log; taken (and so kept on disk) when the owner drops during a panic.
+    dir: Option<TempDir>,
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct ChildProcess {
+    name: String,
+    child: Child,
+    /// `None` when the output is inherited (`LOADTEST_VERBOSE=1`).
+    log: Option<Log>,
+}
+
+impl ChildProcess {
+    /// Starts `command`; `name` appears in log file names and error messages.
+    ///
+    /// Stdin is closed; stdout and stderr go to one log file, or to the terminal when [`verbose`].
+    pub fn spawn(name: &str, command: Command) -> Result<Self> {
+        Self::spawn_with(name, command, verbose())
+    }
+
+    fn spawn_with(name: &str, mut command: Command, inherit_output: bool) -> Result<Self> {
+        let log = if inherit_output {
+            None
+        } else {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("loadtest-{name}-"))
+                .tempdir()
+                .with_context(|| format!("create a log directory for {name}"))?;
+            let path = dir.path().join(format!("{name}.log"));
+            let stdout = File::create(&path).with_context(|| format!("create log file {}", path.display()))?;
+            let stderr = stdout
+                .try_clone()
+                .with_context(|| format!("share log file {}", path.display()))?;
+            command.stdout(stdout).stderr(stderr);
+            Some(Log { path, dir: Some(dir) })
+        };
+        command.stdin(Stdio::null());
+        let child = command
+            .spawn()
+            .with_context(|| format!("start {name} ({})", command.get_program().to_string_lossy()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log file holding stdout and stderr, or `None` when the output is inherited.
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log.as_ref().map(|log| log.path.as_path())
+    }
+
+    /// The last `lines` lines of the log (from its last 64 KiB), or a note when there is no log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let Some(log) = &self.log else {
+            return format!("(output of {} goes to the terminal)", self.name);
+        };
+        match read_tail(&log.path) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(error) => format!("(could not read {}: {error:#})", log.path.display()),
+        }
+    }
+
+    /// Text for error messages: where the log is and how it ends.
+    pub fn log_excerpt(&self) -> String {
+        match self.log_path() {
+            Some(path) => format!(
+                "; log {}, last lines:\n{}",
+                path.display(),
+                self.log_tail(LOG_LINES_IN_ERRORS)
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// The exit status if the child has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("check whether {} has exited", self.name))
+    }
+
+    /// Waits up to `timeout` for the child to exit; `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Kills the child with SIGKILL and reaps it.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        // Killing a child that has already exited is not an error: std reports success for it.
+        self.child
+            .kill()
+            .with_context(|| format!("kill {} (pid {})", self.name, self.pid()))?;
+        self.child
+            .wait()
+            .with_context(|| format!("reap {} (pid {})", self.name, self.pid()))
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the child to exit. A child still running then
+    /// is killed, and that is reported as an error.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        // Once reaped, the PID may belong to another process: never signal it.
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let pid = self.pid();
+        // A failure here means the child exited in between; the wait below sees that.
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("run kill -TERM")?;
+        if let Some(status) = self.wait_timeout(timeout)? {
+            return Ok(status);
+        }
+        self.kill()?;
+        bail!(
+            "{} (pid {pid}) did not exit within {timeout:?} of SIGTERM and was killed{}",
+            self.name,
+            self.log_excerpt()
+        )
+    }
+
+    /// The whole log as text.
+    fn log_text(&self) -> Result<String> {
+        let log = self
+            .log
+            .as_ref()
+            .with_context(|| format!("{} has no log file", self.name))?;
+        let bytes = std::fs::read(&log.path).with_context(|| format!("read log file {}", log.path.display()))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        // Errors are ignored: the child may have exited already, and drop has no one to tell.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking()
+            && let Some(log) = &mut self.log
+            && let Some(dir) = log.dir.take()
+        {
+            // Keeping is all that matters here; the kept directory is the parent of `log.path`.
+            let _ = dir.keep();
+            eprintln!("log of {} kept at {}", self.name, log.path.display());
+        }
+    }
+}
+
+fn read_tail(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let length = file
+        .metadata()
+        .with_context(|| format!("read metadata of {}", path.display()))?
+        .len();
+    file.seek(SeekFrom::Start(length.saturating_sub(LOG_TAIL_BYTES)))
+        .with_context(|| format!("seek in {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("read {}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Runs `command` to completion within `timeout` and returns what it wrote to stdout and stderr
+/// (always captured, even when [`verbose`]). A non-zero exit is an error that quotes the output.
+pub fn run_bounded(name: &str, command: Command, timeout: Duration) -> Result<String> {
+    let mut process = ChildProcess::spawn_with(name, command, false)?;
+    let status = process
+        .wait_timeout(timeout)?
+        .with_context(|| format!("{name} did not finish within {timeout:?}{}", process.log_excerpt()))?;
+    ensure!(status.success(), "{name} failed with {status}{}", process.log_excerpt());
+    process.log_text()
+}
+
+/// Sends one command to the Redis server on 127.0.0.1:`port` over a fresh connection and returns
+/// the reply: a simple string, an integer or a bulk string as text, `None` for a nil bulk string.
+/// An error reply is an error; arrays are not supported.
+pub fn redis_command(port: u16, args: &[&str]) -> Result<Option<String>> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&address, REDIS_IO_TIMEOUT)
+        .with_context(|| format!("connect to redis at {address}"))?;
+    stream
+        .set_read_timeout(Some(REDIS_IO_TIMEOUT))
+        .context("set a read timeout")?;
+    stream
+        .set_write_timeout(Some(REDIS_IO_TIMEOUT))
+        .context("set a write timeout")?;
+    stream
+        .write_all(encode_command(args).as_bytes())
+        .with_context(|| format!("send {args:?} to redis at {address}"))?;
+    read_reply(&mut BufReader::new(stream))
+        .with_context(|| format!("read the reply to {args:?} from redis at {address}"))
+}
+
+fn encode_command(args: &[&str]) -> String {
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        // Writing to a String cannot fail.
+        let _ = write!(request, "${}\r\n{arg}\r\n", arg.len());
+    }
+    request
+}
+
+fn read_reply(reader: &mut impl BufRead) -> Result<Option<String>> {
+    let mut line = String::new();
+    reader.read_line(&mut line).context("read a reply line")?;
+    let line = line
+        .strip_suffix("\r\n")
+        .with_context(|| format!("incomplete reply {line:?}"))?;
+    let Some((kind, rest)) = line.split_at_checked(1) else {
+        bail!("empty reply");
+    };
+    match kind {
+        "+" | ":" => Ok(Some(rest.to_owned())),
+        "-" => bail!("redis replied with an error: {rest}"),
+        "$" => {
+            let length: i64 = rest.parse().with_context(|| format!("bulk length {rest:?}"))?;
+            let Ok(length) = usize::try_from(length) else {
+                return Ok(None);
+            };
+            let mut bulk = vec![0; length + 2];
+            reader.read_exact(&mut bulk).context("read a bulk string")?;
+            bulk.truncate(length);
+            String::from_utf8(bulk).map(Some).context("bulk string is not UTF-8")
+        }
+        other => bail!("unsupported reply type {other:?}"),
+    }
+}
+
+fn answers_ping(port: u16) -> bool {
+    matches!(redis_command(port, &["PING"]), Ok(Some(reply)) if reply == "PONG")
+}
+
+/// Starts `redis-server` on `port` with its data in `dir`, and waits until it answers PING.
+fn spawn_redis(port: u16, dir: &Path, cpu: Option<usize>, extra_args: &[String]) -> Result<ChildProcess> {
+    let mut command = command_on_cpu("redis-server", cpu);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+        .arg(dir)
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+        ])
+        .args(extra_args);
+    let mut process = ChildProcess::spawn(&format!("redis-server-{port}"), command)?;
+    let deadline = Instant::now() + REDIS_READY_TIMEOUT;
+    loop {
+        if answers_ping(port) {
+            return Ok(process);
+        }
+        if let Some(status) = process.try_wait()? {
+            bail!(
+                "redis-server on port {port} exited with {status} before answering PING{}",
+                process.log_excerpt()
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "redis-server on port {port} did not answer PING within {REDIS_READY_TIMEOUT:?}{}",
+                process.log_excerpt()
+            );
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// A `redis-server` on a free port of 127.0.0.1 with its own data directory and an append-only
+/// file, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    // Declared before `dir` so that the process is killed before its directory is removed.
+    process: Option<ChildProcess>,
+    port: u16,
+    cpu: Option<usize>,
+    extra_args: Vec<String>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers PING.
+    pub fn start() -> Result<Self> {
+        Self::start_on_cpu(None)
+    }
+
+    /// Like [`RedisServer::start`], pinned to `cpu` (see [`command_on_cpu`]).
+    pub fn start_on_cpu(cpu: Option<usize>) -> Result<Self> {
+        Self::start_with(cpu, &[])
+    }
+
+    fn start_with(cpu: Option<usize>, extra_args: &[&str]) -> Result<Self> {
+        ensure_redis_installed("redis-server")?;
+        let extra_args: Vec<String> = extra_args.iter().map(|&arg| arg.to_owned()).collect();
+        let mut last_error = None;
+        for _ in 0..REDIS_START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("loadtest-redis-")
+                .tempdir()
+                .context("create a redis data directory")?;
+            let port = free_port()?;
+            match spawn_redis(port, dir.path(), cpu, &extra_args) {
+                Ok(process) => {
+                    return Ok(Self {
+                        process: Some(process),
+                        port,
+                        cpu,
+                        extra_args,
+                        dir,
+                    });
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        let error = last_error.context("no attempt to start redis-server was made")?;
+        Err(error.context(format!("start redis-server ({REDIS_START_ATTEMPTS} attempts)")))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The data directory, kept across [`RedisServer::restart`].
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The running process, or `None` after [`RedisServer::stop`].
+    pub fn process(&self) -> Option<&ChildProcess> {
+        self.process.as_ref()
+    }
+
+    /// Kills the server (SIGKILL); what the append-only file holds survives a later restart.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port and data directory and
+    /// waits until it answers PING.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        let process = spawn_redis(self.port, self.dir.path(), self.cpu, &self.extra_args)
+            .with_context(|| format!("restart redis-server on port {}", self.port))?;
+        self.process = Some(process);
+        Ok(())
+    }
+}
+
+/// A Redis Cluster of three masters without replicas on free ports, all killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them with `redis-cli --cluster create`, and
+    /// waits until every node reports `cluster_state:ok`.
+    pub fn start() -> Result<Self> {
+        ensure_redis_installed("redis-cli")?;
+        let nodes = (0..3)
+            .map(|_| RedisServer::start_with(None, CLUSTER_ARGS))
+            .collect::<Result<Vec<_>>>()
+            .context("start the cluster nodes")?;
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        create.args(nodes.iter().map(|node| format!("127.0.0.1:{}", node.port())));
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        run_bounded("redis-cli-cluster-create", create, CLUSTER_CREATE_TIMEOUT)?;
+        let cluster = Self { nodes };
+        cluster.wait_until_ok()?;
+        Ok(cluster)
+    }
+
+    fn wait_until_ok(&self) -> Result<()> {
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        loop {
+            let mut last_info = None;
+            let mut all_ok = true;
+            for node in &self.nodes {
+                let info = redis_command(node.port(), &["CLUSTER", "INFO"]);
+                let ok = matches!(&info, Ok(Some(text)) if text.contains("cluster_state:ok"));
+                if !ok {
+                    all_ok = false;
+                    last_info = Some((node.port(), info));
+                    break;
+                }
+            }
+            if all_ok {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let detail = match last_info {
+                    Some((port, Ok(info))) => format!("node {port} reports {info:?}"),
+                    Some((port, Err(error))) => format!("node {port}: {error:#}"),
+                    None => String::new(),
+                };
+                bail!("redis cluster did not reach cluster_state:ok within {CLUSTER_READY_TIMEOUT:?}: {detail}");
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT` of each master.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
+
+/// Polls `url` with GET every 20 ms until it answers 200, for at most `timeout`.
+pub async fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("parse url {url}"))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let last = tokio::time::timeout_at(deadline, crate::http::get_status(&uri)).await;
+        let last = match last {
+            Ok(Ok(status)) if status == hyper::StatusCode::OK => return Ok(()),
+            Ok(Ok(status)) => format!("last answer {status}"),
+            Ok(Err(error)) => format!("last error: {error:#}"),
+            Err(_) => "no answer".to_owned(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{url} did not answer 200 within {timeout:?} ({last})");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(bytes: &[u8]) -> Result<Option<String>> {
+        read_reply(&mut &bytes[..])
+    }
+
+    #[test]
+    fn encodes_commands_as_resp_arrays() {
+        assert_eq!(encode_command(&["PING"]), "*1\r\n$4\r\nPING\r\n");
+        assert_eq!(
+            encode_command(&["SET", "k", ""]),
+            "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn reads_replies() {
+        assert_eq!(reply(b"+PONG\r\n").unwrap().as_deref(), Some("PONG"));
+        assert_eq!(reply(b":42\r\n").unwrap().as_deref(), Some("42"));
+        assert_eq!(reply(b"$5\r\nhe\r\no\r\n").unwrap().as_deref(), Some("he\r\no"));
+        assert_eq!(reply(b"$-1\r\n").unwrap(), None);
+        assert!(reply(b"-ERR unknown\r\n").is_err());
+        assert!(reply(b"+PONG").is_err());
+        assert!(reply(b"*1\r\n$1\r\na\r\n").is_err());
+        assert!(reply(b"$5\r\nhe").is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! `loadtest`: measurements of the system on loopback. See `loadtest --help`.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use loadtest::cli::OriginArgs;
+use loadtest::origin::{self, Pinning};
+use loadtest::report;
+
+#[derive(Debug, Parser)]
+#[command(about = "Starts a local topology on loopback and measures it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read and write throughput of the origin per backend, L1 cache on and off, next to the
+    /// GET ceiling of redis-benchmark
+    Origin(OriginArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Origin(args) => origin_command(&args),
+    }
+}
+
+fn origin_command(args: &OriginArgs) -> Result<()> {
+    let exe_dir = exe_dir()?;
+    // Counted before pinning, which narrows what this process sees to one CPU.
+    let nproc = std::thread::available_parallelism().map_or(1, usize::from);
+    // Before the runtime starts, so that every thread of the load generator inherits the CPU.
+    let pinning = Pinning::apply(nproc)?;
+    let settings = args.settings(&exe_dir, pinning);
+    let json_path = args.json_path(&exe_dir);
+
+    // One thread drives the whole load, on the CPU this process is pinned to.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("build the tokio runtime")?;
+    let report = runtime.block_on(until_ctrl_c(origin::run(&settings, nproc)))?;
+
+    report::print_table(&report);
+    report::write_json(&report, &json_path)?;
+    eprintln!("figures written to {}", json_path.display());
+    report.ensure_clean()
+}
+
+/// Runs `work` unless Ctrl-C comes first; then `work` is dropped, and with it every process it
+/// started.
+async fn until_ctrl_c<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        result = work => result,
+        signal = tokio::signal::ctrl_c() => {
+            signal.context("listen for ctrl-c")?;
+            bail!("interrupted")
+        }
+    }
+}
+
+fn exe_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("find the running executable")?;
+    exe.parent()
+        .map(PathBuf::from)
+        .with_context(|| format!("{} has no parent directory", exe.display()))
+}

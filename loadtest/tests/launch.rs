@@ -1,0 +1,159 @@
+//! The launcher against real `redis-server`, `redis-cli` and small local servers.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::time::Duration;
+
+use loadtest::launch::{ChildProcess, RedisCluster, RedisServer, free_port, redis_command, run_bounded, wait_http_ok};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[test]
+fn redis_server_answers_ping_and_keeps_data_across_restart() {
+    let mut redis = RedisServer::start().unwrap();
+    let port = redis.port();
+    let get = |key: &str| redis_command(port, &["GET", key]).unwrap();
+    assert_eq!(redis.url(), format!("redis://127.0.0.1:{port}"));
+    assert_eq!(redis_command(port, &["PING"]).unwrap().as_deref(), Some("PONG"));
+    assert_eq!(
+        redis_command(port, &["SET", "forecast", "187.42"]).unwrap().as_deref(),
+        Some("OK")
+    );
+
+    redis.stop().unwrap();
+    assert!(redis.process().is_none());
+    assert!(redis_command(port, &["PING"]).is_err());
+
+    redis.restart().unwrap();
+    assert_eq!(redis.port(), port);
+    assert_eq!(redis_command(port, &["PING"]).unwrap().as_deref(), Some("PONG"));
+    assert_eq!(get("forecast").as_deref(), Some("187.42"));
+    assert_eq!(get("missing"), None);
+}
+
+#[test]
+fn redis_server_is_killed_on_drop() {
+    let redis = RedisServer::start().unwrap();
+    let port = redis.port();
+    let log = redis.process().unwrap().log_path().map(ToOwned::to_owned);
+    drop(redis);
+    assert!(redis_command(port, &["PING"]).is_err());
+    if let Some(log) = log {
+        assert!(!log.exists(), "log {} outlived its server", log.display());
+    }
+}
+
+#[test]
+fn redis_cluster_reaches_ok_state() {
+    let cluster = RedisCluster::start().unwrap();
+    let urls = cluster.urls();
+    assert_eq!(urls.len(), 3);
+    for node in cluster.nodes() {
+        let info = redis_command(node.port(), &["CLUSTER", "INFO"]).unwrap().unwrap();
+        assert!(info.contains("cluster_state:ok"), "{info}");
+        assert!(info.contains("cluster_known_nodes:3"), "{info}");
+        assert!(urls.contains(&node.url()));
+    }
+}
+
+#[test]
+fn terminate_sends_sigterm_and_returns_the_status() {
+    let mut command = Command::new("sleep");
+    command.arg("30");
+    let mut sleeper = ChildProcess::spawn("sleep", command).unwrap();
+    assert!(sleeper.pid() > 0);
+    let status = sleeper.terminate(Duration::from_secs(5)).unwrap();
+    assert_eq!(status.signal(), Some(15));
+    // Already exited: reported again without signalling anything.
+    assert_eq!(sleeper.terminate(Duration::from_secs(1)).unwrap(), status);
+}
+
+#[test]
+fn terminate_kills_a_child_that_ignores_sigterm() {
+    let mut command = Command::new("sh");
+    command.args(["-c", "trap '' TERM; echo ready; while true; do sleep 0.05; done"]);
+    let mut stubborn = ChildProcess::spawn("stubborn", command).unwrap();
+    // Wait until the trap is set, or SIGTERM would arrive before it.
+    let mut waited = 0;
+    while !stubborn.log_tail(1).contains("ready") && waited < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    if stubborn.log_path().is_none() {
+        // LOADTEST_VERBOSE=1: the output went to the terminal; give the shell time to set its trap.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let error = stubborn.terminate(Duration::from_millis(300)).unwrap_err();
+    assert!(format!("{error:#}").contains("did not exit"), "{error:#}");
+    assert!(stubborn.try_wait().unwrap().is_some());
+}
+
+#[test]
+fn child_output_goes_to_a_log_file() {
+    let mut command = Command::new("sh");
+    command.args(["-c", "echo one; echo two >&2; echo three"]);
+    let mut child = ChildProcess::spawn("printer", command).unwrap();
+    assert!(child.wait_timeout(Duration::from_secs(5)).unwrap().unwrap().success());
+    if child.log_path().is_some() {
+        assert_eq!(child.log_tail(2), "two\nthree");
+        assert_eq!(child.log_tail(10), "one\ntwo\nthree");
+    }
+
+    let output = run_bounded(
+        "echo",
+        {
+            let mut echo = Command::new("echo");
+            echo.arg("hello");
+            echo
+        },
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(output, "hello\n");
+}
+
+#[test]
+fn run_bounded_reports_failures_and_timeouts() {
+    let mut failing = Command::new("sh");
+    failing.args(["-c", "echo broken >&2; exit 3"]);
+    let error = run_bounded("failing", failing, Duration::from_secs(5)).unwrap_err();
+    assert!(format!("{error:#}").contains("broken"), "{error:#}");
+
+    let mut slow = Command::new("sleep");
+    slow.arg("30");
+    let error = run_bounded("slow", slow, Duration::from_millis(100)).unwrap_err();
+    assert!(format!("{error:#}").contains("did not finish"), "{error:#}");
+}
+
+#[tokio::test]
+async fn wait_http_ok_waits_for_200() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // Answers 503 to the first two connections, then 200.
+    tokio::spawn(async move {
+        for served in 0.. {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0; 1024];
+            let _ = stream.read(&mut request).await;
+            let status = if served < 2 {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let response = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    wait_http_ok(&format!("http://{address}/readyz"), Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn wait_http_ok_gives_up_after_the_timeout() {
+    let port = free_port().unwrap();
+    let error = wait_http_ok(&format!("http://127.0.0.1:{port}/readyz"), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("did not answer 200"), "{error:#}");
+}
