@@ -13,10 +13,10 @@ use utoipa::ToSchema;
 
 use super::auth::{Principal, Scope};
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, parse_json};
+use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, parse_value};
 use super::{AppState, Inner};
 use crate::forecasts::{ModelForecast, ModelRollbackResult};
-use crate::representation::{Rendered, etag_version};
+use crate::representation::Rendered;
 use crate::storage::{AuditEntry, Expect, VersionRecord};
 
 /// How many writes of one batch run at once.
@@ -51,20 +51,30 @@ impl Inner {
     }
 }
 
-/// The precondition an `If-Match` header asks for.
-fn expectation(headers: &HeaderMap) -> ApiResult<Expect> {
+/// The precondition an `If-Match` header asks for (RFC 9110 §13.1.1): `*`, or one of the listed ETags
+/// being current. The ETag is compared whole here; the store then checks atomically that its version is
+/// still current when the write lands.
+async fn expectation(state: &Inner, key: &ForecastKey, headers: &HeaderMap) -> ApiResult<Expect> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(Expect::Any);
     };
     let value = value
         .to_str()
-        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match must be an ETag or *"))?
-        .trim();
-    if value == "*" {
+        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match must be * or a list of ETags"))?;
+    if value.trim() == "*" {
         return Ok(Expect::Exists);
     }
-    // An ETag that is not ours cannot match any version.
-    Ok(Expect::Version(etag_version(value).unwrap_or(0)))
+    let current = state.forecasts.current(key).await?;
+    current
+        .filter(|current| value.split(',').map(str::trim).any(|tag| tag == current.etag))
+        .map(|current| Expect::Version(current.version))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!("If-Match does not match the current version of {key}"),
+            )
+        })
 }
 
 fn written(record: &VersionRecord, rendered: &Rendered) -> Response {
@@ -126,8 +136,8 @@ pub async fn put_forecast(
 ) -> ApiResult<Response> {
     let principal = state.principal(&headers, Scope::ForecastsWrite)?;
     let key = forecast_key(&instrument, &timeframe)?;
-    let expect = expectation(&headers)?;
     let forecast = checked(forecast)?;
+    let expect = expectation(&state, &key, &headers).await?;
     let (record, rendered) = state
         .forecasts
         .write(&key, forecast, expect, &principal.name, None)
@@ -214,15 +224,12 @@ pub async fn batch_write(
         let state = state.clone();
         let actor = principal.name.clone();
         async move {
-            let parsed = serde_json::to_vec(&item)
-                .map_err(|e| ApiError::unprocessable(e.to_string()))
-                .and_then(|bytes| parse_json::<BatchWrite>(&bytes))
-                .and_then(|item| {
-                    Ok((
-                        ForecastKey::new(item.instrument, item.timeframe),
-                        checked(item.forecast)?,
-                    ))
-                });
+            let parsed = parse_value::<BatchWrite>(item).and_then(|item| {
+                Ok((
+                    ForecastKey::new(item.instrument, item.timeframe),
+                    checked(item.forecast)?,
+                ))
+            });
             let (key, forecast) = match parsed {
                 Ok(parsed) => parsed,
                 Err(error) => return failed(index, None, error),

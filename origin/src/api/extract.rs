@@ -10,7 +10,8 @@ use shared::domain::{ForecastKey, Instrument, Timeframe};
 use super::error::ApiError;
 
 /// A JSON request body: 415 without a JSON content type, 413 past the size limit, 400 when it is not
-/// JSON, 422 when it is JSON of the wrong shape (unknown fields, wrong types, non-finite numbers).
+/// JSON (`NaN` and `Infinity` are not JSON, and numbers beyond f64 are refused as such), 422 when it is
+/// JSON of the wrong shape (unknown fields, wrong types, an array where an object belongs).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -51,10 +52,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
-        serde_json::error::Category::Data => ApiError::unprocessable(error.to_string()),
-        _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {error}")),
-    })
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|error| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {error}")))?;
+    parse_value(value)
+}
+
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    super::strict_json::from_value(value).map_err(|error| ApiError::unprocessable(error.to_string()))
 }
 
 /// Path parameters, with a JSON 400 when they cannot be decoded.

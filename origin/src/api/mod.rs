@@ -7,6 +7,7 @@ pub mod extract;
 pub mod openapi;
 pub mod ops;
 pub mod read;
+pub mod strict_json;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};

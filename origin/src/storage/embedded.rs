@@ -65,7 +65,20 @@ enum Command {
 #[derive(Debug)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    writer: mpsc::SyncSender<Command>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::SyncSender<Command>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    /// Closes the queue and waits for the writer, so the file is closed (and may be opened again) when
+    /// the store is gone.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn fail(error: impl std::fmt::Display) -> StorageError {
@@ -90,20 +103,25 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (writer, queue) = mpsc::sync_channel(4 * MAX_GROUP);
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("embedded-store-writer".into())
             .spawn(move || run_writer(&writer_db, &queue, retention))
             .map_err(fail)?;
-        Ok(Self { db, writer })
+        Ok(Self {
+            db,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
     }
 
     async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        match self.writer.try_send(make(reply)) {
+        let writer = self.writer.as_ref().ok_or_else(|| fail("writer stopped"))?;
+        match writer.try_send(make(reply)) {
             Ok(()) => {}
             // A full queue blocks the sender until the writer catches up; keep that off the async workers.
             Err(mpsc::TrySendError::Full(command)) => {
-                let writer = self.writer.clone();
+                let writer = writer.clone();
                 tokio::task::spawn_blocking(move || writer.send(command).map_err(drop))
                     .await
                     .map_err(fail)?

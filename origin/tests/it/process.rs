@@ -116,5 +116,8 @@ fn a_bad_config_is_refused_with_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.to_lowercase().contains("http.listen"), "the error does not name the key: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains("http.listen"),
+        "the error does not name the key: {stderr}"
+    );
 }

@@ -1,0 +1,170 @@
+//! JSON bodies read strictly: serde's derived structs also accept an array of their fields in order
+//! (`[1]` for `{"to_version":1}`); a client that sends that has made a mistake we should tell it about.
+//! Reading goes through a [`Value`] whose structs must be objects at every depth.
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Unexpected, Visitor};
+use serde::forward_to_deserialize_any;
+use serde_json::{Map, Value};
+
+/// Deserializes `value` into `T`, refusing arrays (or anything but objects) where `T` has a struct.
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, serde_json::Error> {
+    T::deserialize(Strict(value))
+}
+
+struct Strict(Value);
+
+fn unexpected(value: &Value) -> Unexpected<'_> {
+    match value {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(n) => n.as_f64().map_or(Unexpected::Other("number"), Unexpected::Float),
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+    }
+}
+
+impl<'de> de::Deserializer<'de> for Strict {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Array(items) => visitor.visit_seq(Items(items.into_iter())),
+            Value::Object(map) => visitor.visit_map(Entries {
+                entries: map.into_iter(),
+                value: None,
+            }),
+            scalar => scalar.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Object(_) => self.deserialize_any(visitor),
+            other => Err(de::Error::invalid_type(unexpected(&other), &"a JSON object")),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_enum(name, variants, visitor)
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit unit_struct
+        seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+struct Items(std::vec::IntoIter<Value>);
+
+impl<'de> SeqAccess<'de> for Items {
+    type Error = serde_json::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Self::Error> {
+        self.0.next().map(|item| seed.deserialize(Strict(item))).transpose()
+    }
+}
+
+struct Entries {
+    entries: <Map<String, Value> as IntoIterator>::IntoIter,
+    value: Option<Value>,
+}
+
+impl<'de> MapAccess<'de> for Entries {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
+        let Some((key, value)) = self.entries.next() else {
+            return Ok(None);
+        };
+        self.value = Some(value);
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+        let value = self
+            .value
+            .take()
+            .ok_or_else(|| de::Error::custom("a value was asked before its key"))?;
+        seed.deserialize(Strict(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        a: u64,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        inner: Inner,
+        list: Vec<Inner>,
+        maybe: Option<f64>,
+        map: BTreeMap<String, f64>,
+        any: Value,
+    }
+
+    #[test]
+    fn objects_are_read_as_usual() {
+        let value = serde_json::json!({"inner": {"a": 1}, "list": [{"a": 2}], "maybe": 3, "map": {"x": 1.5}, "any": [1, {"b": 2}]});
+        let outer: Outer = from_value(value.clone()).unwrap();
+        assert_eq!(outer.inner, Inner { a: 1 });
+        assert_eq!(outer.maybe, Some(3.0));
+        assert_eq!(outer.any, value["any"]);
+        let none: Outer =
+            from_value(serde_json::json!({"inner": {"a": 1}, "list": [], "maybe": null, "map": {}, "any": null}))
+                .unwrap();
+        assert_eq!(none.maybe, None);
+    }
+
+    #[test]
+    fn arrays_are_not_structs_at_any_depth() {
+        for bad in [
+            serde_json::json!([{"a": 1}, [], null, {}, null]),
+            serde_json::json!({"inner": [1], "list": [], "maybe": null, "map": {}, "any": null}),
+            serde_json::json!({"inner": {"a": 1}, "list": [[2]], "maybe": null, "map": {}, "any": null}),
+        ] {
+            let error = from_value::<Outer>(bad).unwrap_err();
+            assert!(error.to_string().contains("expected a JSON object"), "{error}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_still_refused() {
+        let error = from_value::<Inner>(serde_json::json!({"a": 1, "b": 2})).unwrap_err();
+        assert!(error.to_string().contains("unknown field"), "{error}");
+    }
+}

@@ -1,0 +1,953 @@
+//! The API end to end over real HTTP: writes, reads with their caching headers, conditional requests,
+//! versions, deletes, rollbacks, model operations, the audit log, tokens, operations endpoints, restarts.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
+
+use origin::api::auth::{format_hash, hash_token};
+use origin::config::{OriginConfig, TokenConfig};
+use reqwest::{Method, Response, header};
+use serde_json::{Value, json};
+
+use crate::support::{self, TestOrigin, expect_error, forecast};
+
+/// The example of the issue, as a producer would send it.
+const ISSUE_EXAMPLE: &str = r#"{"horizon":"1h","generated_at":"2026-11-23T14:00:00Z","valid_until":"2026-11-23T15:00:00Z","model":{"id":"lstm","version":"3.2.0"},"point":187.42,"quantiles":{"0.05":181.2,"0.5":187.4,"0.95":193.9},"direction_prob_up":0.61,"metadata":{"features":"ohlcv"}}"#;
+
+fn admin_path(instrument: &str, timeframe: &str) -> String {
+    format!("/admin/v1/forecasts/{instrument}/{timeframe}")
+}
+
+fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenConfig {
+    TokenConfig {
+        name: name.to_owned(),
+        hash: format_hash(&hash_token(secret)),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// A write whose answer the test inspects itself.
+async fn write(origin: &TestOrigin, instrument: &str, timeframe: &str, body: &Value) -> Response {
+    origin
+        .admin(Method::PUT, &admin_path(instrument, timeframe))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(origin: &TestOrigin, path: &str) -> Response {
+    origin.get(path).send().await.unwrap()
+}
+
+async fn admin_get(origin: &TestOrigin, path: &str) -> Value {
+    let response = origin.admin(Method::GET, path).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.unwrap()
+}
+
+fn header_of(response: &Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The number after `max-age=` in a cache-control value.
+fn max_age(value: &str) -> u64 {
+    let rest = value
+        .split_once("max-age=")
+        .unwrap_or_else(|| panic!("no max-age in {value:?}"))
+        .1;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_issue_example_is_stored_as_numbered_versions() {
+    let origin = TestOrigin::embedded().await;
+    let send = || {
+        origin
+            .admin(Method::PUT, "/admin/v1/forecasts/aapl/1h")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(ISSUE_EXAMPLE)
+            .send()
+    };
+
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let etag = header_of(&first, "etag");
+    assert!(etag.starts_with("\"1-") && etag.ends_with('"'), "{etag}");
+    assert_eq!(header_of(&first, "location"), "/v1/forecasts/AAPL/1h/versions/1");
+    assert_eq!(header_of(&first, "content-type"), "application/json");
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["instrument"], "AAPL");
+    assert_eq!(body["timeframe"], "1h");
+    assert_eq!(body["point"], 187.42);
+    assert_eq!(body["quantiles"]["0.95"], 193.9);
+    assert_eq!(body["model"], json!({"id": "lstm", "version": "3.2.0"}));
+    assert_eq!(body["metadata"], json!({"features": "ohlcv"}));
+
+    let second = send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    let second_etag = header_of(&second, "etag");
+    assert!(second_etag.starts_with("\"2-"), "{second_etag}");
+    assert_eq!(header_of(&second, "location"), "/v1/forecasts/AAPL/1h/versions/2");
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+
+    let current = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    assert_eq!(current.status(), 200);
+    assert_eq!(header_of(&current, "etag"), second_etag);
+    let body: Value = current.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["direction_prob_up"], 0.61);
+    assert_eq!(body["generated_at"], "2026-11-23T14:00:00Z");
+    assert_eq!(body["valid_until"], "2026-11-23T15:00:00Z");
+}
+
+#[tokio::test]
+async fn the_current_version_carries_validators_and_caching_headers() {
+    let origin = TestOrigin::embedded().await;
+    let written = write(&origin, "AAPL", "1h", &forecast(("lstm", "3.2.0"), 187.42)).await;
+    assert_eq!(written.status(), 201);
+    let etag = header_of(&written, "etag");
+
+    let response = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header_of(&response, "etag"), etag);
+    assert_eq!(header_of(&response, "content-type"), "application/json");
+    let last_modified = header_of(&response, "last-modified");
+    httpdate::parse_http_date(&last_modified).unwrap();
+
+    let cache_control = header_of(&response, "cache-control");
+    assert!(cache_control.starts_with("public, max-age="), "{cache_control}");
+    assert!(max_age(&cache_control) <= 1, "{cache_control}");
+    let cdn = header_of(&response, "cdn-cache-control");
+    let cdn_max_age = max_age(&cdn);
+    assert!((3500..=3600).contains(&cdn_max_age), "{cdn}");
+    assert!(cdn.contains("stale-while-revalidate=30"), "{cdn}");
+    assert!(cdn.contains("stale-if-error=600"), "{cdn}");
+    assert_eq!(
+        header_of(&response, "surrogate-key"),
+        "AAPL AAPL:1h model:lstm model:lstm@3.2.0"
+    );
+
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["instrument"], "AAPL");
+    assert_eq!(body["timeframe"], "1h");
+    assert_eq!(body["version"], 1);
+    let updated_at = body["updated_at"].as_str().unwrap();
+    time::OffsetDateTime::parse(updated_at, &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(body["point"], 187.42);
+    assert_eq!(body["model"]["id"], "lstm");
+}
+
+#[tokio::test]
+async fn conditional_reads_answer_304_until_the_forecast_changes() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let first = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    let etag = header_of(&first, "etag");
+    let last_modified = header_of(&first, "last-modified");
+    let path = "/v1/forecasts/AAPL/1h";
+
+    let matching = origin.get(path).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(matching.status(), 304);
+    assert_eq!(header_of(&matching, "etag"), etag);
+    assert!(matching.bytes().await.unwrap().is_empty());
+
+    let other = origin
+        .get(path)
+        .header("if-none-match", "\"1-0000000000000000\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert!(!other.bytes().await.unwrap().is_empty());
+
+    let since = origin
+        .get(path)
+        .header("if-modified-since", &last_modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(since.status(), 304);
+
+    let old_since = origin
+        .get(path)
+        .header("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_since.status(), 200);
+
+    // If-None-Match wins over If-Modified-Since, both ways.
+    let none_match_wins = origin
+        .get(path)
+        .header("if-none-match", "\"other\"")
+        .header("if-modified-since", &last_modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none_match_wins.status(), 200);
+    let none_match_wins = origin
+        .get(path)
+        .header("if-none-match", &etag)
+        .header("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none_match_wins.status(), 304);
+
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 2.0)).await;
+    let after = origin.get(path).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(after.status(), 200);
+    let new_etag = header_of(&after, "etag");
+    assert_ne!(new_etag, etag);
+    let body: Value = after.json().await.unwrap();
+    assert_eq!((body["version"].clone(), body["point"].clone()), (json!(2), json!(2.0)));
+}
+
+#[tokio::test]
+async fn head_answers_the_headers_of_get_without_a_body() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let path = "/v1/forecasts/AAPL/1h";
+    let got = get(&origin, path).await;
+    let got_headers = got.headers().clone();
+    let got_body = got.bytes().await.unwrap();
+
+    let head = origin.client.head(origin.url(path)).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    for name in ["etag", "last-modified", "surrogate-key", "content-type"] {
+        assert_eq!(head.headers().get(name), got_headers.get(name), "{name}");
+    }
+    assert!(head.headers().contains_key("cache-control"));
+    assert!(head.headers().contains_key("cdn-cache-control"));
+    if let Some(length) = head.headers().get(header::CONTENT_LENGTH) {
+        assert_eq!(length.to_str().unwrap(), got_body.len().to_string());
+    }
+    assert!(head.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn versions_are_immutable_and_outlive_newer_writes() {
+    let origin = TestOrigin::embedded().await;
+    let first = write(&origin, "AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let first_etag = header_of(&first, "etag");
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 2.0)).await;
+
+    let one = get(&origin, "/v1/forecasts/AAPL/1h/versions/1").await;
+    assert_eq!(one.status(), 200);
+    assert!(header_of(&one, "cache-control").contains("immutable"));
+    assert!(header_of(&one, "cdn-cache-control").contains("immutable"));
+    assert_eq!(header_of(&one, "etag"), first_etag);
+    let body: Value = one.json().await.unwrap();
+    assert_eq!((body["version"].clone(), body["point"].clone()), (json!(1), json!(1.0)));
+
+    let two: Value = get(&origin, "/v1/forecasts/aapl/1h/versions/2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((two["version"].clone(), two["point"].clone()), (json!(2), json!(2.0)));
+}
+
+#[tokio::test]
+async fn an_instrument_lists_every_timeframe_it_has() {
+    let origin = TestOrigin::embedded().await;
+    for timeframe in ["1h", "1d", "1w"] {
+        origin.put("AAPL", timeframe, &forecast(("lstm", "1"), 1.0)).await;
+    }
+    origin.put("MSFT", "1h", &forecast(("lstm", "1"), 1.0)).await;
+
+    let response = get(&origin, "/v1/forecasts/aapl").await;
+    assert_eq!(response.status(), 200);
+    let keys = header_of(&response, "surrogate-key");
+    assert!(keys.split(' ').any(|k| k == "AAPL"), "{keys}");
+    assert!(!keys.contains("MSFT"), "{keys}");
+    let body: Value = response.json().await.unwrap();
+    let forecasts = body["forecasts"].as_array().unwrap();
+    let timeframes: BTreeSet<&str> = forecasts.iter().map(|f| f["timeframe"].as_str().unwrap()).collect();
+    assert_eq!(timeframes, BTreeSet::from(["1h", "1d", "1w"]));
+    assert!(forecasts.iter().all(|f| f["instrument"] == "AAPL"));
+    assert_eq!(body["missing"], json!([]));
+
+    let empty = get(&origin, "/v1/forecasts/NVDA").await;
+    assert_eq!(empty.status(), 200);
+    assert!(header_of(&empty, "surrogate-key").split(' ').any(|k| k == "NVDA"));
+    let body: Value = empty.json().await.unwrap();
+    assert_eq!(body, json!({"forecasts": [], "missing": []}));
+}
+
+#[tokio::test]
+async fn a_batch_read_answers_in_order_and_lists_the_missing() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    origin.put("MSFT", "1d", &forecast(("lstm", "1"), 2.0)).await;
+
+    let response = get(&origin, "/v1/forecasts?keys=MSFT:1d,AAPL:1h,NVDA:1h,aapl:1h,MSFT:1d").await;
+    assert_eq!(response.status(), 200);
+    let tags = header_of(&response, "surrogate-key");
+    for tag in ["AAPL:1h", "MSFT:1d", "NVDA:1h"] {
+        assert!(tags.split(' ').any(|t| t == tag), "{tag} not in {tags}");
+    }
+    let body: Value = response.json().await.unwrap();
+    let found: Vec<(String, String)> = body["forecasts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["instrument"].as_str().unwrap().into(),
+                f["timeframe"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(found, [("MSFT".into(), "1d".into()), ("AAPL".into(), "1h".into())]);
+    assert_eq!(body["missing"], json!(["NVDA:1h"]));
+
+    // More copies of one key than a batch may hold keys: they are one key.
+    let many = vec!["AAPL:1h"; 150].join(",");
+    let response = get(&origin, &format!("/v1/forecasts?keys={many}")).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["forecasts"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_delete_keeps_the_history_and_the_numbering() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 2.0)).await;
+    let path = admin_path("AAPL", "1h");
+
+    let deleted = origin.admin(Method::DELETE, &path).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(deleted.json::<Value>().await.unwrap(), json!({"deleted_version": 2}));
+
+    let gone = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    assert_eq!(header_of(&gone, "cache-control"), "no-store");
+    expect_error(gone, 404, "not_found").await;
+    let again = origin.admin(Method::DELETE, &path).send().await.unwrap();
+    expect_error(again, 404, "not_found").await;
+
+    let history = admin_get(&origin, &format!("{path}/versions")).await;
+    assert_eq!(history["latest"], 2);
+    assert_eq!(history["current"], Value::Null);
+    let numbers: Vec<u64> = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [2, 1]);
+    assert_eq!(get(&origin, "/v1/forecasts/AAPL/1h/versions/2").await.status(), 200);
+
+    let next = write(&origin, "AAPL", "1h", &forecast(("lstm", "1"), 3.0)).await;
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.json::<Value>().await.unwrap()["version"], 3);
+    let current: Value = get(&origin, "/v1/forecasts/AAPL/1h").await.json().await.unwrap();
+    assert_eq!(
+        (current["version"].clone(), current["point"].clone()),
+        (json!(3), json!(3.0))
+    );
+}
+
+#[tokio::test]
+async fn the_history_lists_versions_newest_first() {
+    let origin = TestOrigin::embedded().await;
+    let mut etags = Vec::new();
+    for model_version in ["1", "2"] {
+        let response = write(&origin, "AAPL", "1h", &forecast(("lstm", model_version), 1.0)).await;
+        etags.push(header_of(&response, "etag"));
+    }
+
+    let history = admin_get(&origin, "/admin/v1/forecasts/AAPL/1h/versions").await;
+    assert_eq!(history["instrument"], "AAPL");
+    assert_eq!(history["timeframe"], "1h");
+    assert_eq!(history["latest"], 2);
+    assert_eq!(history["current"], 2);
+    let versions = history["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0]["version"], 2);
+    assert_eq!(versions[0]["model"], json!({"id": "lstm", "version": "2"}));
+    assert_eq!(versions[0]["etag"], etags[1].as_str());
+    assert_eq!(versions[0]["created_by"], "bootstrap");
+    assert_eq!(versions[1]["version"], 1);
+    assert_eq!(versions[1]["model"], json!({"id": "lstm", "version": "1"}));
+    assert_eq!(versions[1]["etag"], etags[0].as_str());
+
+    let never = origin
+        .admin(Method::GET, "/admin/v1/forecasts/MSFT/1h/versions")
+        .send()
+        .await
+        .unwrap();
+    expect_error(never, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn only_the_last_versions_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.storage.versions_kept = NonZeroUsize::new(3).unwrap();
+    let origin = TestOrigin::start(config).await;
+    for point in 1..=5 {
+        origin
+            .put("AAPL", "1h", &forecast(("lstm", "1"), f64::from(point)))
+            .await;
+    }
+
+    for trimmed in [1, 2] {
+        let response = get(&origin, &format!("/v1/forecasts/AAPL/1h/versions/{trimmed}")).await;
+        expect_error(response, 410, "version_trimmed").await;
+    }
+    let beyond = get(&origin, "/v1/forecasts/AAPL/1h/versions/6").await;
+    expect_error(beyond, 404, "version_not_found").await;
+    for kept in 3..=5 {
+        let response = get(&origin, &format!("/v1/forecasts/AAPL/1h/versions/{kept}")).await;
+        assert_eq!(response.status(), 200, "version {kept}");
+        assert_eq!(response.json::<Value>().await.unwrap()["point"], f64::from(kept));
+    }
+    let history = admin_get(&origin, "/admin/v1/forecasts/AAPL/1h/versions").await;
+    assert_eq!(history["versions"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_rollback_makes_old_content_current_as_a_new_version() {
+    let origin = TestOrigin::embedded().await;
+    let first = write(&origin, "AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let first_etag = header_of(&first, "etag");
+    origin.put("AAPL", "1h", &forecast(("lstm", "2"), 2.0)).await;
+
+    let response = origin
+        .admin(Method::POST, "/admin/v1/forecasts/AAPL/1h/rollback")
+        .json(&json!({"to_version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let etag = header_of(&response, "etag");
+    assert_ne!(etag, first_etag);
+    assert!(etag.starts_with("\"3-"), "{etag}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["version"], 3);
+    assert_eq!(body["point"], 1.0);
+    assert_eq!(body["model"]["version"], "1");
+    assert_eq!(body["rollback_of"], 1);
+
+    let current = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    assert_eq!(header_of(&current, "etag"), etag);
+    let current: Value = current.json().await.unwrap();
+    assert_eq!(current["version"], 3);
+    assert_eq!(current["point"], 1.0);
+    assert_eq!(current["rollback_of"], 1);
+}
+
+#[tokio::test]
+async fn if_match_guards_writes() {
+    let origin = TestOrigin::embedded().await;
+    let first = write(&origin, "AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let first_etag = header_of(&first, "etag");
+    let guarded = |etag: &str, point: f64| {
+        origin
+            .admin(Method::PUT, &admin_path("AAPL", "1h"))
+            .header(header::IF_MATCH, etag)
+            .json(&forecast(("lstm", "1"), point))
+            .send()
+    };
+
+    let second = guarded(&first_etag, 2.0).await.unwrap();
+    assert_eq!(second.status(), 200);
+    let second_etag = header_of(&second, "etag");
+
+    let stale = guarded(&first_etag, 99.0).await.unwrap();
+    expect_error(stale, 412, "precondition_failed").await;
+    let current = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    assert_eq!(header_of(&current, "etag"), second_etag);
+    assert_eq!(current.json::<Value>().await.unwrap()["point"], 2.0);
+
+    let never = origin
+        .admin(Method::PUT, &admin_path("MSFT", "1h"))
+        .header(header::IF_MATCH, "*")
+        .json(&forecast(("lstm", "1"), 1.0))
+        .send()
+        .await
+        .unwrap();
+    expect_error(never, 412, "precondition_failed").await;
+    assert_eq!(get(&origin, "/v1/forecasts/MSFT/1h").await.status(), 404);
+
+    let any = guarded("*", 3.0).await.unwrap();
+    assert_eq!(any.status(), 200);
+    assert_eq!(any.json::<Value>().await.unwrap()["version"], 3);
+}
+
+/// RFC 9110 §13.1.1: If-Match compares whole entity tags (strong comparison), not just a part of them.
+#[tokio::test]
+async fn if_match_compares_the_whole_etag() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let other_key = write(&origin, "MSFT", "1h", &forecast(("lstm", "1"), 5.0)).await;
+    let other_etag = header_of(&other_key, "etag");
+    let current_etag = header_of(&get(&origin, "/v1/forecasts/AAPL/1h").await, "etag");
+    assert_ne!(other_etag, current_etag);
+
+    for foreign in ["\"1-0000000000000000\"", other_etag.as_str()] {
+        let response = origin
+            .admin(Method::PUT, &admin_path("AAPL", "1h"))
+            .header(header::IF_MATCH, foreign)
+            .json(&forecast(("lstm", "1"), 99.0))
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, 412, "precondition_failed").await;
+    }
+    let current = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    assert_eq!(header_of(&current, "etag"), current_etag);
+}
+
+#[tokio::test]
+async fn a_model_rollback_returns_each_key_to_the_previous_model() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("m", "1"), 10.0)).await;
+    origin.put("MSFT", "1h", &forecast(("m", "1"), 20.0)).await;
+    origin.put("AAPL", "1h", &forecast(("m", "2"), 11.0)).await;
+    origin.put("MSFT", "1h", &forecast(("m", "2"), 21.0)).await;
+    origin.put("NVDA", "1h", &forecast(("m", "2"), 31.0)).await;
+
+    let listed = admin_get(&origin, "/admin/v1/models/m/2/forecasts").await;
+    let forecasts = listed["forecasts"].as_array().unwrap();
+    let keys: BTreeSet<String> = forecasts
+        .iter()
+        .map(|f| {
+            format!(
+                "{}:{}",
+                f["instrument"].as_str().unwrap(),
+                f["timeframe"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["AAPL:1h".into(), "MSFT:1h".into(), "NVDA:1h".into()])
+    );
+    assert!(forecasts.iter().all(|f| f["current"] == true), "{listed}");
+
+    let response = origin
+        .admin(Method::POST, "/admin/v1/models/m/2/rollback")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{body}");
+    let result_of = |key: &str| {
+        results
+            .iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or_else(|| panic!("{key}"))
+    };
+    for key in ["AAPL:1h", "MSFT:1h"] {
+        let result = result_of(key);
+        assert_eq!(result["outcome"], "rolled_back", "{result}");
+        assert_eq!(result["from_version"], 2, "{result}");
+        assert_eq!(result["to_version"], 1, "{result}");
+        assert_eq!(result["new_version"], 3, "{result}");
+    }
+    assert_eq!(result_of("NVDA:1h")["outcome"], "no_previous_model");
+
+    let current: Value = get(&origin, "/v1/forecasts/AAPL/1h").await.json().await.unwrap();
+    assert_eq!(current["model"]["version"], "1");
+    assert_eq!(current["point"], 10.0);
+    assert_eq!(current["version"], 3);
+    let nvda: Value = get(&origin, "/v1/forecasts/NVDA/1h").await.json().await.unwrap();
+    assert_eq!(nvda["model"]["version"], "2");
+
+    let listed = admin_get(&origin, "/admin/v1/models/m/2/forecasts").await;
+    let current_of = |instrument: &str| {
+        listed["forecasts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["instrument"] == instrument)
+            .unwrap()["current"]
+            .clone()
+    };
+    assert_eq!(current_of("AAPL"), false);
+    assert_eq!(current_of("NVDA"), true);
+}
+
+#[tokio::test]
+async fn the_audit_log_lists_admin_actions_newest_first() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("m", "1"), 1.0)).await;
+    origin.put("AAPL", "1h", &forecast(("m", "2"), 2.0)).await;
+    let rollback = origin
+        .admin(Method::POST, "/admin/v1/forecasts/AAPL/1h/rollback")
+        .json(&json!({"to_version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rollback.status(), 200);
+    origin.put("AAPL", "1h", &forecast(("m", "2"), 3.0)).await;
+    let model_rollback = origin
+        .admin(Method::POST, "/admin/v1/models/m/2/rollback")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(model_rollback.status(), 200);
+    let deleted = origin
+        .admin(Method::DELETE, &admin_path("AAPL", "1h"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+
+    let audit = admin_get(&origin, "/admin/v1/audit?limit=10").await;
+    let entries = audit["entries"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("forecast.delete", "AAPL:1h"),
+            ("model.rollback", "m@2"),
+            ("forecast.write", "AAPL:1h"),
+            ("forecast.rollback", "AAPL:1h"),
+            ("forecast.write", "AAPL:1h"),
+            ("forecast.write", "AAPL:1h"),
+        ]
+    );
+    assert!(entries.iter().all(|e| e["actor"] == "bootstrap"), "{audit}");
+    assert_eq!(entries[5]["status"], 201);
+    assert_eq!(entries[4]["status"], 200);
+
+    let limited = admin_get(&origin, "/admin/v1/audit?limit=2").await;
+    assert_eq!(limited["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(limited["entries"][0]["action"], "forecast.delete");
+}
+
+#[tokio::test]
+async fn a_batch_write_reports_each_item_in_order() {
+    let origin = TestOrigin::embedded().await;
+    let request = json!({"writes": [
+        {"instrument": "AAPL", "timeframe": "1h", "forecast": forecast(("lstm", "1"), 1.0)},
+        {"instrument": "AA/PL", "timeframe": "1h", "forecast": forecast(("lstm", "1"), 2.0)},
+        {"instrument": "msft", "timeframe": "1d", "forecast": forecast(("lstm", "1"), 3.0)},
+    ]});
+    let response = origin
+        .admin(Method::POST, "/admin/v1/forecasts:batch")
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{body}");
+
+    let indexes: Vec<u64> = results.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indexes, [0, 1, 2]);
+    assert_eq!(results[0]["status"], 201);
+    assert_eq!(results[0]["key"], "AAPL:1h");
+    assert_eq!(results[0]["version"], 1);
+    assert!(results[0].get("error").is_none(), "{body}");
+    let bad_status = results[1]["status"].as_u64().unwrap();
+    assert!(bad_status == 400 || bad_status == 422, "{body}");
+    assert!(!results[1]["error"]["code"].as_str().unwrap().is_empty(), "{body}");
+    assert!(!results[1]["error"]["message"].as_str().unwrap().is_empty(), "{body}");
+    assert!(results[1].get("version").is_none(), "{body}");
+    assert_eq!(results[2]["status"], 201);
+    assert_eq!(results[2]["key"], "MSFT:1d");
+
+    let aapl = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    assert_eq!(aapl.status(), 200);
+    assert_eq!(header_of(&aapl, "etag"), results[0]["etag"].as_str().unwrap());
+    let msft: Value = get(&origin, "/v1/forecasts/MSFT/1d").await.json().await.unwrap();
+    assert_eq!(msft["point"], 3.0);
+}
+
+#[tokio::test]
+async fn tokens_only_do_what_their_scopes_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.auth.tokens = vec![token("writer", "writer-secret", &["forecasts:write"])];
+    let origin = TestOrigin::start(config).await;
+
+    let written = origin
+        .client
+        .put(origin.url(&admin_path("AAPL", "1h")))
+        .bearer_auth("writer-secret")
+        .json(&forecast(("lstm", "1"), 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 201);
+    let audit = origin
+        .client
+        .get(origin.url("/admin/v1/audit"))
+        .bearer_auth("writer-secret")
+        .send()
+        .await
+        .unwrap();
+    expect_error(audit, 403, "forbidden").await;
+
+    // Reads are public by default.
+    assert_eq!(get(&origin, "/v1/forecasts/AAPL/1h").await.status(), 200);
+    let audit = admin_get(&origin, "/admin/v1/audit").await;
+    assert_eq!(audit["entries"][0]["actor"], "writer");
+}
+
+#[tokio::test]
+async fn private_reads_need_a_read_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.auth.public_reads = false;
+    config.auth.tokens = vec![
+        token("reader", "reader-secret", &["forecasts:read"]),
+        token("writer", "writer-secret", &["forecasts:write"]),
+    ];
+    let origin = TestOrigin::start(config).await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+
+    for path in [
+        "/v1/forecasts/AAPL/1h",
+        "/v1/forecasts/AAPL",
+        "/v1/forecasts?keys=AAPL:1h",
+    ] {
+        expect_error(get(&origin, path).await, 401, "unauthorized").await;
+        let read = origin.get(path).bearer_auth("reader-secret").send().await.unwrap();
+        assert_eq!(read.status(), 200, "{path}");
+        let wrong_scope = origin.get(path).bearer_auth("writer-secret").send().await.unwrap();
+        expect_error(wrong_scope, 403, "forbidden").await;
+    }
+}
+
+#[tokio::test]
+async fn a_generated_admin_token_is_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = support::config(dir.path());
+        config.auth.bootstrap_token = None;
+        config.auth.tokens = Vec::new();
+        config
+    };
+    let refused = |origin: &TestOrigin| {
+        let audit = origin.url("/admin/v1/audit");
+        let without = origin.client.get(&audit).send();
+        let random = origin.client.get(&audit).bearer_auth("ft_not-the-generated-one").send();
+        let bootstrap = origin.client.get(&audit).bearer_auth(support::ADMIN_TOKEN).send();
+        async move {
+            expect_error(without.await.unwrap(), 401, "unauthorized").await;
+            expect_error(random.await.unwrap(), 401, "unauthorized").await;
+            expect_error(bootstrap.await.unwrap(), 401, "unauthorized").await;
+        }
+    };
+
+    let origin = TestOrigin::start(config()).await;
+    refused(&origin).await;
+    origin.stop().await;
+
+    // The restart finds the stored hash and must start fine.
+    let origin = TestOrigin::start(config()).await;
+    refused(&origin).await;
+    assert_eq!(get(&origin, "/readyz").await.status(), 200);
+    let first_hash = stored_admin_hash(origin, dir.path()).await;
+    assert!(first_hash.starts_with("sha256:"), "{first_hash}");
+
+    let origin = TestOrigin::start(config()).await;
+    refused(&origin).await;
+    let second_hash = stored_admin_hash(origin, dir.path()).await;
+    assert_eq!(
+        first_hash, second_hash,
+        "a restart must keep the generated token's hash"
+    );
+}
+
+/// Stops `running` and reads the generated admin token's hash from its store, leaving it as it was.
+async fn stored_admin_hash(running: TestOrigin, dir: &std::path::Path) -> String {
+    use origin::storage::Store as _;
+    running.stop().await;
+    let config = OriginConfig::default();
+    let retention = origin::storage::Retention {
+        versions_kept: config.storage.versions_kept.get() as u64,
+        audit_kept: config.storage.audit_kept.get() as u64,
+    };
+    let store = origin::storage::embedded::EmbeddedStore::open(dir, retention).unwrap();
+    // A hash is stored by the first start, so this candidate is never kept.
+    let unused = format_hash(&[0; 32]);
+    let stored = store.admin_token_hash(&unused).await.unwrap();
+    assert_ne!(stored, unused, "no admin token hash was stored");
+    stored
+}
+
+#[tokio::test]
+async fn operations_endpoints_answer() {
+    let origin = TestOrigin::embedded().await;
+    assert_eq!(get(&origin, "/healthz").await.status(), 200);
+    let ready = get(&origin, "/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["storage"], "embedded");
+
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    assert_eq!(get(&origin, "/v1/forecasts/AAPL/1h").await.status(), 200);
+    let metrics = get(&origin, "/metrics").await;
+    assert_eq!(metrics.status(), 200);
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("origin_http_requests_total{")
+                && line.contains("route=\"/v1/forecasts/{instrument}/{timeframe}\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("origin_l1_lookups_total"), "{metrics}");
+    assert!(!metrics.contains("/v1/forecasts/AAPL"), "raw paths must not be labels");
+
+    let openapi = get(&origin, "/openapi.json").await;
+    assert_eq!(openapi.status(), 200);
+    let document: Value = openapi.json().await.unwrap();
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        document["openapi"]
+    );
+    let paths = document["paths"].as_object().unwrap();
+    for route in [
+        "/v1/forecasts",
+        "/v1/forecasts/{instrument}",
+        "/v1/forecasts/{instrument}/{timeframe}",
+        "/v1/forecasts/{instrument}/{timeframe}/versions/{version}",
+        "/admin/v1/forecasts:batch",
+        "/admin/v1/forecasts/{instrument}/{timeframe}",
+        "/admin/v1/forecasts/{instrument}/{timeframe}/versions",
+        "/admin/v1/forecasts/{instrument}/{timeframe}/rollback",
+        "/admin/v1/models/{model_id}/{model_version}/forecasts",
+        "/admin/v1/models/{model_id}/{model_version}/rollback",
+        "/admin/v1/audit",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(route), "{route} is not documented");
+    }
+}
+
+#[tokio::test]
+async fn forecasts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = TestOrigin::start(support::config(dir.path())).await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let written = write(&origin, "AAPL", "1h", &forecast(("lstm", "1"), 2.0)).await;
+    let etag = header_of(&written, "etag");
+    origin.stop().await;
+
+    let origin = TestOrigin::start(support::config(dir.path())).await;
+    let current = get(&origin, "/v1/forecasts/AAPL/1h").await;
+    assert_eq!(current.status(), 200);
+    assert_eq!(header_of(&current, "etag"), etag);
+    assert_eq!(current.json::<Value>().await.unwrap()["point"], 2.0);
+    let history = admin_get(&origin, "/admin/v1/forecasts/AAPL/1h/versions").await;
+    assert_eq!(history["latest"], 2);
+    assert_eq!(history["versions"].as_array().unwrap().len(), 2);
+    let next = write(&origin, "AAPL", "1h", &forecast(("lstm", "1"), 3.0)).await;
+    assert_eq!(next.json::<Value>().await.unwrap()["version"], 3);
+}
+
+#[tokio::test]
+async fn without_the_l1_cache_the_api_behaves_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.cache.enabled = false;
+    let origin = TestOrigin::start(config).await;
+    let path = "/v1/forecasts/AAPL/1h";
+
+    expect_error(get(&origin, path).await, 404, "not_found").await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let first = get(&origin, path).await;
+    assert_eq!(first.status(), 200);
+    let etag = header_of(&first, "etag");
+    assert_eq!(
+        origin
+            .get(path)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        304
+    );
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 2.0)).await;
+    let second: Value = get(&origin, path).await.json().await.unwrap();
+    assert_eq!(
+        (second["version"].clone(), second["point"].clone()),
+        (json!(2), json!(2.0))
+    );
+
+    let deleted = origin
+        .admin(Method::DELETE, &admin_path("AAPL", "1h"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.json::<Value>().await.unwrap(), json!({"deleted_version": 2}));
+    expect_error(get(&origin, path).await, 404, "not_found").await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 3.0)).await;
+    let third: Value = get(&origin, path).await.json().await.unwrap();
+    assert_eq!(third["version"], 3);
+}
+
+/// A listing that lost a member has changed, even though none of its remaining members is newer: its
+/// Last-Modified must not let a client keep the old listing.
+#[tokio::test]
+async fn a_listing_is_not_reported_unmodified_after_a_delete() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    origin.put("AAPL", "1d", &forecast(("lstm", "1"), 2.0)).await;
+    let listing = get(&origin, "/v1/forecasts/AAPL").await;
+    assert!(
+        listing.headers().get("last-modified").is_none(),
+        "a list has no date that proves it unchanged"
+    );
+    let etag = header_of(&listing, "etag");
+    let newest = get(&origin, "/v1/forecasts/AAPL/1d").await;
+    let last_modified = header_of(&newest, "last-modified");
+    let body: Value = listing.json().await.unwrap();
+    assert_eq!(body["forecasts"].as_array().unwrap().len(), 2);
+
+    let deleted = origin
+        .admin(Method::DELETE, &admin_path("AAPL", "1d"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+
+    for (name, value) in [("if-modified-since", &last_modified), ("if-none-match", &etag)] {
+        let revalidated = origin
+            .get("/v1/forecasts/AAPL")
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            revalidated.status(),
+            200,
+            "the listing changed but was answered 304 to {name}"
+        );
+    }
+    let revalidated = get(&origin, "/v1/forecasts/AAPL").await;
+    let body: Value = revalidated.json().await.unwrap();
+    assert_eq!(body["forecasts"].as_array().unwrap().len(), 1);
+}
