@@ -8,6 +8,8 @@ use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+use prometheus::IntCounter;
+
 use crate::cache::{Entry, L1Cache, Lookup};
 use crate::metrics::Metrics;
 use crate::representation::Rendered;
@@ -18,6 +20,9 @@ pub struct Forecasts {
     store: SharedStore,
     l1: Option<L1Cache>,
     metrics: Metrics,
+    l1_hits: IntCounter,
+    l1_misses: IntCounter,
+    l1_stale: IntCounter,
 }
 
 /// What a model rollback did to one key.
@@ -76,7 +81,15 @@ pub fn model_rollback_target(history: &History, model: &ModelRef) -> Result<(u64
 
 impl Forecasts {
     pub fn new(store: SharedStore, l1: Option<L1Cache>, metrics: Metrics) -> Self {
-        Self { store, l1, metrics }
+        let l1_counter = |result: &str| metrics.l1_lookups.with_label_values(&[result]);
+        Self {
+            l1_hits: l1_counter("hit"),
+            l1_misses: l1_counter("miss"),
+            l1_stale: l1_counter("stale"),
+            store,
+            l1,
+            metrics,
+        }
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -114,10 +127,6 @@ impl Forecasts {
         result
     }
 
-    fn count_l1(&self, result: &str) {
-        self.metrics.l1_lookups.with_label_values(&[result]).inc();
-    }
-
     /// The current version of each key, in order, through the L1 cache when it is on.
     pub async fn current_many(&self, keys: &[ForecastKey]) -> Result<Vec<Entry>> {
         let Some(l1) = &self.l1 else {
@@ -133,7 +142,7 @@ impl Forecasts {
         for (i, key) in keys.iter().enumerate() {
             match l1.get(key) {
                 Lookup::Fresh(entry) => {
-                    self.count_l1("hit");
+                    self.l1_hits.inc();
                     answers.push(Some(entry));
                     stale.push(None);
                 }
@@ -155,7 +164,7 @@ impl Forecasts {
             match self.timed("current", self.store.current_many(&wanted)).await {
                 Ok(found) => {
                     for ((&i, ticket), record) in misses.iter().zip(tickets).zip(found) {
-                        self.count_l1("miss");
+                        self.l1_misses.inc();
                         let entry = record.map(|r| Arc::new(Rendered::new(&r)));
                         l1.fill(ticket, &keys[i], entry.clone());
                         answers[i] = Some(entry);
@@ -165,7 +174,7 @@ impl Forecasts {
                     for &i in &misses {
                         match stale[i].take() {
                             Some(entry) => {
-                                self.count_l1("stale");
+                                self.l1_stale.inc();
                                 answers[i] = Some(entry);
                             }
                             None => return Err(error),
@@ -179,6 +188,13 @@ impl Forecasts {
     }
 
     pub async fn current(&self, key: &ForecastKey) -> Result<Entry> {
+        // The hot path: a fresh L1 entry, without the bookkeeping of a batch.
+        if let Some(l1) = &self.l1
+            && let Lookup::Fresh(entry) = l1.get(key)
+        {
+            self.l1_hits.inc();
+            return Ok(entry);
+        }
         Ok(self.current_many(std::slice::from_ref(key)).await?.pop().flatten())
     }
 

@@ -36,11 +36,10 @@ pub struct Rendered {
     pub version: u64,
     /// Strong ETag, quotes included: `"7-1f2e3d4c5b6a7988"`.
     pub etag: String,
-    pub last_modified: SystemTime,
-    pub valid_until: SystemTime,
     /// Tags a cache can purge this response by.
     pub surrogate_keys: Vec<String>,
-    pub body: Bytes,
+    /// The response, with every header that does not depend on the clock already encoded.
+    pub representation: Representation,
 }
 
 impl Rendered {
@@ -57,19 +56,28 @@ impl Rendered {
         let body = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
         let key = record.key();
         let model = &record.forecast.model;
-        Self {
-            etag: format!("\"{}-{}\"", record.version, short_digest(&[&body])),
-            last_modified: record.created_at.into(),
+        let etag = format!("\"{}-{}\"", record.version, short_digest(&[&body]));
+        let surrogate_keys = vec![
+            key.instrument.to_string(),
+            key.to_string(),
+            format!("model:{}", model.id),
+            format!("model:{model}"),
+        ];
+        let last_modified: SystemTime = record.created_at.into();
+        let representation = Representation {
+            etag: header_value(&etag),
+            last_modified: Some((last_modified, header_value(&httpdate::fmt_http_date(last_modified)))),
             valid_until: record.forecast.valid_until.into(),
-            surrogate_keys: vec![
-                key.instrument.to_string(),
-                key.to_string(),
-                format!("model:{}", model.id),
-                format!("model:{model}"),
-            ],
+            surrogate_key: header_value(&surrogate_keys.join(" ")),
+            immutable: false,
+            body,
+        };
+        Self {
             version: record.version,
             key,
-            body,
+            etag,
+            surrogate_keys,
+            representation,
         }
     }
 }
@@ -86,22 +94,40 @@ fn short_digest(parts: &[&[u8]]) -> String {
     hex
 }
 
+/// A header value built here: ASCII without control characters, so the conversion cannot fail.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// Freshness settings: browsers cannot be purged, shared caches can.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CachePolicy {
-    pub browser_max_age: Duration,
-    pub stale_while_revalidate: Duration,
-    pub stale_if_error: Duration,
+    browser_max_age: u64,
+    /// `, stale-while-revalidate=N, stale-if-error=M`, the part of `CDN-Cache-Control` that never changes.
+    shared_suffix: String,
+}
+
+impl CachePolicy {
+    pub fn new(browser_max_age: Duration, stale_while_revalidate: Duration, stale_if_error: Duration) -> Self {
+        Self {
+            browser_max_age: browser_max_age.as_secs(),
+            shared_suffix: format!(
+                ", stale-while-revalidate={}, stale-if-error={}",
+                stale_while_revalidate.as_secs(),
+                stale_if_error.as_secs()
+            ),
+        }
+    }
 }
 
 /// A response made of one or more versions, with the headers they imply together.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Representation {
-    pub etag: String,
+    pub etag: HeaderValue,
     /// `None` for lists: a list's newest member can be deleted, so no date says whether it changed.
-    pub last_modified: Option<SystemTime>,
+    pub last_modified: Option<(SystemTime, HeaderValue)>,
     pub valid_until: SystemTime,
-    pub surrogate_keys: Vec<String>,
+    pub surrogate_key: HeaderValue,
     pub immutable: bool,
     pub body: Bytes,
 }
@@ -109,25 +135,22 @@ pub struct Representation {
 impl Representation {
     pub fn single(rendered: &Rendered, immutable: bool) -> Self {
         Self {
-            etag: rendered.etag.clone(),
-            last_modified: Some(rendered.last_modified),
-            valid_until: rendered.valid_until,
-            surrogate_keys: rendered.surrogate_keys.clone(),
             immutable,
-            body: rendered.body.clone(),
+            ..rendered.representation.clone()
         }
     }
 
     /// `{"forecasts":[…],"missing":[…]}`. Member bodies are copied as they are, not serialized again.
     /// `tags` are surrogate keys the list answers for even when it is empty (such as its instrument).
     pub fn list(members: &[&Rendered], missing: &[ForecastKey], tags: &[String]) -> Self {
-        let mut body = BytesMut::with_capacity(members.iter().map(|m| m.body.len() + 1).sum::<usize>() + 64);
+        let size = members.iter().map(|m| m.representation.body.len() + 1).sum::<usize>() + 64;
+        let mut body = BytesMut::with_capacity(size);
         body.put_slice(b"{\"forecasts\":[");
         for (i, member) in members.iter().enumerate() {
             if i > 0 {
                 body.put_u8(b',');
             }
-            body.put_slice(&member.body);
+            body.put_slice(&member.representation.body);
         }
         body.put_slice(b"],\"missing\":");
         // A list of validated keys always serializes.
@@ -135,21 +158,21 @@ impl Representation {
         body.put_u8(b'}');
         let body = body.freeze();
 
-        let mut surrogate_keys: Vec<String> = tags.to_vec();
+        let mut surrogate_keys: Vec<&str> = tags.iter().map(String::as_str).collect();
         for member in members {
-            surrogate_keys.extend(member.surrogate_keys.iter().cloned());
+            surrogate_keys.extend(member.surrogate_keys.iter().map(String::as_str));
         }
-        surrogate_keys.sort();
+        surrogate_keys.sort_unstable();
         surrogate_keys.dedup();
         Self {
-            etag: format!("\"l-{}\"", short_digest(&[&body])),
+            etag: header_value(&format!("\"l-{}\"", short_digest(&[&body]))),
             last_modified: None,
             valid_until: members
                 .iter()
-                .map(|m| m.valid_until)
+                .map(|m| m.representation.valid_until)
                 .min()
                 .unwrap_or(SystemTime::UNIX_EPOCH),
-            surrogate_keys,
+            surrogate_key: header_value(&surrogate_keys.join(" ")),
             immutable: false,
             body,
         }
@@ -159,13 +182,9 @@ impl Representation {
     pub fn headers(&self, policy: &CachePolicy, now: SystemTime) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        insert(&mut headers, header::ETAG, &self.etag);
-        if let Some(last_modified) = self.last_modified {
-            insert(
-                &mut headers,
-                header::LAST_MODIFIED,
-                &httpdate::fmt_http_date(last_modified),
-            );
+        headers.insert(header::ETAG, self.etag.clone());
+        if let Some((_, last_modified)) = &self.last_modified {
+            headers.insert(header::LAST_MODIFIED, last_modified.clone());
         }
         if self.immutable {
             let value = HeaderValue::from_static("public, max-age=31536000, immutable");
@@ -173,23 +192,11 @@ impl Representation {
             headers.insert(CDN_CACHE_CONTROL, value);
         } else {
             let remaining = self.valid_until.duration_since(now).unwrap_or_default().as_secs();
-            let browser = remaining.min(policy.browser_max_age.as_secs());
-            insert(
-                &mut headers,
-                header::CACHE_CONTROL,
-                &format!("public, max-age={browser}"),
-            );
-            insert(
-                &mut headers,
-                CDN_CACHE_CONTROL,
-                &format!(
-                    "public, max-age={remaining}, stale-while-revalidate={}, stale-if-error={}",
-                    policy.stale_while_revalidate.as_secs(),
-                    policy.stale_if_error.as_secs()
-                ),
-            );
+            let browser = remaining.min(policy.browser_max_age);
+            headers.insert(header::CACHE_CONTROL, max_age_value(browser, ""));
+            headers.insert(CDN_CACHE_CONTROL, max_age_value(remaining, &policy.shared_suffix));
         }
-        insert(&mut headers, SURROGATE_KEY, &self.surrogate_keys.join(" "));
+        headers.insert(SURROGATE_KEY, self.surrogate_key.clone());
         headers
     }
 
@@ -199,18 +206,19 @@ impl Representation {
             let Ok(condition) = condition.to_str() else {
                 return false;
             };
+            let etag = self.etag.as_bytes();
             return condition
                 .split(',')
                 .map(str::trim)
-                .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag);
+                .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == etag);
         }
         let since = request
             .get(header::IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok());
-        match (since, self.last_modified) {
+        match (since, &self.last_modified) {
             // HTTP dates have whole seconds.
-            (Some(since), Some(modified)) => modified
+            (Some(since), Some((modified, _))) => modified
                 .duration_since(since)
                 .map_or(true, |d| d < Duration::from_secs(1)),
             _ => false,
@@ -218,15 +226,15 @@ impl Representation {
     }
 }
 
+/// `public, max-age=N` followed by `suffix`.
+fn max_age_value(seconds: u64, suffix: &str) -> HeaderValue {
+    let mut text = String::with_capacity(32 + suffix.len());
+    let _ = write!(text, "public, max-age={seconds}{suffix}");
+    header_value(&text)
+}
+
 pub const CDN_CACHE_CONTROL: header::HeaderName = header::HeaderName::from_static("cdn-cache-control");
 pub const SURROGATE_KEY: header::HeaderName = header::HeaderName::from_static("surrogate-key");
-
-fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
-    // Every value built here is ASCII without control characters.
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -251,18 +259,20 @@ mod tests {
         }
     }
 
-    const POLICY: CachePolicy = CachePolicy {
-        browser_max_age: Duration::from_secs(5),
-        stale_while_revalidate: Duration::from_secs(30),
-        stale_if_error: Duration::from_secs(600),
-    };
+    fn policy() -> CachePolicy {
+        CachePolicy::new(
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+        )
+    }
 
     #[test]
     fn freshness_follows_the_validity_window() {
         let rendered = Rendered::new(&record(3));
         assert!(rendered.etag.starts_with("\"3-"));
         let now: SystemTime = datetime!(2026-11-23 14:30:00 UTC).into();
-        let headers = Representation::single(&rendered, false).headers(&POLICY, now);
+        let headers = Representation::single(&rendered, false).headers(&policy(), now);
         assert_eq!(headers["cache-control"], "public, max-age=5");
         assert_eq!(
             headers["cdn-cache-control"],
@@ -271,7 +281,7 @@ mod tests {
         assert_eq!(headers["surrogate-key"], "AAPL AAPL:1h model:lstm model:lstm@3.2.0");
         assert_eq!(headers["last-modified"], "Mon, 23 Nov 2026 14:00:05 GMT");
         let later: SystemTime = datetime!(2026-11-23 16:00:00 UTC).into();
-        let headers = Representation::single(&rendered, false).headers(&POLICY, later);
+        let headers = Representation::single(&rendered, false).headers(&policy(), later);
         assert_eq!(headers["cache-control"], "public, max-age=0");
     }
 
@@ -314,9 +324,10 @@ mod tests {
         let a = Rendered::new(&record(1));
         let list = Representation::list(&[&a], &["MSFT:1d".parse().unwrap()], &["AAPL".into()]);
         let value: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+        assert!(list.last_modified.is_none());
         assert_eq!(value["forecasts"][0]["point"], 187.42);
         assert_eq!(value["forecasts"][0]["version"], 1);
         assert_eq!(value["missing"][0], "MSFT:1d");
-        assert!(list.etag.starts_with("\"l-"));
+        assert!(list.etag.to_str().unwrap().starts_with("\"l-"));
     }
 }

@@ -90,11 +90,11 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     Ok(Arc::new(Inner {
         forecasts: Forecasts::new(store, l1, metrics.clone()),
         auth,
-        policy: CachePolicy {
-            browser_max_age: config.caching.browser_max_age,
-            stale_while_revalidate: config.caching.stale_while_revalidate,
-            stale_if_error: config.caching.stale_if_error,
-        },
+        policy: CachePolicy::new(
+            config.caching.browser_max_age,
+            config.caching.stale_while_revalidate,
+            config.caching.stale_if_error,
+        ),
         limits: Limits {
             max_body_bytes: config.http.max_body_bytes.get(),
             max_batch_reads: config.http.max_batch_reads.get(),

@@ -83,7 +83,7 @@ fn written(record: &VersionRecord, rendered: &Rendered) -> Response {
     } else {
         StatusCode::OK
     };
-    let mut response = (status, rendered.body.clone()).into_response();
+    let mut response = (status, rendered.representation.body.clone()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use self::auth::{Authenticator, Scope};
@@ -56,12 +57,15 @@ impl Inner {
 
     /// 304 when the request's validators match, the full representation otherwise.
     fn respond(&self, representation: &Representation, request: &HeaderMap) -> Response {
-        let headers = representation.headers(&self.policy, SystemTime::now());
-        if representation.not_modified(request) {
-            (StatusCode::NOT_MODIFIED, headers).into_response()
+        let mut response = if representation.not_modified(request) {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
         } else {
-            (headers, representation.body.clone()).into_response()
-        }
+            Response::new(Body::from(representation.body.clone()))
+        };
+        *response.headers_mut() = representation.headers(&self.policy, SystemTime::now());
+        response
     }
 }
 
@@ -122,8 +126,8 @@ async fn method_not_allowed() -> ApiError {
 
 /// Counts and times every request by its route template, never by its raw path.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let route = route.as_deref().unwrap_or("unmatched");
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
