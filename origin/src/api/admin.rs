@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::auth::{Principal, Scope};
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, parse_value};
 use super::{AppState, Inner};
 use crate::forecasts::{ModelForecast, ModelRollbackResult};
@@ -119,13 +119,11 @@ fn checked(forecast: Forecast) -> ApiResult<Forecast> {
         (status = 201, description = "First version created", body = crate::api::openapi::ForecastDocument),
         (status = 200, description = "New version stored", body = crate::api::openapi::ForecastDocument),
         (status = 400, description = "Malformed JSON, invalid instrument or timeframe", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
         (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "The forecast is invalid", body = ErrorBody),
-        (status = 503, description = "Storage unavailable; retry after Retry-After", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn put_forecast(
@@ -200,11 +198,10 @@ pub struct BatchWriteResponse {
     responses(
         (status = 200, description = "Every item's outcome", body = BatchWriteResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
         (status = 413, description = "Body too large, or more writes than allowed", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "The body is not an object with a writes list", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn batch_write(
@@ -296,10 +293,8 @@ pub struct Deleted {
     responses(
         (status = 200, description = "Deleted", body = Deleted),
         (status = 400, description = "Invalid instrument or timeframe", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
         (status = 404, description = "No current version", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn delete_forecast(
@@ -356,10 +351,8 @@ pub struct VersionHistory {
     responses(
         (status = 200, description = "History", body = VersionHistory),
         (status = 400, description = "Invalid instrument or timeframe", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks forecasts:read", body = ErrorBody),
         (status = 404, description = "Never written", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn versions(
@@ -413,12 +406,10 @@ pub struct RollbackRequest {
     responses(
         (status = 200, description = "The new current version", body = crate::api::openapi::ForecastDocument),
         (status = 400, description = "Malformed JSON, invalid instrument or timeframe", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
         (status = 404, description = "No such version", body = ErrorBody),
         (status = 410, description = "That version was trimmed", body = ErrorBody),
         (status = 422, description = "to_version missing or not a positive integer", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn rollback(
@@ -465,9 +456,7 @@ pub struct ModelForecasts {
     responses(
         (status = 200, description = "Forecasts with versions by this model", body = ModelForecasts),
         (status = 400, description = "Invalid model id or version", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks forecasts:read", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn model_forecasts(
@@ -497,9 +486,7 @@ pub struct ModelRollbackResponse {
     responses(
         (status = 200, description = "What happened to each forecast", body = ModelRollbackResponse),
         (status = 400, description = "Invalid model id or version", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks forecasts:write", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn model_rollback(
@@ -539,9 +526,7 @@ pub struct AuditPage {
     responses(
         (status = 200, description = "Entries, newest first", body = AuditPage),
         (status = 400, description = "limit out of range", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks audit:read", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn audit(

@@ -32,6 +32,18 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// The answers every admin endpoint may give besides its own, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes responses; never built.
+pub enum AdminErrors {
+    #[response(status = 401, description = "Missing or unknown bearer token")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The token lacks the endpoint's scope")]
+    Forbidden(ErrorBody),
+    #[response(status = 503, description = "Storage unavailable; retry after Retry-After")]
+    Unavailable(ErrorBody),
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
