@@ -1,5 +1,6 @@
 //! The ceiling that origin reads are compared to: what `redis-benchmark` reaches for GET against a
-//! fresh `redis-server` on this machine, with values the size of one forecast.
+//! fresh `redis-server` on this machine, with values the size of one forecast. The server is started
+//! and written once, then measured once per round.
 
 use std::process::Command;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 
 use crate::launch::{self, RedisServer};
+use crate::median::Median;
 
 /// Parallel connections of `redis-benchmark` (its default).
 pub const CLIENTS: u32 = 50;
@@ -90,24 +92,82 @@ pub struct Ceiling {
     pub clients: u32,
     pub keys: u64,
     pub value_size: usize,
-    pub get: BenchmarkRow,
+    /// The GET row of each round, in order.
+    pub rounds: Vec<BenchmarkRow>,
+    pub median: Median,
 }
 
-/// Starts a fresh `redis-server`, writes the keys, and measures GET with `redis-benchmark`
-/// (no pipelining).
-pub fn measure(plan: &CeilingPlan) -> Result<Ceiling> {
-    ensure!(
-        launch::find_on_path("redis-benchmark").is_some(),
-        "redis-benchmark is not on PATH: install the Debian package `redis-server` (apt-get install redis-server)"
-    );
-    let server = RedisServer::start_on_cpu(plan.server_cpu)?;
-    let benchmark = |test: &str, requests: u64| {
-        let mut command = launch::command_on_cpu("redis-benchmark", plan.client_cpu);
+impl Ceiling {
+    /// The GET row of the round whose rate is the median.
+    pub fn median_row(&self) -> &BenchmarkRow {
+        &self.rounds[self.median.round_index]
+    }
+}
+
+/// A `redis-server` with the keys written, measured by `redis-benchmark` once per round; killed on
+/// drop.
+#[derive(Debug)]
+pub struct CeilingServer {
+    plan: CeilingPlan,
+    server: RedisServer,
+    rounds: Vec<BenchmarkRow>,
+}
+
+impl CeilingServer {
+    /// Starts a fresh `redis-server` and writes the keys.
+    pub async fn start(plan: CeilingPlan) -> Result<Self> {
+        ensure!(
+            launch::find_on_path("redis-benchmark").is_some(),
+            "redis-benchmark is not on PATH: install the Debian package `redis-server` (apt-get install redis-server)"
+        );
+        let server = Self {
+            server: RedisServer::start_on_cpu(plan.server_cpu)?,
+            plan,
+            rounds: Vec::new(),
+        };
+        launch::run_bounded_async(
+            "redis-benchmark-set",
+            server.benchmark("set", POPULATE_REQUESTS),
+            server.plan.timeout,
+        )
+        .await
+        .context("write the keys for the GET ceiling")?;
+        Ok(server)
+    }
+
+    /// Measures GET once (no pipelining) and keeps the row as the next round.
+    pub async fn measure_round(&mut self) -> Result<&BenchmarkRow> {
+        let output = launch::run_bounded_async(
+            "redis-benchmark-get",
+            self.benchmark("get", self.plan.requests),
+            self.plan.timeout,
+        )
+        .await
+        .context("measure the GET ceiling")?;
+        self.rounds.push(parse_csv(&output, "GET")?);
+        self.rounds.last().context("no GET row was kept")
+    }
+
+    /// Every round measured so far and their median; stops the server.
+    pub fn finish(self) -> Result<Ceiling> {
+        let rates: Vec<f64> = self.rounds.iter().map(|row| row.rps).collect();
+        Ok(Ceiling {
+            requests: self.plan.requests,
+            clients: CLIENTS,
+            keys: KEYS,
+            value_size: self.plan.value_size,
+            median: Median::of(&rates).context("the GET ceiling was not measured")?,
+            rounds: self.rounds,
+        })
+    }
+
+    fn benchmark(&self, test: &str, requests: u64) -> Command {
+        let mut command = launch::command_on_cpu("redis-benchmark", self.plan.client_cpu);
         command.args([
             "-h",
             "127.0.0.1",
             "-p",
-            &server.port().to_string(),
+            &self.server.port().to_string(),
             "-t",
             test,
             "-n",
@@ -115,24 +175,13 @@ pub fn measure(plan: &CeilingPlan) -> Result<Ceiling> {
             "-c",
             &CLIENTS.to_string(),
             "-d",
-            &plan.value_size.to_string(),
+            &self.plan.value_size.to_string(),
             "-r",
             &KEYS.to_string(),
             "--csv",
         ]);
         command
-    };
-    launch::run_bounded("redis-benchmark-set", benchmark("set", POPULATE_REQUESTS), plan.timeout)
-        .context("write the keys for the GET ceiling")?;
-    let output = launch::run_bounded("redis-benchmark-get", benchmark("get", plan.requests), plan.timeout)
-        .context("measure the GET ceiling")?;
-    Ok(Ceiling {
-        requests: plan.requests,
-        clients: CLIENTS,
-        keys: KEYS,
-        value_size: plan.value_size,
-        get: parse_csv(&output, "GET")?,
-    })
+    }
 }
 
 /// The version line of `redis-server --version`, if it runs.

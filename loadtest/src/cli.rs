@@ -10,6 +10,7 @@ use crate::origin::{Backend, Pinning, Settings};
 /// Settings of `--quick`, a smoke run for tests.
 const QUICK_INSTRUMENTS: u64 = 200;
 const QUICK_DURATION: Duration = Duration::from_secs(2);
+const QUICK_ROUNDS: u32 = 1;
 
 /// Arguments of `loadtest origin`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,8 +33,12 @@ pub struct OriginArgs {
     /// Storage backends to measure
     #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded,redis")]
     pub backends: Vec<Backend>,
-    /// A fast smoke run: 200 instruments, 2 s per scenario
-    #[arg(long, conflicts_with_all = ["instruments", "duration"])]
+    /// Rounds, each reading every scenario in turn and then running the ceiling; the table shows
+    /// the median of each scenario over the rounds
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
+    /// A fast smoke run: 200 instruments, 2 s per scenario, one round
+    #[arg(long, conflicts_with_all = ["instruments", "duration", "rounds"])]
     pub quick: bool,
 }
 
@@ -41,10 +46,10 @@ impl OriginArgs {
     /// The settings of this run; defaults of paths are relative to `exe_dir`, the directory of
     /// the running executable (such as `target/release`).
     pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> Settings {
-        let (instruments, duration) = if self.quick {
-            (QUICK_INSTRUMENTS, QUICK_DURATION)
+        let (instruments, duration, rounds) = if self.quick {
+            (QUICK_INSTRUMENTS, QUICK_DURATION, QUICK_ROUNDS)
         } else {
-            (self.instruments, self.duration)
+            (self.instruments, self.duration, self.rounds)
         };
         let mut backends = self.backends.clone();
         backends.dedup();
@@ -54,6 +59,7 @@ impl OriginArgs {
             duration,
             connections: usize::from(self.connections),
             backends,
+            rounds,
             pinning,
         }
     }
@@ -137,6 +143,7 @@ mod tests {
         assert_eq!(settings.duration, Duration::from_secs(10));
         assert_eq!(settings.connections, 64);
         assert_eq!(settings.backends, [Backend::Embedded, Backend::Redis]);
+        assert_eq!(settings.rounds, 3);
         assert_eq!(
             cli.origin.json_path(exe_dir),
             Path::new("/w/target/loadtest/origin.json")
@@ -150,13 +157,19 @@ mod tests {
         assert_eq!(settings.instruments, 200);
         assert_eq!(settings.duration, Duration::from_secs(2));
         assert_eq!(settings.backends, [Backend::Redis]);
+        assert_eq!(settings.rounds, 1);
 
-        let cli = Cli::try_parse_from(["loadtest", "--duration", "500ms", "--connections", "8"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["loadtest", "--duration", "500ms", "--connections", "8", "--rounds", "5"]).unwrap();
         let settings = cli.origin.settings(Path::new("."), None);
         assert_eq!(settings.duration, Duration::from_millis(500));
         assert_eq!(settings.connections, 8);
+        assert_eq!(settings.rounds, 5);
 
         assert!(Cli::try_parse_from(["loadtest", "--quick", "--duration", "5s"]).is_err());
+        assert!(Cli::try_parse_from(["loadtest", "--quick", "--rounds", "3"]).is_err());
+        assert!(Cli::try_parse_from(["loadtest", "--rounds", "0"]).is_err());
+        assert!(Cli::try_parse_from(["loadtest", "--rounds", "21"]).is_err());
         assert!(Cli::try_parse_from(["loadtest", "--connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["loadtest", "--backends", "sqlite"]).is_err());
     }

@@ -305,6 +305,27 @@ pub fn run_bounded(name: &str, command: Command, timeout: Duration) -> Result<St
     let status = process
         .wait_timeout(timeout)?
         .with_context(|| format!("{name} did not finish within {timeout:?}{}", process.log_excerpt()))?;
+    bounded_output(name, &process, status)
+}
+
+/// Like [`run_bounded`], but waits without blocking the async runtime, so that dropping the future
+/// (on Ctrl-C, say) kills the command at once.
+pub async fn run_bounded_async(name: &str, command: Command, timeout: Duration) -> Result<String> {
+    let mut process = ChildProcess::spawn_with(name, command, false)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = process.try_wait()? {
+            break status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{name} did not finish within {timeout:?}{}", process.log_excerpt());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+    bounded_output(name, &process, status)
+}
+
+fn bounded_output(name: &str, process: &ChildProcess, status: ExitStatus) -> Result<String> {
     ensure!(status.success(), "{name} failed with {status}{}", process.log_excerpt());
     process.log_text()
 }

@@ -1,27 +1,33 @@
 //! `loadtest origin`: read and write throughput of the origin per storage backend, with its L1
 //! cache on and off, next to the GET ceiling of `redis-benchmark` on the same machine.
 //!
-//! Each scenario starts a fresh origin (and, for the Redis backend, a fresh `redis-server`) on
-//! loopback, writes one forecast per instrument, warms up, then reads random instruments for the
-//! configured duration. On two CPUs or more the servers run on CPU 0 and this process on CPU 1.
+//! Each scenario starts its own origin (and, for the Redis backend, its own `redis-server`) on
+//! loopback and writes one forecast per instrument, once. Then come the rounds: each warms up and
+//! reads random instruments for the configured duration from every scenario in turn, then runs the
+//! ceiling, so that the noise of the machine falls on all of them alike; the report keeps every
+//! round and the median per scenario. All servers stay up until the last round is over. On two
+//! CPUs or more the servers run on CPU 0 and this process on CPU 1.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use hyper::Method;
+use hyper::{Method, Uri};
 use rand::Rng;
 use serde::Serialize;
+use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::ceiling::{self, Ceiling, CeilingPlan};
+use crate::ceiling::{self, Ceiling, CeilingPlan, CeilingServer};
 use crate::http::{self, LoadResult, Plan};
 use crate::launch::{self, ChildProcess, RedisServer};
+use crate::median::Median;
 
 /// Concurrency of the writes that seed the instruments.
 pub const SEED_CONNECTIONS: usize = 64;
@@ -88,6 +94,8 @@ pub struct Settings {
     /// Connections of the read load.
     pub connections: usize,
     pub backends: Vec<Backend>,
+    /// Each round reads every scenario once and runs the ceiling once.
+    pub rounds: u32,
     pub pinning: Option<Pinning>,
 }
 
@@ -134,6 +142,7 @@ pub struct SettingsRecord {
     pub connections: usize,
     pub seed_connections: usize,
     pub backends: Vec<Backend>,
+    pub rounds: u32,
     /// Size of the JSON body written per instrument; also the value size of the ceiling.
     pub forecast_body_bytes: usize,
 }
@@ -144,7 +153,23 @@ pub struct ReadScenario {
     pub scenario: String,
     pub backend: Backend,
     pub l1_cache: bool,
-    pub result: LoadResult,
+    /// The result of each round, in order.
+    pub rounds: Vec<LoadResult>,
+    pub median: Median,
+    /// Median requests per second over the median of the ceiling.
+    pub vs_ceiling: f64,
+}
+
+impl ReadScenario {
+    /// The result of the round whose rate is the median.
+    pub fn median_result(&self) -> &LoadResult {
+        &self.rounds[self.median.round_index]
+    }
+
+    /// Errors summed over every round.
+    pub fn errors(&self) -> u64 {
+        self.rounds.iter().map(|result| result.errors).sum()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,12 +181,12 @@ pub struct WriteScenario {
 }
 
 impl Report {
-    /// Fails when any read or write was answered with an unexpected status or not at all.
+    /// Fails when any read of any round was answered with an unexpected status or not at all.
     pub fn ensure_clean(&self) -> Result<()> {
         let failed: Vec<&str> = self
             .reads
             .iter()
-            .filter(|read| read.result.errors > 0 || read.result.count(200) != read.result.requests)
+            .filter(|read| read.rounds.iter().any(|result| !is_clean(result)))
             .map(|read| read.scenario.as_str())
             .collect();
         ensure!(failed.is_empty(), "reads failed in: {}", failed.join(", "));
@@ -169,7 +194,8 @@ impl Report {
     }
 }
 
-/// Runs every scenario of `settings`, then the ceiling. `nproc` is recorded as machine info.
+/// Starts and seeds every scenario of `settings` and the ceiling, then measures them in rounds.
+/// `nproc` is recorded as machine info.
 pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
     ensure!(
         settings.origin_bin.is_file(),
@@ -177,34 +203,36 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
         settings.origin_bin.display()
     );
     ensure!(!settings.backends.is_empty(), "no backend to measure");
+    ensure!(settings.rounds > 0, "no round to measure");
     let token = random_token();
     let body = forecast_body().context("build the forecast body")?;
+    let paths = read_paths(settings.instruments)?;
 
-    let mut reads = Vec::new();
+    // Dropped on any error or on Ctrl-C, and with them every process they started.
+    let mut origins = Vec::new();
     let mut writes = Vec::new();
     for &backend in &settings.backends {
         for l1_cache in [true, false] {
             let scenario = scenario_name(backend, l1_cache);
-            let measured = measure_origin(settings, backend, l1_cache, &token, &body)
+            let origin = Origin::start(settings, backend, l1_cache, &token)
                 .await
-                .with_context(|| format!("measure {scenario}"))?;
+                .with_context(|| format!("start {scenario}"))?;
+            let seed = origin
+                .seed(settings, &token, &body)
+                .await
+                .with_context(|| format!("seed {scenario}"))?;
             if l1_cache {
                 writes.push(WriteScenario {
                     backend,
-                    versions_per_sec: measured.seed.count(201) as f64 / measured.seed.elapsed_secs.max(f64::EPSILON),
-                    result: measured.seed,
+                    versions_per_sec: versions_per_sec(&seed),
+                    result: seed,
                 });
             }
-            reads.push(ReadScenario {
-                scenario,
-                backend,
-                l1_cache,
-                result: measured.reads,
-            });
+            origins.push((origin, Vec::new()));
         }
     }
 
-    eprintln!("redis-benchmark GET ceiling");
+    eprintln!("redis-benchmark GET ceiling: starting");
     let ceiling_requests = (settings.duration.as_secs_f64() * CEILING_RATE_ESTIMATE as f64) as u64;
     let ceiling_plan = CeilingPlan {
         requests: ceiling_requests.max(CEILING_MIN_REQUESTS),
@@ -213,7 +241,39 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
         client_cpu: settings.load_cpu(),
         timeout: (settings.duration * 10).max(Duration::from_secs(60)),
     };
-    let ceiling = ceiling::measure(&ceiling_plan)?;
+    let mut ceiling = CeilingServer::start(ceiling_plan).await?;
+
+    for round in 1..=settings.rounds {
+        let label = format!("round {round}/{}", settings.rounds);
+        for (origin, results) in &mut origins {
+            let result = origin
+                .read(settings, &paths, &label)
+                .await
+                .with_context(|| format!("measure {} in {label}", origin.scenario))?;
+            results.push(result);
+        }
+        eprintln!("redis-benchmark GET ceiling, {label}");
+        let row = ceiling
+            .measure_round()
+            .await
+            .with_context(|| format!("ceiling in {label}"))?;
+        eprintln!("redis-benchmark GET ceiling, {label}: {:.0} GET/s", row.rps);
+    }
+    let ceiling = ceiling.finish()?;
+
+    let mut reads = Vec::new();
+    for (origin, rounds) in origins {
+        let rates: Vec<f64> = rounds.iter().map(|result| result.rps).collect();
+        let median = Median::of(&rates).with_context(|| format!("{} was not measured", origin.scenario))?;
+        reads.push(ReadScenario {
+            vs_ceiling: median.rps / ceiling.median.rps,
+            scenario: origin.scenario.clone(),
+            backend: origin.backend,
+            l1_cache: origin.l1_cache,
+            rounds,
+            median,
+        });
+    }
 
     Ok(Report {
         machine: Machine {
@@ -230,6 +290,7 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
             connections: settings.connections,
             seed_connections: SEED_CONNECTIONS,
             backends: settings.backends.clone(),
+            rounds: settings.rounds,
             forecast_body_bytes: body.len(),
         },
         reads,
@@ -248,89 +309,144 @@ pub fn instrument(index: u64) -> String {
     format!("I{index:05}")
 }
 
-struct Measured {
-    seed: LoadResult,
-    reads: LoadResult,
+/// The request path of every instrument, built once for all reads.
+fn read_paths(instruments: u64) -> Result<Arc<[Uri]>> {
+    (0..instruments)
+        .map(|index| {
+            let path = format!("/v1/forecasts/{}/{TIMEFRAME}", instrument(index));
+            Uri::try_from(path).context("build a read path")
+        })
+        .collect()
 }
 
-async fn measure_origin(
-    settings: &Settings,
+fn is_clean(result: &LoadResult) -> bool {
+    result.errors == 0 && result.count(200) == result.requests
+}
+
+/// Forecasts written per second (responses 201 over the seeding time).
+fn versions_per_sec(seed: &LoadResult) -> f64 {
+    seed.count(201) as f64 / seed.elapsed_secs.max(f64::EPSILON)
+}
+
+/// The origin of one scenario, up from its start to the end of the last round.
+struct Origin {
+    scenario: String,
     backend: Backend,
     l1_cache: bool,
-    token: &str,
-    body: &Bytes,
-) -> Result<Measured> {
-    let scenario = scenario_name(backend, l1_cache);
-    eprintln!("{scenario}: starting");
-    // Locals drop in reverse order: the origin stops before its Redis and its data directory go.
-    let redis = match backend {
-        Backend::Embedded => None,
-        Backend::Redis => Some(RedisServer::start_on_cpu(settings.server_cpu())?),
-    };
-    let data_dir = tempfile::Builder::new()
-        .prefix("loadtest-origin-")
-        .tempdir()
-        .context("create the origin data directory")?;
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, launch::free_port()?));
+    address: SocketAddr,
+    // Fields drop in order: the origin stops before its Redis and its data directory go.
+    process: ChildProcess,
+    _redis: Option<RedisServer>,
+    _data_dir: TempDir,
+}
 
-    let mut command = launch::command_on_cpu(&settings.origin_bin, settings.server_cpu());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ORIGIN_") {
-            command.env_remove(key);
+impl Origin {
+    /// Starts the origin (and its `redis-server`) and waits until it is ready.
+    async fn start(settings: &Settings, backend: Backend, l1_cache: bool, token: &str) -> Result<Self> {
+        let scenario = scenario_name(backend, l1_cache);
+        eprintln!("{scenario}: starting");
+        let redis = match backend {
+            Backend::Embedded => None,
+            Backend::Redis => Some(RedisServer::start_on_cpu(settings.server_cpu())?),
+        };
+        let data_dir = tempfile::Builder::new()
+            .prefix("loadtest-origin-")
+            .tempdir()
+            .context("create the origin data directory")?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, launch::free_port()?));
+
+        let mut command = launch::command_on_cpu(&settings.origin_bin, settings.server_cpu());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ORIGIN_") {
+                command.env_remove(key);
+            }
         }
+        command
+            .env("ORIGIN_HTTP__LISTEN", address.to_string())
+            .env(
+                "ORIGIN_STORAGE__REDIS_URL",
+                redis.as_ref().map(RedisServer::url).unwrap_or_default(),
+            )
+            .env("ORIGIN_STORAGE__DATA_DIR", data_dir.path())
+            .env("ORIGIN_AUTH__BOOTSTRAP_TOKEN", token)
+            .env("ORIGIN_CACHE__ENABLED", l1_cache.to_string())
+            .env("RUST_LOG", "warn");
+        let name = format!("origin-{backend}-l1-{}", if l1_cache { "on" } else { "off" });
+        let mut process = ChildProcess::spawn(&name, command)?;
+        wait_ready(&mut process, address).await?;
+        Ok(Self {
+            scenario,
+            backend,
+            l1_cache,
+            address,
+            process,
+            _redis: redis,
+            _data_dir: data_dir,
+        })
     }
-    command
-        .env("ORIGIN_HTTP__LISTEN", address.to_string())
-        .env(
-            "ORIGIN_STORAGE__REDIS_URL",
-            redis.as_ref().map(RedisServer::url).unwrap_or_default(),
+
+    /// Writes one forecast per instrument with `PUT /admin/v1/forecasts/{instrument}/1h`.
+    async fn seed(&self, settings: &Settings, token: &str, body: &Bytes) -> Result<LoadResult> {
+        let plan = Plan::timed(SEED_CONNECTIONS, SEED_TIME_LIMIT)
+            .with_requests(settings.instruments)
+            .with_progress(format!("{} writes", self.scenario));
+        let token = token.to_owned();
+        let body = body.clone();
+        let seed = http::run(self.address, &plan, move |index| {
+            http::json_request(
+                Method::PUT,
+                &format!("/admin/v1/forecasts/{}/{TIMEFRAME}", instrument(index)),
+                body.clone(),
+                Some(&token),
+            )
+        })
+        .await
+        .context("seed the instruments")?;
+        ensure!(
+            seed.count(201) == settings.instruments,
+            "seeding expected 201 for {} writes, got statuses {:?} and {} transport errors{}",
+            settings.instruments,
+            seed.statuses,
+            seed.transport_errors,
+            self.process.log_excerpt()
+        );
+        eprintln!("{}: {:.0} writes/s", self.scenario, versions_per_sec(&seed));
+        Ok(seed)
+    }
+
+    /// Warms up, then reads random instruments for the configured duration.
+    async fn read(&mut self, settings: &Settings, paths: &Arc<[Uri]>, round: &str) -> Result<LoadResult> {
+        let scenario = &self.scenario;
+        let paths = Arc::clone(paths);
+        let read = move |_| Ok(http::get_uri(paths[rand::rng().random_range(0..paths.len())].clone()));
+        http::run(
+            self.address,
+            &Plan::timed(settings.connections, settings.warmup()),
+            read.clone(),
         )
-        .env("ORIGIN_STORAGE__DATA_DIR", data_dir.path())
-        .env("ORIGIN_AUTH__BOOTSTRAP_TOKEN", token)
-        .env("ORIGIN_CACHE__ENABLED", l1_cache.to_string())
-        .env("RUST_LOG", "warn");
-    let name = format!("origin-{backend}-l1-{}", if l1_cache { "on" } else { "off" });
-    let mut origin = ChildProcess::spawn(&name, command)?;
-    wait_ready(&mut origin, address).await?;
-
-    let seed = seed(settings, address, token, body, &scenario).await?;
-    ensure!(
-        seed.count(201) == settings.instruments,
-        "seeding expected 201 for {} writes, got statuses {:?} and {} transport errors{}",
-        settings.instruments,
-        seed.statuses,
-        seed.transport_errors,
-        origin.log_excerpt()
-    );
-
-    let instruments = settings.instruments;
-    let read = move |_| {
-        let index = rand::rng().random_range(0..instruments);
-        http::get(&format!("/v1/forecasts/{}/{TIMEFRAME}", instrument(index)))
-    };
-    http::run(address, &Plan::timed(settings.connections, settings.warmup()), read)
         .await
         .context("warm up")?;
-    let plan = Plan::timed(settings.connections, settings.duration).with_progress(format!("{scenario} reads"));
-    let reads = http::run(address, &plan, read).await.context("read")?;
+        let plan =
+            Plan::timed(settings.connections, settings.duration).with_progress(format!("{scenario} reads, {round}"));
+        let reads = http::run(self.address, &plan, read).await.context("read")?;
 
-    if let Some(status) = origin.try_wait()? {
-        bail!("origin exited with {status} during the run{}", origin.log_excerpt());
+        if let Some(status) = self.process.try_wait()? {
+            bail!(
+                "origin exited with {status} during the run{}",
+                self.process.log_excerpt()
+            );
+        }
+        if !is_clean(&reads) {
+            eprintln!(
+                "{scenario}, {round}: {} errors, statuses {:?}{}",
+                reads.errors,
+                reads.statuses,
+                self.process.log_excerpt()
+            );
+        }
+        eprintln!("{scenario}, {round}: {:.0} reads/s", reads.rps);
+        Ok(reads)
     }
-    if reads.errors > 0 || reads.count(200) != reads.requests {
-        eprintln!(
-            "{scenario}: {} errors, statuses {:?}{}",
-            reads.errors,
-            reads.statuses,
-            origin.log_excerpt()
-        );
-    }
-    eprintln!(
-        "{scenario}: {:.0} reads/s, {:.0} writes/s",
-        reads.rps,
-        seed.count(201) as f64 / seed.elapsed_secs.max(f64::EPSILON)
-    );
-    Ok(Measured { seed, reads })
 }
 
 /// Polls `GET /readyz` until it answers 200, failing early when the origin exits.
@@ -356,31 +472,6 @@ async fn wait_ready(origin: &mut ChildProcess, address: SocketAddr) -> Result<()
             );
         }
     }
-}
-
-/// Writes one forecast per instrument with `PUT /admin/v1/forecasts/{instrument}/1h`.
-async fn seed(
-    settings: &Settings,
-    address: SocketAddr,
-    token: &str,
-    body: &Bytes,
-    scenario: &str,
-) -> Result<LoadResult> {
-    let plan = Plan::timed(SEED_CONNECTIONS, SEED_TIME_LIMIT)
-        .with_requests(settings.instruments)
-        .with_progress(format!("{scenario} writes"));
-    let token = token.to_owned();
-    let body = body.clone();
-    http::run(address, &plan, move |index| {
-        http::json_request(
-            Method::PUT,
-            &format!("/admin/v1/forecasts/{}/{TIMEFRAME}", instrument(index)),
-            body.clone(),
-            Some(&token),
-        )
-    })
-    .await
-    .context("seed the instruments")
 }
 
 /// The forecast written for every instrument: generated now, valid for an hour.

@@ -5,36 +5,44 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::median::Median;
 use crate::origin::{Backend, Report};
 
 /// Prints the read scenarios, the ceiling and the write rates as a table, with notes on how
-/// the processes shared the CPUs.
+/// they were measured and how the processes shared the CPUs.
 pub fn print_table(report: &Report) {
-    let ceiling = &report.ceiling.get;
+    let ceiling = report.ceiling.median_row();
+    let spread = |median: &Median| {
+        median
+            .spread_pct
+            .map_or_else(|| "-".to_owned(), |pct| format!("{pct:.0}%"))
+    };
     println!();
     println!(
-        "{:<24}{:>11}{:>9}{:>9}{:>9}  vs redis-benchmark GET",
-        "scenario", "req/s", "p50 µs", "p99 µs", "errors"
+        "{:<24}{:>11}{:>9}{:>9}{:>8}{:>9}  vs redis-benchmark GET",
+        "scenario", "req/s", "p50 µs", "p99 µs", "spread", "errors"
     );
     for read in &report.reads {
-        let result = &read.result;
+        let result = read.median_result();
         println!(
-            "{:<24}{:>11.0}{:>9}{:>9}{:>9}  {:.2}",
+            "{:<24}{:>11.0}{:>9}{:>9}{:>8}{:>9}  {:.2}",
             read.scenario,
-            result.rps,
+            read.median.rps,
             result.p50_us,
             result.p99_us,
-            result.errors,
-            result.rps / ceiling.rps
+            spread(&read.median),
+            read.errors(),
+            read.vs_ceiling
         );
     }
     let micros = |millis: Option<f64>| millis.map_or_else(|| "-".to_owned(), |ms| format!("{:.0}", ms * 1000.0));
     println!(
-        "{:<24}{:>11.0}{:>9}{:>9}{:>9}  1.00",
+        "{:<24}{:>11.0}{:>9}{:>9}{:>8}{:>9}  1.00",
         "redis-benchmark GET",
-        ceiling.rps,
+        report.ceiling.median.rps,
         micros(ceiling.p50_latency_ms),
         micros(ceiling.p99_latency_ms),
+        spread(&report.ceiling.median),
         "-"
     );
     for write in &report.writes {
@@ -48,11 +56,17 @@ pub fn print_table(report: &Report) {
     let settings = &report.settings;
     println!();
     println!(
+        "rounds: {}, each reads every scenario in turn, then runs redis-benchmark; req/s is the median over the rounds",
+        settings.rounds
+    );
+    println!("(of an even count, the slower middle one), p50/p99 are of that same round, errors are summed over");
+    println!("the rounds; ratios are of medians; spread = (max - min) / median of the req/s of the rounds");
+    println!(
         "reads: {} instruments, {} keep-alive HTTP/1.1 connections from one thread, {:.1} s after {:.1} s of warm-up",
         settings.instruments, settings.connections, settings.duration_secs, settings.warmup_secs
     );
     println!(
-        "writes: one PUT per instrument over {} connections, {} byte bodies",
+        "writes: one PUT per instrument over {} connections, {} byte bodies, once per origin before the rounds",
         settings.seed_connections, settings.forecast_body_bytes
     );
     println!(
@@ -64,6 +78,10 @@ pub fn print_table(report: &Report) {
             println!(
                 "{} CPUs: servers under test (origin, redis-server) on CPU {}, load generators on CPU {}",
                 report.machine.nproc, pinning.server_cpu, pinning.load_cpu
+            );
+            println!(
+                "every origin and redis-server stays up across the rounds; those not measured wait idle on CPU {}",
+                pinning.server_cpu
             );
             if settings.backends.contains(&Backend::Redis) {
                 println!(

@@ -1,10 +1,13 @@
 //! The launcher against real `redis-server`, `redis-cli` and small local servers.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use loadtest::launch::{ChildProcess, RedisCluster, RedisServer, free_port, redis_command, run_bounded, wait_http_ok};
+use loadtest::launch::{
+    ChildProcess, RedisCluster, RedisServer, free_port, redis_command, run_bounded, run_bounded_async, wait_http_ok,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -123,6 +126,40 @@ fn run_bounded_reports_failures_and_timeouts() {
     slow.arg("30");
     let error = run_bounded("slow", slow, Duration::from_millis(100)).unwrap_err();
     assert!(format!("{error:#}").contains("did not finish"), "{error:#}");
+}
+
+#[tokio::test]
+async fn run_bounded_async_returns_output_and_kills_on_drop() {
+    let mut echo = Command::new("sh");
+    echo.args(["-c", "echo fine"]);
+    let output = run_bounded_async("echo", echo, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(output.trim(), "fine");
+
+    let mut failing = Command::new("sh");
+    failing.args(["-c", "echo broken >&2; exit 3"]);
+    let error = run_bounded_async("failing", failing, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("broken"), "{error:#}");
+
+    let mut slow = Command::new("sleep");
+    slow.arg("30");
+    let error = run_bounded_async("slow", slow, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("did not finish"), "{error:#}");
+
+    // Dropping the future, as Ctrl-C does, kills the command.
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let mut sleeper = Command::new("sh");
+    sleeper
+        .arg("-c")
+        .arg(format!("echo $$ > {}; exec sleep 30", pid_file.display()));
+    let bounded = run_bounded_async("sleeper", sleeper, Duration::from_secs(60));
+    assert!(tokio::time::timeout(Duration::from_millis(300), bounded).await.is_err());
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists());
 }
 
 #[tokio::test]
