@@ -5,6 +5,10 @@
 //! index, so a run can read random keys or write each key once. Latency runs from just before a
 //! request is built until its whole response body has arrived.
 //!
+//! With a rate ([`Plan::at_rate`]) the run is open-loop: request `i` is due `i / rate` seconds
+//! after the start, whichever connection is free sends it, and its latency runs from when it was
+//! due, so that a server falling behind shows as latency rather than as fewer requests.
+//!
 //! The generator runs on one thread next to the servers it measures, so the per-request path is
 //! kept light: two clock reads (the latency timestamps), one timer per connection rather than one
 //! per request, and response bodies dropped frame by frame instead of collected.
@@ -24,7 +28,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -55,6 +59,9 @@ pub struct Plan {
     pub request_timeout: Duration,
     /// Prefix of the progress lines; `None` prints none.
     pub progress: Option<String>,
+    /// Requests per second at fixed intervals (open loop); `None` sends each request as soon as a
+    /// connection is free.
+    pub rate: Option<f64>,
 }
 
 impl Plan {
@@ -66,7 +73,14 @@ impl Plan {
             requests: None,
             request_timeout: Duration::from_secs(10),
             progress: None,
+            rate: None,
         }
+    }
+
+    /// Sends `rate` requests per second at fixed intervals (see the module documentation).
+    pub fn at_rate(mut self, rate: f64) -> Self {
+        self.rate = Some(rate);
+        self
     }
 
     /// Stops after `requests` requests (still bounded by the duration).
@@ -104,6 +118,7 @@ pub struct LoadResult {
     pub p50_us: u64,
     pub p90_us: u64,
     pub p99_us: u64,
+    pub p999_us: u64,
     pub max_us: u64,
 }
 
@@ -145,6 +160,12 @@ pub fn json_request(method: Method, path: &str, body: Bytes, bearer: Option<&str
 
 /// Sends one GET for `uri` (`http://HOST:PORT/path`) over a new connection and returns the status.
 pub async fn get_status(uri: &Uri) -> Result<StatusCode> {
+    Ok(fetch(uri).await?.status())
+}
+
+/// Sends one GET for `uri` (`http://HOST:PORT/path`) over a new connection and returns the whole
+/// response.
+pub async fn fetch(uri: &Uri) -> Result<Response<Bytes>> {
     let authority = uri.authority().with_context(|| format!("{uri} has no host and port"))?;
     let path = uri.path_and_query().map_or("/", |path| path.as_str());
     let request = Request::get(path)
@@ -156,7 +177,13 @@ pub async fn get_status(uri: &Uri) -> Result<StatusCode> {
         .with_context(|| format!("connect to {authority}: timed out"))?
         .with_context(|| format!("connect to {authority}"))?;
     let mut sender = handshake(stream).await?;
-    tokio::time::timeout(PROBE_TIMEOUT, exchange(&mut sender, request))
+    let exchange = async {
+        let response = sender.send_request(request).await.context("send the request")?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.context("read the response body")?.to_bytes();
+        anyhow::Ok(Response::from_parts(parts, body))
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, exchange)
         .await
         .with_context(|| format!("GET {uri}: timed out"))?
         .with_context(|| format!("GET {uri}"))
@@ -168,11 +195,16 @@ where
     G: Fn(u64) -> Result<Request<Body>> + Send + Sync + 'static,
 {
     ensure!(plan.connections > 0, "a load run needs at least one connection");
+    if let Some(rate) = plan.rate {
+        ensure!(rate.is_finite() && rate > 0.0, "rate {rate} is not a positive number");
+    }
     let started = Instant::now();
     let shared = Arc::new(Shared {
         address,
         host: HeaderValue::from_str(&address.to_string()).context("use the target address as Host header")?,
         generate,
+        started,
+        rate: plan.rate,
         deadline: started + plan.duration,
         limit: plan.requests,
         request_timeout: plan.request_timeout,
@@ -202,6 +234,8 @@ struct Shared<G> {
     address: SocketAddr,
     host: HeaderValue,
     generate: G,
+    started: Instant,
+    rate: Option<f64>,
     deadline: Instant,
     limit: Option<u64>,
     request_timeout: Duration,
@@ -212,16 +246,21 @@ struct Shared<G> {
 }
 
 impl<G> Shared<G> {
-    /// The index of the next request, or `None` when the run is over at `now`.
-    fn claim(&self, now: Instant) -> Option<u64> {
+    /// The index of the next request and when it is due (`now` without a rate), or `None` when
+    /// the run is over.
+    fn claim(&self, now: Instant) -> Option<(u64, Instant)> {
         if now >= self.deadline {
             return None;
         }
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
-        match self.limit {
-            Some(limit) if index >= limit => None,
-            _ => Some(index),
+        if self.limit.is_some_and(|limit| index >= limit) {
+            return None;
         }
+        let Some(rate) = self.rate else {
+            return Some((index, now));
+        };
+        let due = self.started + Duration::from_secs_f64(index as f64 / rate);
+        (due < self.deadline).then_some((index, due))
     }
 }
 
@@ -289,6 +328,7 @@ impl Tally {
             p50_us: histogram.value_at_quantile(0.50),
             p90_us: histogram.value_at_quantile(0.90),
             p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
             max_us: histogram.max(),
         }
     }
@@ -386,10 +426,12 @@ where
                     }
                 }
             }
-            let sent = Instant::now();
-            let Some(index) = shared.claim(sent) else {
+            let Some((index, sent)) = shared.claim(Instant::now()) else {
                 break 'connect;
             };
+            if sent > Instant::now() {
+                tokio::time::sleep_until(sent.into()).await;
+            }
             let mut request = (shared.generate)(index)?;
             request.headers_mut().entry(HOST).or_insert_with(|| shared.host.clone());
             let limit = tokio::time::Instant::from_std(sent + shared.request_timeout);
@@ -536,6 +578,47 @@ mod tests {
         let plan = Plan::timed(1, Duration::from_secs(5));
         let result = run(address, &plan, |_| get("not a path")).await;
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_rate_spaces_requests_until_the_deadline() {
+        let started = Instant::now();
+        let shared = Shared {
+            address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            host: HeaderValue::from_static("127.0.0.1:1"),
+            generate: (),
+            started,
+            rate: Some(4.0),
+            deadline: started + Duration::from_secs(1),
+            limit: None,
+            request_timeout: Duration::from_secs(1),
+            next_index: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+        };
+        let claims: Vec<_> = std::iter::from_fn(|| shared.claim(started)).collect();
+        let due = |millis| started + Duration::from_millis(millis);
+        assert_eq!(claims, [(0, due(0)), (1, due(250)), (2, due(500)), (3, due(750))]);
+        assert_eq!(shared.claim(due(1000)), None);
+    }
+
+    #[tokio::test]
+    async fn a_rated_run_sends_what_is_due_within_the_duration() {
+        let address = fixed_server().await;
+        let plan = Plan::timed(4, Duration::from_secs(30)).with_requests(20).at_rate(1000.0);
+        let result = run(address, &plan, |_| get("/")).await.unwrap();
+        assert_eq!(result.requests, 20);
+        assert_eq!(result.errors, 0);
+        assert!(result.p50_us <= result.p99_us && result.p99_us <= result.p999_us);
+    }
+
+    #[tokio::test]
+    async fn fetch_returns_headers_and_body() {
+        let address = fixed_server().await;
+        let uri: Uri = format!("http://{address}/item").parse().unwrap();
+        let response = fetch(&uri).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-length"], "2");
+        assert_eq!(response.body().as_ref(), b"ok");
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
 use tempfile::TempDir;
 
 /// How often the blocking waits in this module look again.
@@ -28,6 +29,8 @@ const REDIS_START_ATTEMPTS: usize = 3;
 /// How long `redis-cli --cluster create` may take, and then the cluster to report `cluster_state:ok`.
 const CLUSTER_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// One readiness probe of [`wait_ready`]; the process is checked for an early exit in between.
+const READY_PROBE: Duration = Duration::from_millis(250);
 /// How many lines of a child's log an error message quotes.
 const LOG_LINES_IN_ERRORS: usize = 20;
 /// How much of the end of a log [`ChildProcess::log_tail`] reads at most.
@@ -97,6 +100,38 @@ pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(())
+}
+
+/// Which CPU the servers under test and the load generator run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Pinning {
+    pub server_cpu: usize,
+    pub load_cpu: usize,
+}
+
+impl Pinning {
+    /// With two CPUs or more and `taskset` available, pins this process to CPU 1 and returns the
+    /// pinning that servers started later should follow (CPU 0). Call it before any thread starts:
+    /// threads and children inherit the affinity.
+    pub fn apply(nproc: usize) -> Result<Option<Self>> {
+        if nproc < 2 || !taskset_available() {
+            return Ok(None);
+        }
+        let pinning = Self {
+            server_cpu: 0,
+            load_cpu: 1,
+        };
+        pin_process(std::process::id(), pinning.load_cpu).context("pin the load generator")?;
+        Ok(Some(pinning))
+    }
+
+    pub fn server_cpu(pinning: Option<Self>) -> Option<usize> {
+        pinning.map(|pinning| pinning.server_cpu)
+    }
+
+    pub fn load_cpu(pinning: Option<Self>) -> Option<usize> {
+        pinning.map(|pinning| pinning.load_cpu)
+    }
 }
 
 fn ensure_redis_installed(program: &str) -> Result<()> {
@@ -296,6 +331,128 @@ fn read_tail(path: &Path) -> Result<String> {
     file.read_to_end(&mut bytes)
         .with_context(|| format!("read {}", path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A child that starts processes of its own, such as nginx's workers or Varnish's cache process.
+///
+/// Dropping it sends SIGTERM (SIGKILL when `grace` is zero) so that the child stops the processes
+/// it started, waits up to `grace`, and then kills by PID whatever of them is left: a child killed
+/// outright would leave them running.
+#[derive(Debug)]
+pub struct ProcessTree {
+    root: ChildProcess,
+    grace: Duration,
+}
+
+impl ProcessTree {
+    pub fn new(root: ChildProcess, grace: Duration) -> Self {
+        Self { root, grace }
+    }
+
+    pub fn root(&self) -> &ChildProcess {
+        &self.root
+    }
+
+    pub fn root_mut(&mut self) -> &mut ChildProcess {
+        &mut self.root
+    }
+
+    /// The PIDs of the child and of every process under it, as of now.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.root.pid()];
+        pids.extend(descendants(self.root.pid()).into_iter().map(|(pid, _)| pid));
+        pids
+    }
+
+    /// Resident memory of the whole tree: the sum of each process's proportional set size, which
+    /// splits a page shared by several of them (such as nginx's key zone) among them instead of
+    /// counting it once per process.
+    pub fn resident_bytes(&self) -> Result<u64> {
+        self.pids().into_iter().map(proportional_set_size).sum()
+    }
+}
+
+impl Drop for ProcessTree {
+    fn drop(&mut self) {
+        let descendants = descendants(self.root.pid());
+        // Errors are ignored: whatever is still running afterwards is killed below.
+        if self.grace.is_zero() {
+            let _ = self.root.kill();
+        } else {
+            let _ = self.root.terminate(self.grace);
+        }
+        for (pid, started) in descendants {
+            // The same process only: its PID may have been reused since it exited.
+            if process_stat(pid).is_some_and(|stat| stat.started == started) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// The fields of `/proc/PID/stat` that tell processes apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcessStat {
+    parent: u32,
+    /// Clock ticks after boot, which together with the PID names one process.
+    started: u64,
+}
+
+fn parse_stat(stat: &str) -> Option<ProcessStat> {
+    // `PID (COMM) STATE PPID …`: COMM may hold spaces and parentheses, so fields count from the
+    // last ')'; after it, field 4 (the parent) has index 1 and field 22 (start time) index 19.
+    let (_, fields) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    Some(ProcessStat {
+        parent: fields.get(1)?.parse().ok()?,
+        started: fields.get(19)?.parse().ok()?,
+    })
+}
+
+fn process_stat(pid: u32) -> Option<ProcessStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process under `root` (children, their children, …) with its start time.
+fn descendants(root: u32) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let processes: Vec<(u32, ProcessStat)> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|pid| Some((pid, process_stat(pid)?)))
+        .collect();
+    let mut found: Vec<(u32, u64)> = Vec::new();
+    let mut parents = vec![root];
+    // Each pass goes one generation down; a process is its own ancestor never, so this ends.
+    while !parents.is_empty() {
+        let children: Vec<(u32, u64)> = processes
+            .iter()
+            .filter(|(pid, stat)| parents.contains(&stat.parent) && !found.iter().any(|(seen, _)| seen == pid))
+            .map(|&(pid, stat)| (pid, stat.started))
+            .collect();
+        parents = children.iter().map(|&(pid, _)| pid).collect();
+        found.extend(children);
+    }
+    found
+}
+
+/// The proportional set size of process `pid` in bytes (`Pss` of `/proc/PID/smaps_rollup`).
+pub fn proportional_set_size(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    parse_pss(&text).with_context(|| format!("no Pss line in {path}"))
+}
+
+fn parse_pss(smaps_rollup: &str) -> Option<u64> {
+    let line = smaps_rollup.lines().find_map(|line| line.strip_prefix("Pss:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Runs `command` to completion within `timeout` and returns what it wrote to stdout and stderr
@@ -601,9 +758,69 @@ pub async fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
     }
 }
 
+/// Polls `url` until it answers 200, for at most `timeout`, failing early when `process` exits.
+pub async fn wait_ready(process: &mut ChildProcess, url: &str, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let probe = wait_http_ok(url, READY_PROBE).await;
+        if probe.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = process.try_wait()? {
+            bail!(
+                "{} exited with {status} before it was ready{}",
+                process.name(),
+                process.log_excerpt()
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let error = probe.err().map(|error| format!("{error:#}")).unwrap_or_default();
+            bail!(
+                "{} was not ready within {timeout:?}: {error}{}",
+                process.name(),
+                process.log_excerpt()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_proc_stat() {
+        let stat = "4242 (nginx: worker (1)) S 4240 4240 4240 0 -1 4194624 371 0 0 0 0 0 0 0 20 0 1 0 \
+                    98765 11452416 712 18446744073709551615";
+        assert_eq!(
+            parse_stat(stat),
+            Some(ProcessStat {
+                parent: 4240,
+                started: 98765
+            })
+        );
+        assert_eq!(parse_stat("4242 (short) S 1"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn finds_this_process_and_its_children() {
+        let own = process_stat(std::process::id()).unwrap();
+        assert!(own.started > 0);
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let found = descendants(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.iter().any(|&(pid, _)| pid == child.id()), "{found:?}");
+    }
+
+    #[test]
+    fn parses_pss() {
+        let rollup = "55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:  5120 kB\nPss:  3072 kB\n";
+        assert_eq!(parse_pss(rollup), Some(3 * 1024 * 1024));
+        assert_eq!(parse_pss("Rss: 5120 kB\n"), None);
+        assert!(proportional_set_size(std::process::id()).unwrap() > 0);
+    }
 
     fn reply(bytes: &[u8]) -> Result<Option<String>> {
         read_reply(&mut &bytes[..])

@@ -1,11 +1,13 @@
 //! What the origin and the edges both need, and nothing else.
 //!
 //! * [`domain`]: instruments, timeframes, forecasts and models, checked when they are built.
+//! * [`crypto`]: AES-256-GCM sealing under a rotating keyring (data at rest in memory).
 //! * [`config`]: layered configuration loading (defaults → TOML file → prefixed environment).
 //! * [`telemetry`]: the one `tracing` setup.
 //!
 //! Invariant: this crate opens no sockets and spawns no tasks.
 
 pub mod config;
+pub mod crypto;
 pub mod domain;
 pub mod telemetry;

@@ -1,0 +1,363 @@
+//! Cache policy as plain functions: what may be stored and for how long (RFC 9111, RFC 9213), how
+//! Vary variants are keyed, and what `Cache-Status` (RFC 9211) says. No server needed to test them.
+
+use std::time::{Duration, SystemTime};
+
+use pingora::cache::cache_control::CacheControl;
+use pingora::cache::filters::resp_cacheable;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheMeta, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// No freshness is invented: a response without explicit freshness (or a validator-based heuristic,
+/// which this cache does not apply) is not stored. Stale windows come only from the response.
+pub static DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
+
+/// Whether a response may be stored, and with what freshness.
+///
+/// `CDN-Cache-Control` (RFC 9213), when present, replaces `Cache-Control` for this cache: the origin
+/// can give shared caches their own lifetime and stale windows while browsers get a short one.
+/// `Vary: *`, and Vary on a header outside `vary_allowed`, make a response uncacheable: a cache that
+/// cannot key the variant must not serve it to another client.
+pub fn response_cacheability(
+    response: &ResponseHeader,
+    authorization_present: bool,
+    vary_allowed: &[String],
+) -> RespCacheable {
+    if !vary_names(response).all(|name| vary_allowed.contains(&name)) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("vary"));
+    }
+    let control = CacheControl::from_resp_headers_named("cdn-cache-control", response)
+        .or_else(|| CacheControl::from_resp_headers(response));
+    if response.status.as_u16() == 206 {
+        // A partial response is never stored as if it were the whole representation.
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("partial content"));
+    }
+    resp_cacheable(control.as_ref(), response.clone(), authorization_present, &DEFAULTS)
+}
+
+/// The header names a response varies on, lower case (`*` stays `*`).
+fn vary_names(response: &ResponseHeader) -> impl Iterator<Item = String> + '_ {
+    response
+        .headers
+        .get_all(http::header::VARY)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("*").split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+}
+
+/// The variance of a request against a stored response's Vary: the normalised values of the named
+/// request headers, hashed. `None` when the response does not vary.
+pub fn variance(meta: &CacheMeta, request: &RequestHeader) -> Option<HashBinary> {
+    let mut builder = VarianceBuilder::new();
+    for name in vary_names(meta.response_header()) {
+        let values: Vec<&str> = request
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .collect();
+        let normalised = normalise(&name, &values.join(","));
+        builder.add_owned_name_value(name, normalised.into_bytes());
+    }
+    builder.finalize()
+}
+
+/// Request header values that mean the same thing map to one variant: `Accept-Encoding` to the
+/// sorted set of codings it accepts, other headers to their lower-cased tokens without whitespace.
+pub fn normalise(name: &str, value: &str) -> String {
+    if name == "accept-encoding" {
+        let mut codings: Vec<String> = value
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';');
+                let coding = parts.next()?.trim().to_ascii_lowercase();
+                let refused = parts.any(|param| {
+                    let param = param.trim().to_ascii_lowercase();
+                    param
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                (!coding.is_empty() && !refused).then_some(coding)
+            })
+            .collect();
+        codings.sort();
+        codings.dedup();
+        return codings.join(",");
+    }
+    value
+        .split(',')
+        .map(|item| item.split_whitespace().collect::<String>().to_ascii_lowercase())
+        .filter(|item| !item.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How a request was answered, as the cache saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Fresh from cache.
+    Hit,
+    /// From cache, stale, while a background refresh runs (stale-while-revalidate).
+    StaleWhileRevalidate,
+    /// From cache, stale, because the upstream failed (stale-if-error).
+    StaleIfError,
+    /// Stale in cache, revalidated upstream with 304, served from cache.
+    Revalidated,
+    /// Stale in cache, the upstream sent a new response.
+    Expired,
+    /// Not in cache, fetched upstream.
+    Miss,
+    /// The cache was not used for this request (method, or caching off).
+    Bypass,
+}
+
+impl Outcome {
+    /// The outcome of a request from the cache's phase when its response header goes out.
+    pub fn from_phase(phase: CachePhase, upstream_failed: bool) -> Self {
+        match phase {
+            CachePhase::Hit => Self::Hit,
+            CachePhase::Stale | CachePhase::StaleUpdating if upstream_failed => Self::StaleIfError,
+            CachePhase::Stale | CachePhase::StaleUpdating => Self::StaleWhileRevalidate,
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Self::Revalidated,
+            CachePhase::Expired => Self::Expired,
+            CachePhase::Miss => Self::Miss,
+            CachePhase::Disabled(reason) if is_fetch_outcome(reason) => Self::Miss,
+            _ => Self::Bypass,
+        }
+    }
+
+    /// The label of `edge_cache_requests_total`.
+    pub fn label(self, stored: bool) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::StaleWhileRevalidate | Self::StaleIfError => "stale",
+            Self::Revalidated => "revalidated",
+            Self::Expired => "expired",
+            Self::Miss if stored => "miss",
+            Self::Miss => "uncacheable",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+/// Whether a disabled cache still means the request looked in the cache and went upstream.
+fn is_fetch_outcome(reason: NoCacheReason) -> bool {
+    !matches!(reason, NoCacheReason::NeverEnabled)
+}
+
+/// The `Cache-Status` value (RFC 9211) for a response.
+///
+/// `fresh_until` is the stored response's, when there is one; `forward_status` the upstream's
+/// status when the request went forward; `stored` whether this response was stored.
+pub fn cache_status(
+    cache_name: &str,
+    outcome: Outcome,
+    fresh_until: Option<SystemTime>,
+    forward_status: Option<u16>,
+    stored: bool,
+    collapsed: bool,
+    now: SystemTime,
+) -> String {
+    let mut value = String::from(cache_name);
+    match outcome {
+        Outcome::Hit | Outcome::StaleWhileRevalidate => value.push_str("; hit"),
+        Outcome::StaleIfError | Outcome::Revalidated | Outcome::Expired => value.push_str("; fwd=stale"),
+        Outcome::Miss => value.push_str("; fwd=miss"),
+        Outcome::Bypass => value.push_str("; fwd=bypass"),
+    }
+    if let Some(status) = forward_status.filter(|_| !matches!(outcome, Outcome::Hit | Outcome::StaleWhileRevalidate)) {
+        value.push_str(&format!("; fwd-status={status}"));
+    }
+    if stored {
+        value.push_str("; stored");
+    }
+    if collapsed {
+        value.push_str("; collapsed");
+    }
+    if let Some(fresh_until) = fresh_until.filter(|_| outcome != Outcome::Bypass) {
+        value.push_str(&format!("; ttl={}", ttl_seconds(fresh_until, now)));
+    }
+    match outcome {
+        Outcome::StaleWhileRevalidate => value.push_str("; detail=stale-while-revalidate"),
+        Outcome::StaleIfError => value.push_str("; detail=stale-if-error"),
+        _ => {}
+    }
+    value
+}
+
+/// Seconds of freshness left, negative once stale (RFC 9211 `ttl`).
+fn ttl_seconds(fresh_until: SystemTime, now: SystemTime) -> i64 {
+    match fresh_until.duration_since(now) {
+        Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+        Err(past) => -i64::try_from(past.duration().as_secs().max(1)).unwrap_or(i64::MAX),
+    }
+}
+
+/// How long a response may still be served stale after its freshness ends.
+pub fn stale_window(meta: &CacheMeta) -> Duration {
+    Duration::from_secs(u64::from(
+        meta.stale_while_revalidate_sec().max(meta.stale_if_error_sec()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut response = ResponseHeader::build(200, None).unwrap();
+        for (name, value) in headers {
+            response.append_header(name.to_string(), *value).unwrap();
+        }
+        response
+    }
+
+    fn allowed() -> Vec<String> {
+        vec!["accept-encoding".into(), "accept".into()]
+    }
+
+    fn fresh_secs(cacheable: RespCacheable) -> Option<u64> {
+        match cacheable {
+            RespCacheable::Cacheable(meta) => Some(meta.fresh_sec()),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn cdn_cache_control_wins_over_cache_control() {
+        let r = response(&[("cache-control", "max-age=1"), ("cdn-cache-control", "max-age=60")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), Some(60));
+        let r = response(&[("cache-control", "private"), ("cdn-cache-control", "max-age=60")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), Some(60));
+        let r = response(&[("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), None);
+    }
+
+    #[test]
+    fn freshness_follows_s_maxage_then_max_age_then_expires() {
+        let r = response(&[("cache-control", "max-age=10, s-maxage=30")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), Some(30));
+        let r = response(&[("cache-control", "max-age=10")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), Some(10));
+        let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let r = response(&[("expires", &expires)]);
+        let fresh = fresh_secs(response_cacheability(&r, false, &allowed())).unwrap();
+        assert!((118..=120).contains(&fresh), "{fresh}");
+        let r = response(&[("content-type", "text/plain")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), None);
+    }
+
+    #[test]
+    fn private_no_store_and_authorization_are_respected() {
+        for cc in ["private", "no-store", "private, max-age=60"] {
+            let r = response(&[("cache-control", cc)]);
+            assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), None, "{cc}");
+        }
+        let r = response(&[("cache-control", "max-age=60")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, true, &allowed())), None);
+        for cc in ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"] {
+            let r = response(&[("cache-control", cc)]);
+            assert_eq!(fresh_secs(response_cacheability(&r, true, &allowed())), Some(60), "{cc}");
+        }
+    }
+
+    #[test]
+    fn no_cache_is_stored_but_always_stale() {
+        let r = response(&[("cache-control", "no-cache, max-age=60")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), Some(0));
+    }
+
+    #[test]
+    fn vary_star_and_unlisted_headers_are_not_stored() {
+        let r = response(&[("cache-control", "max-age=60"), ("vary", "*")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), None);
+        let r = response(&[("cache-control", "max-age=60"), ("vary", "Cookie")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), None);
+        let r = response(&[("cache-control", "max-age=60"), ("vary", "Accept-Encoding, Accept")]);
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), Some(60));
+    }
+
+    #[test]
+    fn stale_windows_come_from_cdn_cache_control() {
+        let r = response(&[("cdn-cache-control", "max-age=5, stale-while-revalidate=30, stale-if-error=600")]);
+        let RespCacheable::Cacheable(meta) = response_cacheability(&r, false, &allowed()) else {
+            panic!("cacheable");
+        };
+        assert_eq!(meta.stale_while_revalidate_sec(), 30);
+        assert_eq!(meta.stale_if_error_sec(), 600);
+        assert_eq!(stale_window(&meta), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn accept_encoding_variants_are_normalised() {
+        assert_eq!(normalise("accept-encoding", "gzip, br"), "br,gzip");
+        assert_eq!(normalise("accept-encoding", "br;q=1.0,gzip"), "br,gzip");
+        assert_eq!(normalise("accept-encoding", "gzip, br;q=0"), "gzip");
+        assert_eq!(normalise("accept", "Application/JSON,  text/plain"), "application/json,text/plain");
+    }
+
+    #[test]
+    fn variance_separates_requests_that_differ_in_a_varied_header() {
+        let mut stored = ResponseHeader::build(200, None).unwrap();
+        stored.append_header("vary", "accept-encoding").unwrap();
+        let meta = CacheMeta::new(SystemTime::now(), SystemTime::now(), 0, 0, stored);
+        let request = |encoding: &str| {
+            let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+            request.append_header("accept-encoding", encoding).unwrap();
+            request
+        };
+        assert_eq!(variance(&meta, &request("gzip, br")), variance(&meta, &request("br,gzip")));
+        assert_ne!(variance(&meta, &request("gzip")), variance(&meta, &request("br")));
+        let plain = CacheMeta::new(SystemTime::now(), SystemTime::now(), 0, 0, ResponseHeader::build(200, None).unwrap());
+        assert_eq!(variance(&plain, &request("gzip")), None);
+    }
+
+    #[test]
+    fn cache_status_reads_like_rfc_9211() {
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(30);
+        let earlier = now - Duration::from_secs(5);
+        assert_eq!(
+            cache_status("edge", Outcome::Hit, Some(later), None, false, false, now),
+            "edge; hit; ttl=30"
+        );
+        assert_eq!(
+            cache_status("edge", Outcome::Miss, Some(later), Some(200), true, false, now),
+            "edge; fwd=miss; fwd-status=200; stored; ttl=30"
+        );
+        assert_eq!(
+            cache_status("edge", Outcome::StaleWhileRevalidate, Some(earlier), None, false, false, now),
+            "edge; hit; ttl=-5; detail=stale-while-revalidate"
+        );
+        assert_eq!(
+            cache_status("edge", Outcome::StaleIfError, Some(earlier), Some(503), false, false, now),
+            "edge; fwd=stale; fwd-status=503; ttl=-5; detail=stale-if-error"
+        );
+        assert_eq!(
+            cache_status("edge", Outcome::Bypass, None, Some(201), false, false, now),
+            "edge; fwd=bypass; fwd-status=201"
+        );
+        assert_eq!(
+            cache_status("edge", Outcome::Hit, Some(later), None, false, true, now),
+            "edge; hit; collapsed; ttl=30"
+        );
+    }
+
+    #[test]
+    fn outcomes_follow_the_cache_phase() {
+        assert_eq!(Outcome::from_phase(CachePhase::Hit, false), Outcome::Hit);
+        assert_eq!(Outcome::from_phase(CachePhase::Stale, false), Outcome::StaleWhileRevalidate);
+        assert_eq!(Outcome::from_phase(CachePhase::Stale, true), Outcome::StaleIfError);
+        assert_eq!(
+            Outcome::from_phase(CachePhase::Disabled(NoCacheReason::OriginNotCache), false),
+            Outcome::Miss
+        );
+        assert_eq!(
+            Outcome::from_phase(CachePhase::Disabled(NoCacheReason::NeverEnabled), false),
+            Outcome::Bypass
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The edge's configuration. Every key is documented here and in `config/edge.toml`, which a test keeps
+//! identical to these defaults. Layers: defaults → `--config FILE` → `EDGE_*` environment variables.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shared::telemetry::LogFormat;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    pub http: HttpConfig,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub metrics: MetricsConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the plain HTTP listener.
+    pub listen: SocketAddr,
+    /// Address of the HTTPS listener; none when empty.
+    #[serde(with = "optional_address")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key of the HTTPS listener.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Name this cache gives itself in `Cache-Status`.
+    pub cache_name: String,
+    /// Response headers holding surrogate tags; used for tag purges and removed from responses.
+    pub tag_headers: Vec<String>,
+    /// Whether tag headers are removed before responses leave the edge.
+    pub strip_tag_headers: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            tls_listen: None,
+            tls_cert: PathBuf::from("certs/edge.pem"),
+            tls_key: PathBuf::from("certs/edge.key"),
+            cache_name: "edge".into(),
+            tag_headers: vec!["surrogate-key".into(), "cache-tag".into()],
+            strip_tag_headers: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Origin URL(s), `http://host:port` or `https://host:port`, comma-separated for several.
+    #[serde(with = "comma_list")]
+    pub url: Vec<String>,
+    /// Upper bound of establishing a connection to the upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Upper bound of waiting for each read from the upstream.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// How often each upstream is probed with a TCP connection; unhealthy ones get no requests
+    /// while a healthy one remains.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: vec!["http://127.0.0.1:8080".into()],
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Memory budget of cached entries (sealed bytes plus bookkeeping); least recently used entries
+    /// are evicted beyond it.
+    pub memory_bytes: NonZeroUsize,
+    /// Largest response body stored; larger ones are passed through.
+    pub max_object_bytes: NonZeroUsize,
+    /// File with the AES-256-GCM key(s), one per line as base64 or 64 hex digits: the first seals new
+    /// entries, the others stay readable (rotation). Empty: a random key per process.
+    pub key_file: PathBuf,
+    /// How often the key file is read again to pick up a rotation.
+    #[serde(with = "humantime_serde")]
+    pub key_reload_interval: Duration,
+    /// Bodies (per 64 KiB chunk) of at least this many bytes are compressed before sealing; 0 never.
+    pub compress_min_bytes: usize,
+    /// How often entries past their last usable instant (freshness plus stale windows) are removed.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// How long concurrent misses of one key wait for the first one's fetch before fetching themselves.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// Request headers a response may Vary on (lower case); other Vary values make it uncacheable.
+    pub vary_allowed: Vec<String>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: NonZeroUsize::new(256 << 20).expect("non-zero"),
+            max_object_bytes: NonZeroUsize::new(8 << 20).expect("non-zero"),
+            key_file: PathBuf::new(),
+            key_reload_interval: Duration::from_secs(5),
+            compress_min_bytes: 4096,
+            sweep_interval: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(3),
+            vary_allowed: vec![
+                "accept-encoding".into(),
+                "accept".into(),
+                "accept-language".into(),
+                "origin".into(),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of `/metrics` (Prometheus) and `/healthz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9081)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy.
+    pub threads: NonZeroUsize,
+    /// After SIGTERM, how long listeners stay open, then how long requests in flight may finish.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            threads: NonZeroUsize::new(1).expect("non-zero"),
+            grace_period: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `plain` or `json`; the level comes from `RUST_LOG`.
+    pub format: LogFormat,
+}
+
+/// A list written as one comma-separated string, as environment variables carry it.
+mod comma_list {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(list: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&list.join(","))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(String::from)
+            .collect())
+    }
+}
+
+/// An address that may be left empty.
+mod optional_address {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(address: &Option<SocketAddr>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&address.map(|a| a.to_string()).unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_is_the_defaults() {
+        let text = include_str!("../../config/edge.toml");
+        let shipped: EdgeConfig = shared::config::from_toml(text).unwrap();
+        assert_eq!(shipped, EdgeConfig::default());
+    }
+
+    #[test]
+    fn upstream_lists_and_empty_addresses_parse() {
+        let config: EdgeConfig = shared::config::from_toml(
+            "[upstream]\nurl = \"http://127.0.0.1:1, https://origin.example:443\"\n[http]\ntls_listen = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstream.url, ["http://127.0.0.1:1", "https://origin.example:443"]);
+        assert_eq!(config.http.tls_listen, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = shared::config::from_toml::<EdgeConfig>("[cache]\nmemory = 5\n").unwrap_err();
+        assert!(error.to_string().contains("memory"), "{error}");
+    }
+}

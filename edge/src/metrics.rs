@@ -1,0 +1,101 @@
+//! The edge's Prometheus metrics, registered once in the default registry that `/metrics` exports.
+//! Labels are bounded: cache statuses and purge kinds are fixed sets.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Histogram, IntCounter, IntCounterVec, IntGauge, register_histogram, register_int_counter,
+    register_int_counter_vec, register_int_gauge,
+};
+
+pub struct Metrics {
+    /// Requests by how the cache answered them.
+    pub requests: IntCounterVec,
+    /// Body bytes sent to clients.
+    pub bytes_served: IntCounter,
+    /// Entries stored (all Vary variants count).
+    pub entries: IntGauge,
+    /// Sealed bytes stored, as the eviction manager counts them.
+    pub memory_used: IntGauge,
+    pub memory_budget: IntGauge,
+    /// Entries removed to stay within the budget.
+    pub evictions: IntCounter,
+    /// Entries removed by the sweeper after their last usable instant.
+    pub expired: IntCounter,
+    /// Entries removed or marked stale by purges, by selector kind.
+    pub purged: IntCounterVec,
+    /// Fills refused because a purge matching them ran while they were in flight.
+    pub fills_refused: IntCounter,
+    /// Body bytes before and after compression, for the entries that were compressed.
+    pub compression_input_bytes: IntCounter,
+    pub compression_output_bytes: IntCounter,
+    /// Entries whose seal could not be opened (a key removed from the keyring, or corruption).
+    pub unreadable_entries: IntCounter,
+    /// Time from sending a request upstream to its response header.
+    pub upstream_seconds: Histogram,
+    /// Upstream attempts that failed (connect, timeout, broken response).
+    pub upstream_errors: IntCounter,
+}
+
+/// Request outcomes, the label values of `edge_cache_requests_total`.
+pub const STATUSES: [&str; 7] = ["hit", "stale", "revalidated", "miss", "expired", "bypass", "uncacheable"];
+/// Purge selector kinds, the label values of `edge_cache_purged_total`.
+pub const PURGE_KINDS: [&str; 6] = ["key", "prefix", "tag", "all", "unsafe_method", "request"];
+
+impl Metrics {
+    /// The process-wide metrics, registered on first use.
+    pub fn global() -> &'static Metrics {
+        static METRICS: OnceLock<Metrics> = OnceLock::new();
+        METRICS.get_or_init(|| Metrics::register().expect("edge metrics are registered once, with valid names"))
+    }
+
+    fn register() -> prometheus::Result<Self> {
+        let metrics = Self {
+            requests: register_int_counter_vec!(
+                "edge_cache_requests_total",
+                "Requests by cache status",
+                &["status"]
+            )?,
+            bytes_served: register_int_counter!("edge_bytes_served_total", "Body bytes sent to clients")?,
+            entries: register_int_gauge!("edge_cache_entries", "Entries in the cache")?,
+            memory_used: register_int_gauge!("edge_cache_memory_bytes", "Sealed bytes held by the cache")?,
+            memory_budget: register_int_gauge!("edge_cache_memory_budget_bytes", "Memory budget of the cache")?,
+            evictions: register_int_counter!("edge_cache_evictions_total", "Entries evicted to stay within budget")?,
+            expired: register_int_counter!("edge_cache_expired_total", "Entries swept after their last usable instant")?,
+            purged: register_int_counter_vec!(
+                "edge_cache_purged_total",
+                "Entries removed or marked stale by purges",
+                &["kind"]
+            )?,
+            fills_refused: register_int_counter!(
+                "edge_cache_fills_refused_total",
+                "Fills not stored because a matching purge ran while they were in flight"
+            )?,
+            compression_input_bytes: register_int_counter!(
+                "edge_cache_compression_input_bytes_total",
+                "Body bytes given to compression"
+            )?,
+            compression_output_bytes: register_int_counter!(
+                "edge_cache_compression_output_bytes_total",
+                "Body bytes after compression"
+            )?,
+            unreadable_entries: register_int_counter!(
+                "edge_cache_unreadable_entries_total",
+                "Entries that failed to open (unknown key or corruption) and were dropped"
+            )?,
+            upstream_seconds: register_histogram!(
+                "edge_upstream_response_seconds",
+                "Time from sending a request upstream to its response header",
+                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+            )?,
+            upstream_errors: register_int_counter!("edge_upstream_errors_total", "Failed upstream attempts")?,
+        };
+        for status in STATUSES {
+            metrics.requests.with_label_values(&[status]);
+        }
+        for kind in PURGE_KINDS {
+            metrics.purged.with_label_values(&[kind]);
+        }
+        Ok(metrics)
+    }
+}

@@ -1,0 +1,255 @@
+//! Pingora's request phases wired to the cache. Decisions live in [`crate::cache::policy`]; this file
+//! only connects them to the session.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, RespCacheable, filters};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, Result};
+
+use crate::cache::policy::{self, Outcome};
+use crate::cache::{Cache, PurgeMode, Selector, key};
+use crate::metrics::Metrics;
+use crate::upstream::Upstreams;
+
+/// What the proxy needs besides the cache.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub cache_name: String,
+    pub vary_allowed: Vec<String>,
+    pub tag_headers: Vec<String>,
+    pub strip_tag_headers: bool,
+    pub max_object_bytes: usize,
+}
+
+pub struct EdgeProxy {
+    cache: &'static Cache,
+    upstreams: Arc<Upstreams>,
+    settings: ProxySettings,
+    metrics: &'static Metrics,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct RequestContext {
+    upstream_sent: Option<Instant>,
+    upstream_status: Option<u16>,
+    upstream_failed: bool,
+}
+
+impl EdgeProxy {
+    pub fn new(cache: &'static Cache, upstreams: Arc<Upstreams>, settings: ProxySettings) -> Self {
+        Self {
+            cache,
+            upstreams,
+            settings,
+            metrics: Metrics::global(),
+        }
+    }
+
+    /// After a successful unsafe request, RFC 9111 §4.4: stored responses for its URL, and for the
+    /// paths in its `Location` and `Content-Location`, are invalidated.
+    fn invalidate_after_unsafe_request(&self, request: &RequestHeader, response: &ResponseHeader) {
+        let mut keys = vec![path_and_query(request).to_string()];
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let Some(target) = response.headers.get(name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            if let Some(path) = same_origin_path(target, host(request)) {
+                keys.push(path);
+            }
+        }
+        for key in keys {
+            self.cache
+                .store
+                .purge(&Selector::Key(key), PurgeMode::Hard, "unsafe_method");
+        }
+    }
+}
+
+fn path_and_query(request: &RequestHeader) -> &str {
+    request.uri.path_and_query().map_or("/", |pq| pq.as_str())
+}
+
+fn host(request: &RequestHeader) -> &str {
+    request
+        .headers
+        .get(http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| request.uri.host())
+        .unwrap_or("")
+}
+
+/// The path of `target` when it names the request's own origin: a path, or an absolute URL on `host`.
+fn same_origin_path(target: &str, host: &str) -> Option<String> {
+    if target.starts_with('/') && !target.starts_with("//") {
+        return Some(target.to_string());
+    }
+    let uri: http::Uri = target.parse().ok()?;
+    let authority = uri.authority()?;
+    (authority.as_str().eq_ignore_ascii_case(host)).then(|| uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string())
+}
+
+fn is_unsafe(method: &http::Method) -> bool {
+    !matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestContext::default()
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(Box::new(self.upstreams.peer(self.upstreams.pick())))
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<()> {
+        if !filters::request_cacheable(session.req_header()) {
+            return Ok(());
+        }
+        let cache = self.cache;
+        session
+            .cache
+            .enable(cache.store, Some(cache.eviction), None, Some(cache.lock), None);
+        session.cache.set_max_file_size_bytes(self.settings.max_object_bytes);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, _ctx: &mut Self::CTX) -> Result<CacheKey> {
+        let request = session.req_header();
+        Ok(key::cache_key(
+            path_and_query(request),
+            host(request),
+            self.cache.store.fill_epoch(),
+        ))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        response: &ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        let authorization = session.req_header().headers.contains_key(http::header::AUTHORIZATION);
+        Ok(policy::response_cacheability(
+            response,
+            authorization,
+            &self.settings.vary_allowed,
+        ))
+    }
+
+    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Self::CTX, request: &RequestHeader) -> Option<HashBinary> {
+        policy::variance(meta, request)
+    }
+
+    fn should_serve_stale(&self, _session: &mut Session, ctx: &mut Self::CTX, error: Option<&Error>) -> bool {
+        match error {
+            // Stale-while-revalidate: pingora has already checked the response's window.
+            None => true,
+            Some(error) => {
+                let upstream = error.esource() == &ErrorSource::Upstream;
+                ctx.upstream_failed |= upstream;
+                upstream
+            }
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(response.status.as_u16());
+        if let Some(sent) = ctx.upstream_sent {
+            self.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Self::CTX) -> Result<()> {
+        let phase = session.cache.phase();
+        let outcome = Outcome::from_phase(phase, ctx.upstream_failed);
+        let stored = matches!(phase, CachePhase::Miss | CachePhase::Expired | CachePhase::Revalidated);
+        let fresh_until = match phase {
+            CachePhase::Disabled(_) | CachePhase::Bypass | CachePhase::Uninit | CachePhase::CacheKey => None,
+            _ => session.cache.maybe_cache_meta().map(CacheMeta::fresh_until),
+        };
+        let collapsed = outcome == Outcome::Hit && session.cache.lock_duration().is_some();
+        let status = policy::cache_status(
+            &self.settings.cache_name,
+            outcome,
+            fresh_until,
+            ctx.upstream_status,
+            stored,
+            collapsed,
+            SystemTime::now(),
+        );
+        let status = match response.headers.get("cache-status").and_then(|v| v.to_str().ok()) {
+            // Caches nearer the origin come first (RFC 9211 §2).
+            Some(earlier) => format!("{earlier}, {status}"),
+            None => status,
+        };
+        response.insert_header("cache-status", status)?;
+        if self.settings.strip_tag_headers {
+            for name in &self.settings.tag_headers {
+                response.remove_header(name.as_str());
+            }
+        }
+        let request = session.req_header();
+        if is_unsafe(&request.method) && (response.status.is_success() || response.status.is_redirection()) {
+            self.invalidate_after_unsafe_request(request, response);
+        }
+        self.metrics.requests.with_label_values(&[outcome.label(stored)]).inc();
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, _ctx: &mut Self::CTX) {
+        self.metrics.bytes_served.inc_by(session.body_bytes_sent() as u64);
+        if let Some(error) = error
+            && error.esource() == &ErrorSource::Upstream
+        {
+            self.metrics.upstream_errors.inc();
+            tracing::debug!(%error, "upstream request failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_same_origin_locations_are_invalidated() {
+        assert_eq!(same_origin_path("/v1/x?y=1", "edge.example").as_deref(), Some("/v1/x?y=1"));
+        assert_eq!(
+            same_origin_path("https://edge.example/v1/x", "EDGE.example").as_deref(),
+            Some("/v1/x")
+        );
+        assert_eq!(same_origin_path("https://other.example/v1/x", "edge.example"), None);
+        assert_eq!(same_origin_path("//other.example/v1/x", "edge.example"), None);
+        assert_eq!(same_origin_path("not a url", "edge.example"), None);
+    }
+
+    #[test]
+    fn unsafe_methods_are_the_ones_that_may_change_state() {
+        for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE, http::Method::PATCH] {
+            assert!(is_unsafe(&method), "{method}");
+        }
+        for method in [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS] {
+            assert!(!is_unsafe(&method), "{method}");
+        }
+    }
+}
