@@ -226,7 +226,10 @@ mod tests {
             "[upstream]\nurl = \"http://127.0.0.1:1, https://origin.example:443\"\n[http]\ntls_listen = \"\"\n",
         )
         .unwrap();
-        assert_eq!(config.upstream.url, ["http://127.0.0.1:1", "https://origin.example:443"]);
+        assert_eq!(
+            config.upstream.url,
+            ["http://127.0.0.1:1", "https://origin.example:443"]
+        );
         assert_eq!(config.http.tls_listen, None);
     }
 

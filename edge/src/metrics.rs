@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Histogram, IntCounter, IntCounterVec, IntGauge, register_histogram, register_int_counter,
-    register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge, register_histogram, register_int_counter, register_int_counter_vec,
+    register_int_gauge,
 };
 
 pub struct Metrics {
@@ -38,7 +38,15 @@ pub struct Metrics {
 }
 
 /// Request outcomes, the label values of `edge_cache_requests_total`.
-pub const STATUSES: [&str; 7] = ["hit", "stale", "revalidated", "miss", "expired", "bypass", "uncacheable"];
+pub const STATUSES: [&str; 7] = [
+    "hit",
+    "stale",
+    "revalidated",
+    "miss",
+    "expired",
+    "bypass",
+    "uncacheable",
+];
 /// Purge selector kinds, the label values of `edge_cache_purged_total`.
 pub const PURGE_KINDS: [&str; 6] = ["key", "prefix", "tag", "all", "unsafe_method", "request"];
 
@@ -51,17 +59,16 @@ impl Metrics {
 
     fn register() -> prometheus::Result<Self> {
         let metrics = Self {
-            requests: register_int_counter_vec!(
-                "edge_cache_requests_total",
-                "Requests by cache status",
-                &["status"]
-            )?,
+            requests: register_int_counter_vec!("edge_cache_requests_total", "Requests by cache status", &["status"])?,
             bytes_served: register_int_counter!("edge_bytes_served_total", "Body bytes sent to clients")?,
             entries: register_int_gauge!("edge_cache_entries", "Entries in the cache")?,
             memory_used: register_int_gauge!("edge_cache_memory_bytes", "Sealed bytes held by the cache")?,
             memory_budget: register_int_gauge!("edge_cache_memory_budget_bytes", "Memory budget of the cache")?,
             evictions: register_int_counter!("edge_cache_evictions_total", "Entries evicted to stay within budget")?,
-            expired: register_int_counter!("edge_cache_expired_total", "Entries swept after their last usable instant")?,
+            expired: register_int_counter!(
+                "edge_cache_expired_total",
+                "Entries swept after their last usable instant"
+            )?,
             purged: register_int_counter_vec!(
                 "edge_cache_purged_total",
                 "Entries removed or marked stale by purges",
@@ -86,7 +93,9 @@ impl Metrics {
             upstream_seconds: register_histogram!(
                 "edge_upstream_response_seconds",
                 "Time from sending a request upstream to its response header",
-                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+                ]
             )?,
             upstream_errors: register_int_counter!("edge_upstream_errors_total", "Failed upstream attempts")?,
         };

@@ -10,12 +10,18 @@ use pingora::cache::{CacheKey, CacheMeta, CachePhase, RespCacheable, filters};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::cache::policy::{self, Outcome};
 use crate::cache::{Cache, PurgeMode, Selector, key};
 use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
+
+/// Longest request target (path and query) forwarded upstream; longer ones are answered 414.
+const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// Largest total of request header names and values forwarded upstream; larger ones are answered 431.
+/// Pingora itself reads request heads of up to 1 MiB.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// What the proxy needs besides the cache.
 #[derive(Debug, Clone)]
@@ -92,7 +98,21 @@ fn same_origin_path(target: &str, host: &str) -> Option<String> {
     }
     let uri: http::Uri = target.parse().ok()?;
     let authority = uri.authority()?;
-    (authority.as_str().eq_ignore_ascii_case(host)).then(|| uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string())
+    (authority.as_str().eq_ignore_ascii_case(host))
+        .then(|| uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string())
+}
+
+/// The status refusing a request too large to forward (414 or 431), or `None` when it fits.
+fn oversized(request: &RequestHeader) -> Option<u16> {
+    if request.raw_path().len() > MAX_TARGET_BYTES {
+        return Some(414);
+    }
+    let header_bytes: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (header_bytes > MAX_HEADER_BYTES).then_some(431)
 }
 
 fn is_unsafe(method: &http::Method) -> bool {
@@ -108,6 +128,14 @@ impl ProxyHttp for EdgeProxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestContext::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+        let Some(status) = oversized(session.req_header()) else {
+            return Ok(false);
+        };
+        session.respond_error(status).await?;
+        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
@@ -161,6 +189,10 @@ impl ProxyHttp for EdgeProxy {
             Some(error) => {
                 let upstream = error.esource() == &ErrorSource::Upstream;
                 ctx.upstream_failed |= upstream;
+                // A 5xx is judged before `upstream_response_filter` sees it: record it for Cache-Status.
+                if let ErrorType::HTTPStatus(status) = error.etype() {
+                    ctx.upstream_status = Some(*status);
+                }
                 upstream
             }
         }
@@ -179,7 +211,12 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Self::CTX) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
         let phase = session.cache.phase();
         let outcome = Outcome::from_phase(phase, ctx.upstream_failed);
         let stored = matches!(phase, CachePhase::Miss | CachePhase::Expired | CachePhase::Revalidated);
@@ -203,6 +240,11 @@ impl ProxyHttp for EdgeProxy {
             None => status,
         };
         response.insert_header("cache-status", status)?;
+        if outcome == Outcome::StaleIfError {
+            // After serving stale for a failed upstream attempt pingora closes the client connection;
+            // say so, or the client reuses it and meets a reset.
+            session.set_keepalive(None);
+        }
         if self.settings.strip_tag_headers {
             for name in &self.settings.tag_headers {
                 response.remove_header(name.as_str());
@@ -233,7 +275,10 @@ mod tests {
 
     #[test]
     fn only_same_origin_locations_are_invalidated() {
-        assert_eq!(same_origin_path("/v1/x?y=1", "edge.example").as_deref(), Some("/v1/x?y=1"));
+        assert_eq!(
+            same_origin_path("/v1/x?y=1", "edge.example").as_deref(),
+            Some("/v1/x?y=1")
+        );
         assert_eq!(
             same_origin_path("https://edge.example/v1/x", "EDGE.example").as_deref(),
             Some("/v1/x")
@@ -244,8 +289,27 @@ mod tests {
     }
 
     #[test]
+    fn oversized_targets_and_headers_are_refused() {
+        let request = |path: &str, header: usize| {
+            let mut request = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+            request.append_header("x-filler", "x".repeat(header)).unwrap();
+            request
+        };
+        assert_eq!(oversized(&request("/v1/forecasts/AAPL/1h", 100)), None);
+        let long_path = format!("/{}", "a".repeat(MAX_TARGET_BYTES));
+        assert_eq!(oversized(&request(&long_path, 100)), Some(414));
+        assert_eq!(oversized(&request("/", MAX_HEADER_BYTES)), Some(431));
+        assert_eq!(oversized(&request("/", MAX_HEADER_BYTES - "x-filler".len())), None);
+    }
+
+    #[test]
     fn unsafe_methods_are_the_ones_that_may_change_state() {
-        for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE, http::Method::PATCH] {
+        for method in [
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::DELETE,
+            http::Method::PATCH,
+        ] {
             assert!(is_unsafe(&method), "{method}");
         }
         for method in [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS] {

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::listeners::ListenerConfig;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -31,6 +33,10 @@ pub struct Edge {
 /// host) is reported here, before anything listens.
 pub fn build(config: &EdgeConfig) -> Result<Edge> {
     let keyring = load_keyring(&config.cache.key_file)?;
+    if config.http.tls_listen.is_some() {
+        check_pem(&config.http.tls_cert, "CERTIFICATE")?;
+        check_pem(&config.http.tls_key, "PRIVATE KEY")?;
+    }
     let upstreams = Arc::new(Upstreams::new(
         &config.upstream.url,
         config.upstream.connect_timeout,
@@ -66,12 +72,13 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
     };
     let proxy = EdgeProxy::new(cache, upstreams.clone(), settings);
     let mut proxy_service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge");
-    proxy_service.add_tcp(&config.http.listen.to_string());
+    // No userspace write buffer on client connections: pingora's would keep the last response sent,
+    // plaintext of a cached body, for as long as the connection stays open.
+    let unbuffered_writes = L4BufferSettings::default().write(0);
+    proxy_service.add_listener(ListenerConfig::tcp(config.http.listen.to_string()).l4_buffer(unbuffered_writes));
     if let Some(tls_listen) = config.http.tls_listen {
         let cert = path_text(&config.http.tls_cert)?;
         let key = path_text(&config.http.tls_key)?;
-        check_pem(&config.http.tls_cert, "CERTIFICATE")?;
-        check_pem(&config.http.tls_key, "PRIVATE KEY")?;
         proxy_service
             .add_tls(&tls_listen.to_string(), cert, key)
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -79,7 +86,8 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
     }
     server.add_service(proxy_service);
 
-    let mut operations = Service::new("operations".to_string(), HttpServer::new_app(Operations));
+    let operations = Operations { store: cache.store };
+    let mut operations = Service::new("operations".to_string(), HttpServer::new_app(operations));
     operations.add_tcp(&config.metrics.listen.to_string());
     server.add_service(operations);
 
@@ -133,20 +141,27 @@ pub fn load_keyring(key_file: &Path) -> Result<Keyring> {
 }
 
 /// `/metrics` and `/healthz`.
-struct Operations;
+struct Operations {
+    store: &'static EncryptedStore,
+}
 
 #[async_trait]
 impl ServeHttp for Operations {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let (status, content_type, body) = match session.req_header().uri.path() {
             "/metrics" => {
+                self.store.publish_size();
                 let encoder = TextEncoder::new();
                 let mut body = Vec::new();
                 match encoder.encode(&prometheus::gather(), &mut body) {
                     Ok(()) => (200, encoder.format_type().to_string(), body),
                     Err(error) => {
                         tracing::error!(%error, "metrics encoding failed");
-                        (500, "application/json".into(), br#"{"error":"metrics unavailable"}"#.to_vec())
+                        (
+                            500,
+                            "application/json".into(),
+                            br#"{"error":"metrics unavailable"}"#.to_vec(),
+                        )
                     }
                 }
             }
@@ -206,7 +221,10 @@ impl Maintenance {
     fn reload_keys(&self) {
         match load_keyring(&self.key_file) {
             Ok(keyring) => self.store.set_keyring(keyring),
-            Err(error) => tracing::error!(error = format!("{error:#}"), "cache key file rejected; the previous keys stay"),
+            Err(error) => tracing::error!(
+                error = format!("{error:#}"),
+                "cache key file rejected; the previous keys stay"
+            ),
         }
     }
 }

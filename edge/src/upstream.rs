@@ -72,7 +72,10 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(urls: &[String], connect_timeout: Duration, read_timeout: Duration) -> Result<Self> {
         ensure!(!urls.is_empty(), "no upstream url configured (upstream.url)");
-        let list = urls.iter().map(|url| Upstream::parse(url)).collect::<Result<Vec<_>>>()?;
+        let list = urls
+            .iter()
+            .map(|url| Upstream::parse(url))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             list,
             next: AtomicUsize::new(0),

@@ -104,7 +104,9 @@ impl Key {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key").field("id", &self.id_hex()).finish_non_exhaustive()
+        f.debug_struct("Key")
+            .field("id", &self.id_hex())
+            .finish_non_exhaustive()
     }
 }
 
@@ -170,7 +172,11 @@ impl Keyring {
         let tag = self
             .current
             .aead
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut sealed[KEY_ID_LEN + NONCE_LEN..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut sealed[KEY_ID_LEN + NONCE_LEN..],
+            )
             // ring refuses only inputs longer than GCM's limit (64 GiB), far beyond any cache entry.
             .expect("plaintext within the AES-GCM length limit");
         sealed.extend_from_slice(tag.as_ref());
@@ -249,7 +255,10 @@ mod tests {
         let sealed = ring.seal(b"entry-1/body-0", b"forecast body");
         assert_eq!(ring.open(b"entry-1/body-0", &sealed).unwrap(), b"forecast body");
         assert_eq!(ring.open(b"entry-1/body-1", &sealed).unwrap_err(), CryptoError::Forged);
-        assert!(!sealed.windows(8).any(|w| w == b"forecast"), "ciphertext holds the plaintext");
+        assert!(
+            !sealed.windows(8).any(|w| w == b"forecast"),
+            "ciphertext holds the plaintext"
+        );
     }
 
     #[test]
@@ -267,7 +276,10 @@ mod tests {
         let ring = Keyring::random().unwrap();
         let first = ring.seal(b"a", b"same");
         let second = ring.seal(b"a", b"same");
-        assert_ne!(first[KEY_ID_LEN..KEY_ID_LEN + NONCE_LEN], second[KEY_ID_LEN..KEY_ID_LEN + NONCE_LEN]);
+        assert_ne!(
+            first[KEY_ID_LEN..KEY_ID_LEN + NONCE_LEN],
+            second[KEY_ID_LEN..KEY_ID_LEN + NONCE_LEN]
+        );
         assert_ne!(first, second);
     }
 

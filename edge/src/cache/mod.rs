@@ -32,9 +32,16 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn leak(memory_bytes: usize, lock_timeout: Duration, keyring: Keyring, settings: StoreSettings) -> &'static Cache {
+    pub fn leak(
+        memory_bytes: usize,
+        lock_timeout: Duration,
+        keyring: Keyring,
+        settings: StoreSettings,
+    ) -> &'static Cache {
         let metrics = Metrics::global();
-        metrics.memory_budget.set(i64::try_from(memory_bytes).unwrap_or(i64::MAX));
+        metrics
+            .memory_budget
+            .set(i64::try_from(memory_bytes).unwrap_or(i64::MAX));
         let eviction: &'static lru::Manager<EVICTION_SHARDS> = Box::leak(Box::new(lru::Manager::with_capacity(
             memory_bytes,
             EXPECTED_ENTRIES_PER_SHARD,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use pingora::cache::cache_control::CacheControl;
+use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::filters::resp_cacheable;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheMeta, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder};
@@ -33,7 +33,37 @@ pub fn response_cacheability(
         // A partial response is never stored as if it were the whole representation.
         return RespCacheable::Uncacheable(NoCacheReason::Custom("partial content"));
     }
-    resp_cacheable(control.as_ref(), response.clone(), authorization_present, &DEFAULTS)
+    match resp_cacheable(control.as_ref(), response.clone(), authorization_present, &DEFAULTS) {
+        RespCacheable::Cacheable(meta) => {
+            let relative = control.as_ref().and_then(|c| c.fresh_duration()).is_some();
+            RespCacheable::Cacheable(count_age(meta, response, relative))
+        }
+        uncacheable => uncacheable,
+    }
+}
+
+/// RFC 9111 §4.2.3: a response that arrives with `Age` (from a cache nearer the origin) has already
+/// used that much of its freshness, and hits report it in their own `Age`. Pingora counts both from
+/// arrival. Freshness given relative to arrival (`max-age`, `s-maxage`) is shortened by the age;
+/// an absolute `Expires` already is what it is.
+fn count_age(mut meta: CacheMeta, response: &ResponseHeader, relative_freshness: bool) -> CacheMeta {
+    let age = response
+        .headers
+        .get(http::header::AGE)
+        .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+        .filter(|&age| age > 0)
+        .map(Duration::from_secs);
+    let Some(age) = age else {
+        return meta;
+    };
+    let Some(epoch) = meta.updated().checked_sub(age) else {
+        return meta;
+    };
+    meta.set_epoch_override(epoch);
+    if relative_freshness && let Some(fresh_until) = meta.fresh_until().checked_sub(age) {
+        meta.expire_at(fresh_until);
+    }
+    meta
 }
 
 /// The header names a response varies on, lower case (`*` stays `*`).
@@ -260,7 +290,42 @@ mod tests {
         assert_eq!(fresh_secs(response_cacheability(&r, true, &allowed())), None);
         for cc in ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"] {
             let r = response(&[("cache-control", cc)]);
-            assert_eq!(fresh_secs(response_cacheability(&r, true, &allowed())), Some(60), "{cc}");
+            assert_eq!(
+                fresh_secs(response_cacheability(&r, true, &allowed())),
+                Some(60),
+                "{cc}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_age_a_response_arrives_with_counts_against_its_freshness() {
+        let r = response(&[("cache-control", "max-age=60"), ("age", "50")]);
+        let RespCacheable::Cacheable(meta) = response_cacheability(&r, false, &allowed()) else {
+            panic!("cacheable");
+        };
+        let left = meta.fresh_until().duration_since(SystemTime::now()).unwrap().as_secs();
+        assert!((9..=10).contains(&left), "{left} s left");
+        assert!(meta.age() >= Duration::from_secs(50));
+
+        let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let r = response(&[("expires", &expires), ("age", "50")]);
+        let RespCacheable::Cacheable(meta) = response_cacheability(&r, false, &allowed()) else {
+            panic!("cacheable");
+        };
+        let left = meta.fresh_until().duration_since(SystemTime::now()).unwrap().as_secs();
+        assert!(
+            (118..=120).contains(&left),
+            "an absolute Expires was shortened: {left} s left"
+        );
+
+        for age in ["", "-5", "soon"] {
+            let r = response(&[("cache-control", "max-age=60"), ("age", age)]);
+            assert_eq!(
+                fresh_secs(response_cacheability(&r, false, &allowed())),
+                Some(60),
+                "{age:?}"
+            );
         }
     }
 
@@ -282,7 +347,10 @@ mod tests {
 
     #[test]
     fn stale_windows_come_from_cdn_cache_control() {
-        let r = response(&[("cdn-cache-control", "max-age=5, stale-while-revalidate=30, stale-if-error=600")]);
+        let r = response(&[(
+            "cdn-cache-control",
+            "max-age=5, stale-while-revalidate=30, stale-if-error=600",
+        )]);
         let RespCacheable::Cacheable(meta) = response_cacheability(&r, false, &allowed()) else {
             panic!("cacheable");
         };
@@ -296,7 +364,10 @@ mod tests {
         assert_eq!(normalise("accept-encoding", "gzip, br"), "br,gzip");
         assert_eq!(normalise("accept-encoding", "br;q=1.0,gzip"), "br,gzip");
         assert_eq!(normalise("accept-encoding", "gzip, br;q=0"), "gzip");
-        assert_eq!(normalise("accept", "Application/JSON,  text/plain"), "application/json,text/plain");
+        assert_eq!(
+            normalise("accept", "Application/JSON,  text/plain"),
+            "application/json,text/plain"
+        );
     }
 
     #[test]
@@ -309,9 +380,18 @@ mod tests {
             request.append_header("accept-encoding", encoding).unwrap();
             request
         };
-        assert_eq!(variance(&meta, &request("gzip, br")), variance(&meta, &request("br,gzip")));
+        assert_eq!(
+            variance(&meta, &request("gzip, br")),
+            variance(&meta, &request("br,gzip"))
+        );
         assert_ne!(variance(&meta, &request("gzip")), variance(&meta, &request("br")));
-        let plain = CacheMeta::new(SystemTime::now(), SystemTime::now(), 0, 0, ResponseHeader::build(200, None).unwrap());
+        let plain = CacheMeta::new(
+            SystemTime::now(),
+            SystemTime::now(),
+            0,
+            0,
+            ResponseHeader::build(200, None).unwrap(),
+        );
         assert_eq!(variance(&plain, &request("gzip")), None);
     }
 
@@ -329,11 +409,27 @@ mod tests {
             "edge; fwd=miss; fwd-status=200; stored; ttl=30"
         );
         assert_eq!(
-            cache_status("edge", Outcome::StaleWhileRevalidate, Some(earlier), None, false, false, now),
+            cache_status(
+                "edge",
+                Outcome::StaleWhileRevalidate,
+                Some(earlier),
+                None,
+                false,
+                false,
+                now
+            ),
             "edge; hit; ttl=-5; detail=stale-while-revalidate"
         );
         assert_eq!(
-            cache_status("edge", Outcome::StaleIfError, Some(earlier), Some(503), false, false, now),
+            cache_status(
+                "edge",
+                Outcome::StaleIfError,
+                Some(earlier),
+                Some(503),
+                false,
+                false,
+                now
+            ),
             "edge; fwd=stale; fwd-status=503; ttl=-5; detail=stale-if-error"
         );
         assert_eq!(
@@ -349,7 +445,10 @@ mod tests {
     #[test]
     fn outcomes_follow_the_cache_phase() {
         assert_eq!(Outcome::from_phase(CachePhase::Hit, false), Outcome::Hit);
-        assert_eq!(Outcome::from_phase(CachePhase::Stale, false), Outcome::StaleWhileRevalidate);
+        assert_eq!(
+            Outcome::from_phase(CachePhase::Stale, false),
+            Outcome::StaleWhileRevalidate
+        );
         assert_eq!(Outcome::from_phase(CachePhase::Stale, true), Outcome::StaleIfError);
         assert_eq!(
             Outcome::from_phase(CachePhase::Disabled(NoCacheReason::OriginNotCache), false),

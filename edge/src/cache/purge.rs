@@ -121,7 +121,10 @@ mod tests {
         let mut log = PurgeLog::new(16);
         log.record(Selector::Key("/a".into()));
         let started = log.epoch();
-        assert!(log.admits(started, "/a", &[]), "a purge before the fill does not concern it");
+        assert!(
+            log.admits(started, "/a", &[]),
+            "a purge before the fill does not concern it"
+        );
         log.record(Selector::Key("/b".into()));
         assert!(log.admits(started, "/a", &[]));
         log.record(Selector::Tag("T".into()));

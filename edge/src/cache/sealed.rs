@@ -4,9 +4,9 @@
 
 use std::time::SystemTime;
 
+use http::{HeaderName, HeaderValue};
 use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
-use http::{HeaderName, HeaderValue};
 use std::sync::OnceLock;
 
 /// Plaintext size of a body chunk: bodies are sealed in chunks so a Range hit opens only the chunks
@@ -28,8 +28,14 @@ pub fn associated_data(entry_hash: &[u8; 16], generation: u64, part: Part) -> [u
     aad[16..24].copy_from_slice(&generation.to_be_bytes());
     let (kind, index) = match part {
         Part::Meta => (0u8, 0u32),
-        Part::Body { chunk, compressed: false } => (1, chunk),
-        Part::Body { chunk, compressed: true } => (2, chunk),
+        Part::Body {
+            chunk,
+            compressed: false,
+        } => (1, chunk),
+        Part::Body {
+            chunk,
+            compressed: true,
+        } => (2, chunk),
     };
     aad[24] = kind;
     aad[25..29].copy_from_slice(&index.to_be_bytes());
@@ -68,8 +74,8 @@ pub fn decode_meta(record: &[u8]) -> Result<CacheMeta, DecodeError> {
     let internal = reader.bytes()?;
     let status = u16::from_be_bytes(reader.array()?);
     let count = u32::from_be_bytes(reader.array()?) as usize;
-    let mut header = ResponseHeader::build_no_case(status, Some(count.min(64)))
-        .map_err(|_| DecodeError::Malformed("status"))?;
+    let mut header =
+        ResponseHeader::build_no_case(status, Some(count.min(64))).map_err(|_| DecodeError::Malformed("status"))?;
     for _ in 0..count {
         let name = HeaderName::from_bytes(reader.bytes()?).map_err(|_| DecodeError::Malformed("header name"))?;
         let value = HeaderValue::from_bytes(reader.bytes()?).map_err(|_| DecodeError::Malformed("header value"))?;

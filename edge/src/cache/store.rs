@@ -159,10 +159,7 @@ impl EncryptedStore {
             }
         };
         drop(index);
-        self.metrics
-            .purged
-            .with_label_values(&[cause])
-            .inc_by(affected as u64);
+        self.metrics.purged.with_label_values(&[cause]).inc_by(affected as u64);
         self.publish_size();
         affected
     }
@@ -213,7 +210,9 @@ impl EncryptedStore {
         stats
     }
 
-    fn publish_size(&self) {
+    /// Sets the entry and memory gauges; the memory figure is the eviction manager's, which admits an
+    /// entry only after its fill is stored, so it is also refreshed when metrics are scraped.
+    pub fn publish_size(&self) {
         let entries: usize = self
             .shards
             .iter()
@@ -247,7 +246,8 @@ impl EncryptedStore {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(hash)?;
         index.forget(&entry);
-        self.eviction.remove(CacheEntryKeyRef::from_entry_id(&entry.compact, None));
+        self.eviction
+            .remove(CacheEntryKeyRef::from_entry_id(&entry.compact, None));
         Some(entry)
     }
 
@@ -278,8 +278,8 @@ impl EncryptedStore {
 
     fn open_meta(&self, keyring: &Keyring, entry: &Entry) -> Option<CacheMeta> {
         let aad = associated_data(&entry.hash, entry.generation, Part::Meta);
-        let record = keyring.open(&aad, &entry.meta).ok()?;
-        let mut meta = decode_meta(&record).ok()?;
+        let record = Plaintext(keyring.open(&aad, &entry.meta).ok()?);
+        let mut meta = decode_meta(record.as_ref()).ok()?;
         let stale_since = entry.stale_since_ms.load(Ordering::Relaxed);
         if stale_since != 0 {
             meta.expire_at(SystemTime::UNIX_EPOCH + Duration::from_millis(stale_since));
@@ -381,7 +381,12 @@ impl Storage for EncryptedStore {
         Ok(Some((meta, Box::new(hit))))
     }
 
-    async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
         let logical = key
             .primary_key_str()
             .and_then(logical_key)
@@ -389,8 +394,8 @@ impl Storage for EncryptedStore {
         let hash = key.combined_bin();
         let generation = self.next_generation();
         let keyring = self.keyring();
-        let record = encode_meta(meta)?;
-        let sealed_meta = keyring.seal(&associated_data(&hash, generation, Part::Meta), &record);
+        let record = Plaintext(encode_meta(meta)?);
+        let sealed_meta = keyring.seal(&associated_data(&hash, generation, Part::Meta), record.as_ref());
         let expected_len = meta
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -407,13 +412,18 @@ impl Storage for EncryptedStore {
             meta: sealed_meta.into_boxed_slice(),
             usable_until_ms: usable_until_ms(meta),
             expected_len,
-            pending: Vec::new(),
+            pending: Plaintext::with_capacity(expected_len.map_or(CHUNK_BYTES, |len| len.min(CHUNK_BYTES))),
             chunks: Vec::new(),
             len: 0,
         }))
     }
 
-    async fn purge(&'static self, target: PurgeTarget<'_>, purge_type: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
         let hash = target.key().combined_bin();
         let mut index = self.index();
         let removed = self.remove_locked(&mut index, &hash);
@@ -445,9 +455,9 @@ impl Storage for EncryptedStore {
             return Ok(false);
         };
         let keyring = self.keyring();
-        let record = encode_meta(meta)?;
+        let record = Plaintext(encode_meta(meta)?);
         // The body chunks stay as they are, sealed for this generation, so the new meta keeps it too.
-        let sealed_meta = keyring.seal(&associated_data(&hash, old.generation, Part::Meta), &record);
+        let sealed_meta = keyring.seal(&associated_data(&hash, old.generation, Part::Meta), record.as_ref());
         let entry = Entry {
             hash,
             compact: old.compact.clone(),
@@ -484,7 +494,7 @@ struct EncryptedHit {
 }
 
 impl EncryptedHit {
-    fn open_chunk(&self, index: usize) -> Result<Vec<u8>> {
+    fn open_chunk(&self, index: usize) -> Result<Plaintext> {
         let chunk = &self.entry.body.chunks[index];
         let part = Part::Body {
             chunk: index as u32,
@@ -494,11 +504,13 @@ impl EncryptedHit {
         let opened = self
             .keyring
             .open(&aad, &chunk.sealed)
+            .map(Plaintext)
             .map_err(|e| Error::explain(ErrorType::InternalError, format!("cache body chunk: {e}")))?;
         if !chunk.compressed {
             return Ok(opened);
         }
-        lz4_flex::decompress_size_prepended(&opened)
+        lz4_flex::decompress_size_prepended(opened.as_ref())
+            .map(Plaintext)
             .map_err(|e| Error::explain(ErrorType::InternalError, format!("cache body chunk: {e}")))
     }
 }
@@ -512,9 +524,10 @@ impl HandleHit for EncryptedHit {
         }
         let plain = self.open_chunk(self.next_chunk)?;
         self.next_chunk += 1;
-        let from = self.start.saturating_sub(chunk_start).min(plain.len());
-        let to = (self.end - chunk_start).min(plain.len());
-        let mut bytes = Bytes::from(plain);
+        let from = self.start.saturating_sub(chunk_start).min(plain.0.len());
+        let to = (self.end - chunk_start).min(plain.0.len());
+        // Pingora drops the last reference once the bytes are written; the plaintext is zeroed then.
+        let mut bytes = Bytes::from_owner(plain);
         if from > 0 || to < bytes.len() {
             bytes = bytes.slice(from..to);
         }
@@ -538,7 +551,10 @@ impl HandleHit for EncryptedHit {
         let len = self.entry.body.len;
         let end = end.unwrap_or(len).min(len);
         if start > end {
-            return Err(Error::explain(ErrorType::InternalError, "seek past the end of the body"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "seek past the end of the body",
+            ));
         }
         self.start = start;
         self.end = end;
@@ -573,8 +589,8 @@ struct EncryptedMiss {
     usable_until_ms: u64,
     /// Content-Length of the response, when it had one: a shorter body is a truncated one.
     expected_len: Option<usize>,
-    /// Plaintext of the chunk being filled: write state, dropped with the handler.
-    pending: Vec<u8>,
+    /// Plaintext of the chunk being filled: write state, zeroed when sealed or dropped with the handler.
+    pending: Plaintext,
     chunks: Vec<SealedChunk>,
     len: usize,
 }
@@ -587,10 +603,11 @@ impl EncryptedMiss {
             .settings
             .compress_min_bytes
             .is_some_and(|min| plain.len() >= min);
-        let compressed = compress.then(|| lz4_flex::compress_prepend_size(plain));
+        // LZ4 keeps runs of the input as they are: the compressed form is plaintext too.
+        let compressed = compress.then(|| Plaintext(lz4_flex::compress_prepend_size(plain)));
         // Keep the compressed form only when it saves something.
-        let compressed = compressed.filter(|c| c.len() < plain.len());
-        if let Some(c) = &compressed {
+        let compressed = compressed.filter(|c| c.0.len() < plain.len());
+        if let Some(Plaintext(c)) = &compressed {
             let metrics = self.store.metrics;
             metrics.compression_input_bytes.inc_by(plain.len() as u64);
             metrics.compression_output_bytes.inc_by(c.len() as u64);
@@ -600,7 +617,9 @@ impl EncryptedMiss {
             compressed: compressed.is_some(),
         };
         let aad = associated_data(&self.hash, self.generation, part);
-        let sealed = self.keyring.seal(&aad, compressed.as_deref().unwrap_or(plain));
+        let sealed = self
+            .keyring
+            .seal(&aad, compressed.as_ref().map_or(plain, |c| c.as_ref()));
         self.chunks.push(SealedChunk {
             sealed: sealed.into_boxed_slice(),
             compressed: compressed.is_some(),
@@ -614,13 +633,13 @@ impl HandleMiss for EncryptedMiss {
         self.len += data.len();
         let mut data = &data[..];
         while !data.is_empty() {
-            let room = CHUNK_BYTES - self.pending.len();
+            let room = CHUNK_BYTES - self.pending.0.len();
             let (now, later) = data.split_at(room.min(data.len()));
-            self.pending.extend_from_slice(now);
+            self.pending.extend(now);
             data = later;
-            if self.pending.len() == CHUNK_BYTES {
+            if self.pending.0.len() == CHUNK_BYTES {
                 let chunk = std::mem::take(&mut self.pending);
-                self.seal_chunk(&chunk);
+                self.seal_chunk(chunk.as_ref());
             }
         }
         Ok(())
@@ -632,12 +651,15 @@ impl HandleMiss for EncryptedMiss {
         {
             return Err(Error::explain(
                 ErrorType::InternalError,
-                format!("body of {} bytes where Content-Length said {expected}: not stored", self.len),
+                format!(
+                    "body of {} bytes where Content-Length said {expected}: not stored",
+                    self.len
+                ),
             ));
         }
-        if !self.pending.is_empty() {
+        if !self.pending.0.is_empty() {
             let chunk = std::mem::take(&mut self.pending);
-            self.seal_chunk(&chunk);
+            self.seal_chunk(chunk.as_ref());
         }
         let sealed_bytes: usize = self.chunks.iter().map(|c| c.sealed.len()).sum();
         let weight = ENTRY_OVERHEAD + self.logical.len() + self.meta.len() + sealed_bytes;
@@ -657,9 +679,51 @@ impl HandleMiss for EncryptedMiss {
             weight,
         };
         self.store.commit(entry, self.epoch).map_err(|()| {
-            Error::explain(ErrorType::InternalError, "a purge matched this fill while it was in flight: not stored")
+            Error::explain(
+                ErrorType::InternalError,
+                "a purge matched this fill while it was in flight: not stored",
+            )
         })?;
         Ok(MissFinishType::Created(weight))
+    }
+}
+
+/// Plaintext of a cached part (a body chunk, its compressed form, a metadata record), zeroed when
+/// dropped: a freed buffer keeps no copy of what the cache holds sealed.
+#[derive(Default)]
+struct Plaintext(Vec<u8>);
+
+impl Plaintext {
+    fn with_capacity(capacity: usize) -> Self {
+        Self(Vec::with_capacity(capacity))
+    }
+
+    /// Appends `data`. A full buffer is replaced by a larger one and zeroed, because a `Vec` growing
+    /// by itself would free its old buffer as it is.
+    fn extend(&mut self, data: &[u8]) {
+        let needed = self.0.len() + data.len();
+        if needed > self.0.capacity() {
+            let mut larger = Vec::with_capacity(needed.max(CHUNK_BYTES));
+            larger.extend_from_slice(&self.0);
+            drop(std::mem::replace(self, Self(larger)));
+        }
+        self.0.extend_from_slice(data);
+    }
+}
+
+impl AsRef<[u8]> for Plaintext {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Plaintext {
+    fn drop(&mut self) {
+        let capacity = self.0.capacity();
+        self.0.fill(0);
+        self.0.resize(capacity, 0);
+        // Keeps the writes: the buffer is freed right after, so they would otherwise be dead stores.
+        std::hint::black_box(&mut self.0);
     }
 }
 
@@ -701,4 +765,3 @@ type PrehashedState = BuildHasherDefault<Prehashed>;
 
 /// Entries by the hash of their cache key.
 type Shard = HashMap<HashBinary, Arc<Entry>, PrehashedState>;
-

@@ -1,0 +1,10 @@
+//! End-to-end tests of the edge: the real `edge` binary on free loopback ports, in front of a scripted
+//! origin or the real origin; the encrypted store driven in-process where no HTTP path reaches it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod failures;
+mod memory;
+mod process;
+mod semantics;
+mod store;
+mod support;
