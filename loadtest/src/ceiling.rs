@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 
 use crate::launch::{self, RedisServer};
-use crate::median::Median;
+use crate::median::Rounds;
 
 /// Parallel connections of `redis-benchmark` (its default).
 pub const CLIENTS: u32 = 50;
@@ -92,16 +92,9 @@ pub struct Ceiling {
     pub clients: u32,
     pub keys: u64,
     pub value_size: usize,
-    /// The GET row of each round, in order.
-    pub rounds: Vec<BenchmarkRow>,
-    pub median: Median,
-}
-
-impl Ceiling {
-    /// The GET row of the round whose rate is the median.
-    pub fn median_row(&self) -> &BenchmarkRow {
-        &self.rounds[self.median.round_index]
-    }
+    /// The GET row of each round.
+    #[serde(flatten)]
+    pub get: Rounds<BenchmarkRow>,
 }
 
 /// A `redis-server` with the keys written, measured by `redis-benchmark` once per round; killed on
@@ -150,14 +143,12 @@ impl CeilingServer {
 
     /// Every round measured so far and their median; stops the server.
     pub fn finish(self) -> Result<Ceiling> {
-        let rates: Vec<f64> = self.rounds.iter().map(|row| row.rps).collect();
         Ok(Ceiling {
             requests: self.plan.requests,
             clients: CLIENTS,
             keys: KEYS,
             value_size: self.plan.value_size,
-            median: Median::of(&rates).context("the GET ceiling was not measured")?,
-            rounds: self.rounds,
+            get: Rounds::of(self.rounds, |row| row.rps).context("the GET ceiling was not measured")?,
         })
     }
 
@@ -182,15 +173,6 @@ impl CeilingServer {
         ]);
         command
     }
-}
-
-/// The version line of `redis-server --version`, if it runs.
-pub fn redis_version() -> Option<String> {
-    let output = Command::new("redis-server").arg("--version").output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 #[cfg(test)]

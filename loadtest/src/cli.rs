@@ -5,12 +5,46 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::origin::{Backend, Pinning, Settings};
+use crate::edge::{self, CacheKind};
+use crate::launch::Pinning;
+use crate::origin::{self, Backend};
 
-/// Settings of `--quick`, a smoke run for tests.
+/// Settings of `loadtest origin --quick`, a smoke run for tests.
 const QUICK_INSTRUMENTS: u64 = 200;
 const QUICK_DURATION: Duration = Duration::from_secs(2);
 const QUICK_ROUNDS: u32 = 1;
+/// Settings of `loadtest edge-hits --quick`.
+const QUICK_EDGE_INSTRUMENTS: u64 = 100;
+const QUICK_EDGE_ENTRIES: u64 = 500;
+const QUICK_EDGE_DURATION: Duration = Duration::from_secs(1);
+
+/// Arguments of every measurement: how the load is run and where the figures go.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// How long each measured run lasts, such as `10s`, `500ms` or `1m`
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Keep-alive connections of the read load
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub connections: u16,
+    /// Rounds, each measuring every scenario in turn; the table shows the median of each scenario
+    /// over the rounds
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
+    /// Where to write all figures as JSON [default: `loadtest/COMMAND.json` in the target directory]
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl LoadArgs {
+    /// Where the JSON report of `command` goes.
+    pub fn json_path(&self, exe_dir: &Path, command: &str) -> PathBuf {
+        self.json.clone().unwrap_or_else(|| {
+            let target = exe_dir.parent().unwrap_or(exe_dir);
+            target.join("loadtest").join(format!("{command}.json"))
+        })
+    }
+}
 
 /// Arguments of `loadtest origin`.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,22 +55,11 @@ pub struct OriginArgs {
     /// Instruments written once each and then read at random (named I00000, I00001, …)
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=99_999))]
     pub instruments: u64,
-    /// How long each read scenario runs, such as `10s`, `500ms` or `1m`
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Keep-alive connections of the read load
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
-    pub connections: u16,
-    /// Where to write all figures as JSON [default: `loadtest/origin.json` in the target directory]
-    #[arg(long)]
-    pub json: Option<PathBuf>,
     /// Storage backends to measure
     #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded,redis")]
     pub backends: Vec<Backend>,
-    /// Rounds, each reading every scenario in turn and then running the ceiling; the table shows
-    /// the median of each scenario over the rounds
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub rounds: u32,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// A fast smoke run: 200 instruments, 2 s per scenario, one round
     #[arg(long, conflicts_with_all = ["instruments", "duration", "rounds"])]
     pub quick: bool,
@@ -45,31 +68,92 @@ pub struct OriginArgs {
 impl OriginArgs {
     /// The settings of this run; defaults of paths are relative to `exe_dir`, the directory of
     /// the running executable (such as `target/release`).
-    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> Settings {
+    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> origin::Settings {
         let (instruments, duration, rounds) = if self.quick {
             (QUICK_INSTRUMENTS, QUICK_DURATION, QUICK_ROUNDS)
         } else {
-            (self.instruments, self.duration, self.rounds)
+            (self.instruments, self.load.duration, self.load.rounds)
         };
-        let mut backends = self.backends.clone();
-        backends.dedup();
-        Settings {
+        origin::Settings {
             origin_bin: self.origin_bin.clone().unwrap_or_else(|| exe_dir.join("origin")),
             instruments,
             duration,
-            connections: usize::from(self.connections),
-            backends,
+            connections: usize::from(self.load.connections),
+            backends: distinct(&self.backends),
             rounds,
             pinning,
         }
     }
+}
 
-    /// Where the JSON report goes.
-    pub fn json_path(&self, exe_dir: &Path) -> PathBuf {
-        self.json
-            .clone()
-            .unwrap_or_else(|| exe_dir.parent().unwrap_or(exe_dir).join("loadtest").join("origin.json"))
+/// Arguments of `loadtest edge-hits`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeHitsArgs {
+    /// The edge executable [default: `edge` next to this executable]
+    #[arg(long)]
+    pub edge_bin: Option<PathBuf>,
+    /// The origin executable [default: `origin` next to this executable]
+    #[arg(long)]
+    pub origin_bin: Option<PathBuf>,
+    /// Caches to measure; those not installed are skipped
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "edge,nginx,varnish")]
+    pub caches: Vec<CacheKind>,
+    /// Instruments; the current 1h forecast of each is one of the URLs read at random
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=99_999))]
+    pub instruments: u64,
+    /// URLs cached for the second memory figure: current versions and versions/1 of up to seven
+    /// timeframes, so more than --instruments and at most 14 times it
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(2..))]
+    pub entries_large: u64,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// A fast smoke run: 100 instruments, 500 URLs, 1 s per run, one round
+    #[arg(long, conflicts_with_all = ["instruments", "entries_large", "duration", "rounds"])]
+    pub quick: bool,
+}
+
+impl EdgeHitsArgs {
+    /// The settings of this run; defaults of paths are relative to `exe_dir`, the directory of
+    /// the running executable (such as `target/release`).
+    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> edge::Settings {
+        let (instruments, entries_large, duration, rounds) = if self.quick {
+            (
+                QUICK_EDGE_INSTRUMENTS,
+                QUICK_EDGE_ENTRIES,
+                QUICK_EDGE_DURATION,
+                QUICK_ROUNDS,
+            )
+        } else {
+            (
+                self.instruments,
+                self.entries_large,
+                self.load.duration,
+                self.load.rounds,
+            )
+        };
+        edge::Settings {
+            origin_bin: self.origin_bin.clone().unwrap_or_else(|| exe_dir.join("origin")),
+            edge_bin: self.edge_bin.clone().unwrap_or_else(|| exe_dir.join("edge")),
+            caches: distinct(&self.caches),
+            instruments,
+            entries_large,
+            duration,
+            connections: usize::from(self.load.connections),
+            rounds,
+            pinning,
+        }
     }
+}
+
+/// `values` without repetitions, in the order they first appear.
+fn distinct<T: PartialEq + Copy>(values: &[T]) -> Vec<T> {
+    let mut kept = Vec::with_capacity(values.len());
+    for &value in values {
+        if !kept.contains(&value) {
+            kept.push(value);
+        }
+    }
+    kept
 }
 
 /// Parses a positive duration written as a whole number and a unit: `500ms`, `10s`, `2m`, `1h`.
@@ -133,6 +217,12 @@ mod tests {
         origin: OriginArgs,
     }
 
+    #[derive(Debug, Parser)]
+    struct EdgeCli {
+        #[command(flatten)]
+        edge: EdgeHitsArgs,
+    }
+
     #[test]
     fn defaults_follow_the_executable() {
         let cli = Cli::try_parse_from(["loadtest"]).unwrap();
@@ -145,7 +235,7 @@ mod tests {
         assert_eq!(settings.backends, [Backend::Embedded, Backend::Redis]);
         assert_eq!(settings.rounds, 3);
         assert_eq!(
-            cli.origin.json_path(exe_dir),
+            cli.origin.load.json_path(exe_dir, "origin"),
             Path::new("/w/target/loadtest/origin.json")
         );
     }
@@ -172,5 +262,58 @@ mod tests {
         assert!(Cli::try_parse_from(["loadtest", "--rounds", "21"]).is_err());
         assert!(Cli::try_parse_from(["loadtest", "--connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["loadtest", "--backends", "sqlite"]).is_err());
+
+        let cli = Cli::try_parse_from(["loadtest", "--backends", "redis,embedded,redis"]).unwrap();
+        let settings = cli.origin.settings(Path::new("."), None);
+        assert_eq!(settings.backends, [Backend::Redis, Backend::Embedded]);
+    }
+
+    #[test]
+    fn edge_hits_defaults_follow_the_executable() {
+        let cli = EdgeCli::try_parse_from(["loadtest"]).unwrap();
+        let exe_dir = Path::new("/w/target/release");
+        let settings = cli.edge.settings(exe_dir, None);
+        assert_eq!(settings.edge_bin, Path::new("/w/target/release/edge"));
+        assert_eq!(settings.origin_bin, Path::new("/w/target/release/origin"));
+        assert_eq!(settings.caches, [CacheKind::Edge, CacheKind::Nginx, CacheKind::Varnish]);
+        assert_eq!(settings.instruments, 10_000);
+        assert_eq!(settings.entries_large, 100_000);
+        assert_eq!(settings.duration, Duration::from_secs(10));
+        assert_eq!(settings.connections, 64);
+        assert_eq!(settings.rounds, 3);
+        assert_eq!(
+            cli.edge.load.json_path(exe_dir, "edge-hits"),
+            Path::new("/w/target/loadtest/edge-hits.json")
+        );
+    }
+
+    #[test]
+    fn edge_hits_quick_and_explicit_arguments() {
+        let cli = EdgeCli::try_parse_from(["loadtest", "--quick", "--caches", "nginx,edge,nginx"]).unwrap();
+        let settings = cli.edge.settings(Path::new("."), None);
+        assert_eq!(settings.instruments, 100);
+        assert_eq!(settings.entries_large, 500);
+        assert_eq!(settings.duration, Duration::from_secs(1));
+        assert_eq!(settings.rounds, 1);
+        assert_eq!(settings.caches, [CacheKind::Nginx, CacheKind::Edge]);
+
+        let cli = EdgeCli::try_parse_from([
+            "loadtest",
+            "--entries-large",
+            "20000",
+            "--edge-bin",
+            "/opt/edge",
+            "--rounds",
+            "5",
+        ])
+        .unwrap();
+        let settings = cli.edge.settings(Path::new("."), None);
+        assert_eq!(settings.entries_large, 20_000);
+        assert_eq!(settings.edge_bin, Path::new("/opt/edge"));
+        assert_eq!(settings.rounds, 5);
+
+        assert!(EdgeCli::try_parse_from(["loadtest", "--quick", "--entries-large", "5"]).is_err());
+        assert!(EdgeCli::try_parse_from(["loadtest", "--caches", "squid"]).is_err());
+        assert!(EdgeCli::try_parse_from(["loadtest", "--entries-large", "1"]).is_err());
     }
 }

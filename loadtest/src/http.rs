@@ -6,7 +6,7 @@
 //! request is built until its whole response body has arrived.
 //!
 //! With a rate ([`Plan::at_rate`]) the run is open-loop: request `i` is due `i / rate` seconds
-//! after the start, whichever connection is free sends it, and its latency runs from when it was
+//! after the start, the first connection free then sends it, and its latency runs from when it was
 //! due, so that a server falling behind shows as latency rather than as fewer requests.
 //!
 //! The generator runs on one thread next to the servers it measures, so the per-request path is
@@ -32,6 +32,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
@@ -44,6 +45,9 @@ const MAX_TRACKED_LATENCY_US: u64 = 60_000_000;
 const RECONNECT_DELAY: Duration = Duration::from_millis(10);
 /// Timeout of a single connect or request made by [`get_status`].
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// With a rate, how long before a request is due the timer hands over to yielding (see
+/// [`release_due`]): tokio's timer has millisecond steps.
+const SPIN_WINDOW: Duration = Duration::from_millis(2);
 
 /// What one [`run`] does.
 #[derive(Debug, Clone)]
@@ -204,7 +208,10 @@ where
         host: HeaderValue::from_str(&address.to_string()).context("use the target address as Host header")?,
         generate,
         started,
-        rate: plan.rate,
+        pace: plan.rate.map(|rate| Pace {
+            rate,
+            due: Semaphore::new(0),
+        }),
         deadline: started + plan.duration,
         limit: plan.requests,
         request_timeout: plan.request_timeout,
@@ -212,10 +219,12 @@ where
         completed: AtomicU64::new(0),
     });
 
+    // Helpers of the connections, stopped when the connections are done.
     let mut progress = JoinSet::new();
     if let Some(label) = &plan.progress {
         progress.spawn(print_progress(label.clone(), Arc::clone(&shared)));
     }
+    progress.spawn(release_due(Arc::clone(&shared), plan.connections));
     let mut workers = JoinSet::new();
     for _ in 0..plan.connections {
         workers.spawn(drive_connection(Arc::clone(&shared)));
@@ -235,7 +244,7 @@ struct Shared<G> {
     host: HeaderValue,
     generate: G,
     started: Instant,
-    rate: Option<f64>,
+    pace: Option<Pace>,
     deadline: Instant,
     limit: Option<u64>,
     request_timeout: Duration,
@@ -256,12 +265,54 @@ impl<G> Shared<G> {
         if self.limit.is_some_and(|limit| index >= limit) {
             return None;
         }
-        let Some(rate) = self.rate else {
+        let Some(pace) = &self.pace else {
             return Some((index, now));
         };
-        let due = self.started + Duration::from_secs_f64(index as f64 / rate);
+        let due = self.started + Duration::from_secs_f64(index as f64 / pace.rate);
         (due < self.deadline).then_some((index, due))
     }
+}
+
+/// How an open-loop run keeps its rate.
+struct Pace {
+    /// Requests per second.
+    rate: f64,
+    /// One permit per request that has fallen due; a connection takes one before each request.
+    due: Semaphore,
+}
+
+/// With a rate, adds a permit for each request as it falls due, until every request due before
+/// the deadline (and within the request limit) is released; then one more for each of the
+/// `connections`, whose claims find the run over, so that none waits for the deadline.
+///
+/// Between requests less than [`SPIN_WINDOW`] apart it yields to the runtime instead of sleeping:
+/// a timer rounded to the next millisecond would add up to a millisecond to every latency measured
+/// from when requests were due. That keeps this thread busy during such runs.
+async fn release_due<G>(shared: Arc<Shared<G>>, connections: usize) {
+    let Some(pace) = &shared.pace else {
+        return;
+    };
+    let duration = shared.deadline.saturating_duration_since(shared.started);
+    let mut total = (duration.as_secs_f64() * pace.rate).ceil() as u64;
+    if let Some(limit) = shared.limit {
+        total = total.min(limit);
+    }
+    let mut released = 0;
+    while released < total {
+        let elapsed = shared.started.elapsed().as_secs_f64();
+        let due = ((elapsed * pace.rate) as u64).saturating_add(1).min(total);
+        if due > released {
+            pace.due
+                .add_permits(usize::try_from(due - released).unwrap_or(usize::MAX));
+            released = due;
+        }
+        let next = shared.started + Duration::from_secs_f64(released as f64 / pace.rate);
+        match next.checked_duration_since(Instant::now()) {
+            Some(wait) if wait > SPIN_WINDOW => tokio::time::sleep_until((next - SPIN_WINDOW).into()).await,
+            _ => tokio::task::yield_now().await,
+        }
+    }
+    pace.due.add_permits(connections);
 }
 
 /// What one connection saw.
@@ -426,12 +477,15 @@ where
                     }
                 }
             }
+            if let Some(pace) = &shared.pace {
+                match tokio::time::timeout_at(deadline, pace.due.acquire()).await {
+                    Ok(Ok(permit)) => permit.forget(),
+                    Ok(Err(_)) | Err(_) => break 'connect,
+                }
+            }
             let Some((index, sent)) = shared.claim(Instant::now()) else {
                 break 'connect;
             };
-            if sent > Instant::now() {
-                tokio::time::sleep_until(sent.into()).await;
-            }
             let mut request = (shared.generate)(index)?;
             request.headers_mut().entry(HOST).or_insert_with(|| shared.host.clone());
             let limit = tokio::time::Instant::from_std(sent + shared.request_timeout);
@@ -588,7 +642,10 @@ mod tests {
             host: HeaderValue::from_static("127.0.0.1:1"),
             generate: (),
             started,
-            rate: Some(4.0),
+            pace: Some(Pace {
+                rate: 4.0,
+                due: Semaphore::new(0),
+            }),
             deadline: started + Duration::from_secs(1),
             limit: None,
             request_timeout: Duration::from_secs(1),
@@ -604,7 +661,9 @@ mod tests {
     #[tokio::test]
     async fn a_rated_run_sends_what_is_due_within_the_duration() {
         let address = fixed_server().await;
-        let plan = Plan::timed(4, Duration::from_secs(30)).with_requests(20).at_rate(1000.0);
+        let plan = Plan::timed(4, Duration::from_secs(30))
+            .with_requests(20)
+            .at_rate(1000.0);
         let result = run(address, &plan, |_| get("/")).await.unwrap();
         assert_eq!(result.requests, 20);
         assert_eq!(result.errors, 0);

@@ -31,6 +31,8 @@ const CLUSTER_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// One readiness probe of [`wait_ready`]; the process is checked for an early exit in between.
 const READY_PROBE: Duration = Duration::from_millis(250);
+/// How long [`ProcessTree`] waits for the processes it killed to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How many lines of a child's log an error message quotes.
 const LOG_LINES_IN_ERRORS: usize = 20;
 /// How much of the end of a log [`ChildProcess::log_tail`] reads at most.
@@ -83,6 +85,16 @@ pub fn command_on_cpu(program: impl AsRef<OsStr>, cpu: Option<usize>) -> Command
             command
         }
         _ => Command::new(program),
+    }
+}
+
+/// Keeps `command` from inheriting the environment variables whose names start with `prefix`, such
+/// as the configuration of a server (`ORIGIN_`) set in the shell that runs loadtest.
+pub fn remove_env_prefixed(command: &mut Command, prefix: &str) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with(prefix) {
+            command.env_remove(key);
+        }
     }
 }
 
@@ -381,23 +393,32 @@ impl Drop for ProcessTree {
         } else {
             let _ = self.root.terminate(self.grace);
         }
-        for (pid, started) in descendants {
-            // The same process only: its PID may have been reused since it exited.
-            if process_stat(pid).is_some_and(|stat| stat.started == started) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+        let left: Vec<(u32, u64)> = descendants
+            .into_iter()
+            .filter(|&(pid, started)| is_running(pid, started))
+            .collect();
+        for &(pid, _) in &left {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        // SIGKILL takes effect when the process next runs: wait for that, so that nothing of the
+        // tree outlives its owner (and, say, still writes into a directory about to be removed).
+        let deadline = Instant::now() + KILL_WAIT;
+        while left.iter().any(|&(pid, started)| is_running(pid, started)) && Instant::now() < deadline {
+            std::thread::sleep(POLL_INTERVAL);
         }
     }
 }
 
-/// The fields of `/proc/PID/stat` that tell processes apart.
+/// The fields of `/proc/PID/stat` that tell processes apart and whether they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ProcessStat {
+    /// `R`, `S`, `D`…; `Z` for a zombie, which has exited.
+    state: char,
     parent: u32,
     /// Clock ticks after boot, which together with the PID names one process.
     started: u64,
@@ -405,10 +426,12 @@ struct ProcessStat {
 
 fn parse_stat(stat: &str) -> Option<ProcessStat> {
     // `PID (COMM) STATE PPID …`: COMM may hold spaces and parentheses, so fields count from the
-    // last ')'; after it, field 4 (the parent) has index 1 and field 22 (start time) index 19.
+    // last ')'; after it, field 3 (the state) has index 0, field 4 (the parent) index 1 and
+    // field 22 (the start time) index 19.
     let (_, fields) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = fields.split_whitespace().collect();
     Some(ProcessStat {
+        state: fields.first()?.chars().next()?,
         parent: fields.get(1)?.parse().ok()?,
         started: fields.get(19)?.parse().ok()?,
     })
@@ -416,6 +439,12 @@ fn parse_stat(stat: &str) -> Option<ProcessStat> {
 
 fn process_stat(pid: u32) -> Option<ProcessStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Whether the process `pid` that started at `started` still runs: not a zombie, and not another
+/// process that has been given the PID since.
+fn is_running(pid: u32, started: u64) -> bool {
+    process_stat(pid).is_some_and(|stat| stat.started == started && !matches!(stat.state, 'Z' | 'X'))
 }
 
 /// Every process under `root` (children, their children, …) with its start time.
@@ -429,7 +458,7 @@ fn descendants(root: u32) -> Vec<(u32, u64)> {
         .collect();
     let mut found: Vec<(u32, u64)> = Vec::new();
     let mut parents = vec![root];
-    // Each pass goes one generation down; a process is its own ancestor never, so this ends.
+    // Each pass goes one generation down; a process is found once, so the passes end.
     while !parents.is_empty() {
         let children: Vec<(u32, u64)> = processes
             .iter()
@@ -795,6 +824,7 @@ mod tests {
         assert_eq!(
             parse_stat(stat),
             Some(ProcessStat {
+                state: 'S',
                 parent: 4240,
                 started: 98765
             })
@@ -807,6 +837,8 @@ mod tests {
     fn finds_this_process_and_its_children() {
         let own = process_stat(std::process::id()).unwrap();
         assert!(own.started > 0);
+        assert!(is_running(std::process::id(), own.started));
+        assert!(!is_running(std::process::id(), own.started + 1));
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let found = descendants(std::process::id());
         let _ = child.kill();

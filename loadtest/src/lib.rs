@@ -1,19 +1,26 @@
 //! Starts a local topology on loopback and measures it.
 //!
-//! * [`launch`] starts and owns processes (`redis-server`, a Redis Cluster, any binary); the
-//!   integration tests of the other crates use it too. Whatever it starts is killed on drop.
-//! * [`http`] is the HTTP/1.1 load generator.
+//! * [`launch`] starts and owns processes (`redis-server`, a Redis Cluster, any binary, a process
+//!   tree such as nginx's) and pins them to CPUs; the integration tests of the other crates use it
+//!   too. Whatever it starts is killed on drop.
+//! * [`http`] is the HTTP/1.1 load generator, closed or open loop.
 //! * [`origin`] is the `loadtest origin` measurement; [`ceiling`] measures `redis-benchmark`
-//!   for comparison, [`median`] sums up the rounds of each, and [`report`] prints the table and
-//!   writes the JSON file.
+//!   for comparison.
+//! * [`edge`] is the `loadtest edge-hits` measurement; [`peers`] configures and starts the caches
+//!   it compares the edge with (nginx, Varnish).
+//! * [`measure`] holds what the measurements share, [`median`] sums up their rounds, and
+//!   [`report`] prints the tables and writes the JSON files.
 //! * [`cli`] holds the command-line arguments of the `loadtest` binary.
 //!
 //! Invariant: all traffic goes to 127.0.0.1.
 
 pub mod ceiling;
 pub mod cli;
+pub mod edge;
 pub mod http;
 pub mod launch;
+pub mod measure;
 pub mod median;
 pub mod origin;
+pub mod peers;
 pub mod report;

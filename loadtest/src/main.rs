@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use loadtest::cli::OriginArgs;
-use loadtest::origin::{self, Pinning};
-use loadtest::report;
+use loadtest::cli::{EdgeHitsArgs, OriginArgs};
+use loadtest::launch::Pinning;
+use loadtest::{edge, origin, report};
 
 #[derive(Debug, Parser)]
 #[command(about = "Starts a local topology on loopback and measures it")]
@@ -22,34 +22,60 @@ enum Command {
     /// Read and write throughput of the origin per backend, L1 cache on and off, next to the
     /// GET ceiling of redis-benchmark
     Origin(OriginArgs),
+    /// Cache hits of the edge next to nginx proxy_cache and Varnish: throughput, latency at half
+    /// rate, and memory per cached URL
+    EdgeHits(EdgeHitsArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Origin(args) => origin_command(&args),
+        Command::EdgeHits(args) => edge_hits_command(&args),
     }
 }
 
 fn origin_command(args: &OriginArgs) -> Result<()> {
     let exe_dir = exe_dir()?;
+    let json_path = args.load.json_path(&exe_dir, "origin");
+    let report = run_pinned(|nproc, pinning| {
+        let settings = args.settings(&exe_dir, pinning);
+        async move { origin::run(&settings, nproc).await }
+    })?;
+    report::print_table(&report);
+    report::write_json(&report, &json_path)?;
+    eprintln!("figures written to {}", json_path.display());
+    report.ensure_clean()
+}
+
+fn edge_hits_command(args: &EdgeHitsArgs) -> Result<()> {
+    let exe_dir = exe_dir()?;
+    let json_path = args.load.json_path(&exe_dir, "edge-hits");
+    let report = run_pinned(|nproc, pinning| {
+        let settings = args.settings(&exe_dir, pinning);
+        async move { edge::run(&settings, nproc).await }
+    })?;
+    report::print_edge_table(&report);
+    report::write_json(&report, &json_path)?;
+    eprintln!("figures written to {}", json_path.display());
+    report.ensure_clean()
+}
+
+/// Pins this process (see [`Pinning::apply`]) and runs the measurement that `work` makes from the
+/// CPU count and the pinning on one thread, until it ends or Ctrl-C comes.
+fn run_pinned<T, W>(work: impl FnOnce(usize, Option<Pinning>) -> W) -> Result<T>
+where
+    W: Future<Output = Result<T>>,
+{
     // Counted before pinning, which narrows what this process sees to one CPU.
     let nproc = std::thread::available_parallelism().map_or(1, usize::from);
     // Before the runtime starts, so that every thread of the load generator inherits the CPU.
     let pinning = Pinning::apply(nproc)?;
-    let settings = args.settings(&exe_dir, pinning);
-    let json_path = args.json_path(&exe_dir);
-
     // One thread drives the whole load, on the CPU this process is pinned to.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("build the tokio runtime")?;
-    let report = runtime.block_on(until_ctrl_c(origin::run(&settings, nproc)))?;
-
-    report::print_table(&report);
-    report::write_json(&report, &json_path)?;
-    eprintln!("figures written to {}", json_path.display());
-    report.ensure_clean()
+    runtime.block_on(until_ctrl_c(work(nproc, pinning)))
 }
 
 /// Runs `work` unless Ctrl-C comes first; then `work` is dropped, and with it every process it

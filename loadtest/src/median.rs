@@ -35,9 +35,42 @@ impl Median {
     }
 }
 
+/// The results of one scenario, one per round, and which of them has the median rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rounds<R> {
+    /// In the order they were measured.
+    pub rounds: Vec<R>,
+    pub median: Median,
+}
+
+impl<R> Rounds<R> {
+    /// Sums up `rounds` by the rate that `rate` reads from each; `None` without any round.
+    pub fn of(rounds: Vec<R>, rate: impl Fn(&R) -> f64) -> Option<Self> {
+        let rates: Vec<f64> = rounds.iter().map(rate).collect();
+        Some(Self {
+            median: Median::of(&rates)?,
+            rounds,
+        })
+    }
+
+    /// The round whose rate is the median; its other figures (latencies) stand for the rounds.
+    pub fn median_round(&self) -> &R {
+        &self.rounds[self.median.round_index]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_keep_the_median_one() {
+        let rounds = Rounds::of(vec![("a", 3.0), ("b", 1.0), ("c", 2.0)], |&(_, rate)| rate).unwrap();
+        assert_eq!(rounds.median_round().0, "c");
+        assert_eq!(rounds.median.rps, 2.0);
+        assert_eq!(rounds.rounds.len(), 3);
+        assert!(Rounds::of(Vec::<f64>::new(), |&rate| rate).is_none());
+    }
 
     #[test]
     fn odd_rounds_take_the_middle_one() {

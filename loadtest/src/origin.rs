@@ -10,24 +10,23 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use hyper::{Method, Uri};
-use rand::Rng;
 use serde::Serialize;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::ceiling::{self, Ceiling, CeilingPlan, CeilingServer};
+use crate::ceiling::{Ceiling, CeilingPlan, CeilingServer};
 use crate::http::{self, LoadResult, Plan};
-use crate::launch::{self, ChildProcess, RedisServer};
-use crate::median::Median;
+use crate::launch::{self, ChildProcess, Pinning, RedisServer};
+use crate::measure::{self, Machine};
+use crate::median::Rounds;
 
 /// Concurrency of the writes that seed the instruments.
 pub const SEED_CONNECTIONS: usize = 64;
@@ -35,8 +34,6 @@ pub const SEED_CONNECTIONS: usize = 64;
 const SEED_TIME_LIMIT: Duration = Duration::from_secs(300);
 /// How long a fresh origin may take to answer `GET /readyz` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// One readiness probe; the origin process is checked for an early exit in between.
-const READY_PROBE: Duration = Duration::from_millis(250);
 /// Rate used to size the `redis-benchmark` run so that it lasts about as long as a read scenario.
 const CEILING_RATE_ESTIMATE: u64 = 150_000;
 const CEILING_MIN_REQUESTS: u64 = 100_000;
@@ -60,30 +57,6 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Which CPU the servers under test and the load generator run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Pinning {
-    pub server_cpu: usize,
-    pub load_cpu: usize,
-}
-
-impl Pinning {
-    /// With two CPUs or more and `taskset` available, pins this process to CPU 1 and returns the
-    /// pinning that servers started later should follow (CPU 0). Call it before any thread starts:
-    /// threads and children inherit the affinity.
-    pub fn apply(nproc: usize) -> Result<Option<Self>> {
-        if nproc < 2 || !launch::taskset_available() {
-            return Ok(None);
-        }
-        let pinning = Self {
-            server_cpu: 0,
-            load_cpu: 1,
-        };
-        launch::pin_process(std::process::id(), pinning.load_cpu).context("pin the load generator")?;
-        Ok(Some(pinning))
-    }
-}
-
 /// What one `loadtest origin` run measures.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -100,17 +73,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads before each measured read scenario, not counted: they fill the L1 cache.
-    pub fn warmup(&self) -> Duration {
-        (self.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(2))
-    }
-
     fn server_cpu(&self) -> Option<usize> {
-        self.pinning.map(|pinning| pinning.server_cpu)
+        Pinning::server_cpu(self.pinning)
     }
 
     fn load_cpu(&self) -> Option<usize> {
-        self.pinning.map(|pinning| pinning.load_cpu)
+        Pinning::load_cpu(self.pinning)
     }
 }
 
@@ -122,15 +90,6 @@ pub struct Report {
     pub reads: Vec<ReadScenario>,
     pub writes: Vec<WriteScenario>,
     pub ceiling: Ceiling,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Machine {
-    /// CPUs available to this process before it pinned itself.
-    pub nproc: usize,
-    pub pinning: Option<Pinning>,
-    pub git_rev: Option<String>,
-    pub redis_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,22 +112,16 @@ pub struct ReadScenario {
     pub scenario: String,
     pub backend: Backend,
     pub l1_cache: bool,
-    /// The result of each round, in order.
-    pub rounds: Vec<LoadResult>,
-    pub median: Median,
+    #[serde(flatten)]
+    pub reads: Rounds<LoadResult>,
     /// Median requests per second over the median of the ceiling.
     pub vs_ceiling: f64,
 }
 
 impl ReadScenario {
-    /// The result of the round whose rate is the median.
-    pub fn median_result(&self) -> &LoadResult {
-        &self.rounds[self.median.round_index]
-    }
-
     /// Errors summed over every round.
     pub fn errors(&self) -> u64 {
-        self.rounds.iter().map(|result| result.errors).sum()
+        self.reads.rounds.iter().map(|result| result.errors).sum()
     }
 }
 
@@ -186,7 +139,7 @@ impl Report {
         let failed: Vec<&str> = self
             .reads
             .iter()
-            .filter(|read| read.rounds.iter().any(|result| !is_clean(result)))
+            .filter(|read| read.reads.rounds.iter().any(|result| !is_clean(result)))
             .map(|read| read.scenario.as_str())
             .collect();
         ensure!(failed.is_empty(), "reads failed in: {}", failed.join(", "));
@@ -197,16 +150,14 @@ impl Report {
 /// Starts and seeds every scenario of `settings` and the ceiling, then measures them in rounds.
 /// `nproc` is recorded as machine info.
 pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
-    ensure!(
-        settings.origin_bin.is_file(),
-        "origin executable {} not found: build it with `cargo build --release -p origin` or pass --origin-bin",
-        settings.origin_bin.display()
-    );
     ensure!(!settings.backends.is_empty(), "no backend to measure");
     ensure!(settings.rounds > 0, "no round to measure");
     let token = random_token();
-    let body = forecast_body().context("build the forecast body")?;
-    let paths = read_paths(settings.instruments)?;
+    let body = forecast_body(time::Duration::HOUR, 0).context("build the forecast body")?;
+    let keys: Arc<[String]> = (0..settings.instruments)
+        .map(|index| format!("{}/{TIMEFRAME}", instrument(index)))
+        .collect();
+    let paths = read_paths(&keys)?;
 
     // Dropped on any error or on Ctrl-C, and with them every process they started.
     let mut origins = Vec::new();
@@ -214,13 +165,15 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
     for &backend in &settings.backends {
         for l1_cache in [true, false] {
             let scenario = scenario_name(backend, l1_cache);
-            let origin = Origin::start(settings, backend, l1_cache, &token)
+            eprintln!("{scenario}: starting");
+            let server = OriginServer::start(&settings.origin_bin, backend, l1_cache, &token, settings.server_cpu())
                 .await
                 .with_context(|| format!("start {scenario}"))?;
-            let seed = origin
-                .seed(settings, &token, &body)
+            let seed = server
+                .write(&keys, &token, &body, &format!("{scenario} writes"))
                 .await
                 .with_context(|| format!("seed {scenario}"))?;
+            eprintln!("{scenario}: {:.0} writes/s", versions_per_sec(&seed));
             if l1_cache {
                 writes.push(WriteScenario {
                     backend,
@@ -228,6 +181,12 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
                     result: seed,
                 });
             }
+            let origin = Origin {
+                scenario,
+                backend,
+                l1_cache,
+                server,
+            };
             origins.push((origin, Vec::new()));
         }
     }
@@ -263,30 +222,24 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
 
     let mut reads = Vec::new();
     for (origin, rounds) in origins {
-        let rates: Vec<f64> = rounds.iter().map(|result| result.rps).collect();
-        let median = Median::of(&rates).with_context(|| format!("{} was not measured", origin.scenario))?;
+        let rounds =
+            Rounds::of(rounds, |result| result.rps).with_context(|| format!("{} was not measured", origin.scenario))?;
         reads.push(ReadScenario {
-            vs_ceiling: median.rps / ceiling.median.rps,
-            scenario: origin.scenario.clone(),
+            vs_ceiling: rounds.median.rps / ceiling.get.median.rps,
+            scenario: origin.scenario,
             backend: origin.backend,
             l1_cache: origin.l1_cache,
-            rounds,
-            median,
+            reads: rounds,
         });
     }
 
     Ok(Report {
-        machine: Machine {
-            nproc,
-            pinning: settings.pinning,
-            git_rev: git_rev(),
-            redis_version: ceiling::redis_version(),
-        },
+        machine: Machine::describe(nproc, settings.pinning, &[("redis-server", "--version")]),
         settings: SettingsRecord {
             origin_bin: settings.origin_bin.clone(),
             instruments: settings.instruments,
             duration_secs: settings.duration.as_secs_f64(),
-            warmup_secs: settings.warmup().as_secs_f64(),
+            warmup_secs: measure::warmup(settings.duration).as_secs_f64(),
             connections: settings.connections,
             seed_connections: SEED_CONNECTIONS,
             backends: settings.backends.clone(),
@@ -309,13 +262,10 @@ pub fn instrument(index: u64) -> String {
     format!("I{index:05}")
 }
 
-/// The request path of every instrument, built once for all reads.
-fn read_paths(instruments: u64) -> Result<Arc<[Uri]>> {
-    (0..instruments)
-        .map(|index| {
-            let path = format!("/v1/forecasts/{}/{TIMEFRAME}", instrument(index));
-            Uri::try_from(path).context("build a read path")
-        })
+/// The read path of each forecast key (`I00042/1h`), built once for all reads.
+pub fn read_paths(keys: &[String]) -> Result<Arc<[Uri]>> {
+    keys.iter()
+        .map(|key| Uri::try_from(format!("/v1/forecasts/{key}")).context("build a read path"))
         .collect()
 }
 
@@ -333,6 +283,43 @@ struct Origin {
     scenario: String,
     backend: Backend,
     l1_cache: bool,
+    server: OriginServer,
+}
+
+impl Origin {
+    /// Warms up, then reads random instruments for the configured duration.
+    async fn read(&mut self, settings: &Settings, paths: &Arc<[Uri]>, round: &str) -> Result<LoadResult> {
+        let scenario = &self.scenario;
+        let read = measure::random_reads(Arc::clone(paths));
+        let address = self.server.address();
+        http::run(
+            address,
+            &Plan::timed(settings.connections, measure::warmup(settings.duration)),
+            read.clone(),
+        )
+        .await
+        .context("warm up")?;
+        let plan =
+            Plan::timed(settings.connections, settings.duration).with_progress(format!("{scenario} reads, {round}"));
+        let reads = http::run(address, &plan, read).await.context("read")?;
+
+        self.server.ensure_running()?;
+        if !is_clean(&reads) {
+            eprintln!(
+                "{scenario}, {round}: {} errors, statuses {:?}{}",
+                reads.errors,
+                reads.statuses,
+                self.server.process.log_excerpt()
+            );
+        }
+        eprintln!("{scenario}, {round}: {:.0} reads/s", reads.rps);
+        Ok(reads)
+    }
+}
+
+/// An origin on a free port of 127.0.0.1 with its own data directory (and `redis-server`), killed
+/// on drop.
+pub struct OriginServer {
     address: SocketAddr,
     // Fields drop in order: the origin stops before its Redis and its data directory go.
     process: ChildProcess,
@@ -340,14 +327,18 @@ struct Origin {
     _data_dir: TempDir,
 }
 
-impl Origin {
-    /// Starts the origin (and its `redis-server`) and waits until it is ready.
-    async fn start(settings: &Settings, backend: Backend, l1_cache: bool, token: &str) -> Result<Self> {
-        let scenario = scenario_name(backend, l1_cache);
-        eprintln!("{scenario}: starting");
+impl OriginServer {
+    /// Starts the origin `bin` (and its `redis-server`), both on `cpu` when given, and waits until
+    /// it is ready. `token` becomes its admin token.
+    pub async fn start(bin: &Path, backend: Backend, l1_cache: bool, token: &str, cpu: Option<usize>) -> Result<Self> {
+        ensure!(
+            bin.is_file(),
+            "origin executable {} not found: build it with `cargo build --release -p origin` or pass --origin-bin",
+            bin.display()
+        );
         let redis = match backend {
             Backend::Embedded => None,
-            Backend::Redis => Some(RedisServer::start_on_cpu(settings.server_cpu())?),
+            Backend::Redis => Some(RedisServer::start_on_cpu(cpu)?),
         };
         let data_dir = tempfile::Builder::new()
             .prefix("loadtest-origin-")
@@ -355,12 +346,8 @@ impl Origin {
             .context("create the origin data directory")?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, launch::free_port()?));
 
-        let mut command = launch::command_on_cpu(&settings.origin_bin, settings.server_cpu());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ORIGIN_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = launch::command_on_cpu(bin, cpu);
+        launch::remove_env_prefixed(&mut command, "ORIGIN_");
         command
             .env("ORIGIN_HTTP__LISTEN", address.to_string())
             .env(
@@ -373,11 +360,8 @@ impl Origin {
             .env("RUST_LOG", "warn");
         let name = format!("origin-{backend}-l1-{}", if l1_cache { "on" } else { "off" });
         let mut process = ChildProcess::spawn(&name, command)?;
-        wait_ready(&mut process, address).await?;
+        launch::wait_ready(&mut process, &format!("http://{address}/readyz"), READY_TIMEOUT).await?;
         Ok(Self {
-            scenario,
-            backend,
-            l1_cache,
             address,
             process,
             _redis: redis,
@@ -385,105 +369,93 @@ impl Origin {
         })
     }
 
-    /// Writes one forecast per instrument with `PUT /admin/v1/forecasts/{instrument}/1h`.
-    async fn seed(&self, settings: &Settings, token: &str, body: &Bytes) -> Result<LoadResult> {
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Writes `body` once to each forecast key (`I00042/1h`) with `PUT /admin/v1/forecasts/{key}`;
+    /// each must be a first version (201). `label` starts the progress lines.
+    pub async fn write(&self, keys: &Arc<[String]>, token: &str, body: &Bytes, label: &str) -> Result<LoadResult> {
         let plan = Plan::timed(SEED_CONNECTIONS, SEED_TIME_LIMIT)
-            .with_requests(settings.instruments)
-            .with_progress(format!("{} writes", self.scenario));
-        let token = token.to_owned();
-        let body = body.clone();
+            .with_requests(keys.len() as u64)
+            .with_progress(label);
+        let (keys, token, body) = (Arc::clone(keys), token.to_owned(), body.clone());
+        let count = keys.len() as u64;
         let seed = http::run(self.address, &plan, move |index| {
+            let key = usize::try_from(index)
+                .ok()
+                .and_then(|index| keys.get(index))
+                .context("no forecast key for this write")?;
             http::json_request(
                 Method::PUT,
-                &format!("/admin/v1/forecasts/{}/{TIMEFRAME}", instrument(index)),
+                &format!("/admin/v1/forecasts/{key}"),
                 body.clone(),
                 Some(&token),
             )
         })
         .await
-        .context("seed the instruments")?;
+        .context("write the forecasts")?;
         ensure!(
-            seed.count(201) == settings.instruments,
-            "seeding expected 201 for {} writes, got statuses {:?} and {} transport errors{}",
-            settings.instruments,
+            seed.count(201) == count,
+            "writing expected 201 for {count} writes, got statuses {:?} and {} transport errors{}",
             seed.statuses,
             seed.transport_errors,
             self.process.log_excerpt()
         );
-        eprintln!("{}: {:.0} writes/s", self.scenario, versions_per_sec(&seed));
         Ok(seed)
     }
 
-    /// Warms up, then reads random instruments for the configured duration.
-    async fn read(&mut self, settings: &Settings, paths: &Arc<[Uri]>, round: &str) -> Result<LoadResult> {
-        let scenario = &self.scenario;
-        let paths = Arc::clone(paths);
-        let read = move |_| Ok(http::get_uri(paths[rand::rng().random_range(0..paths.len())].clone()));
-        http::run(
-            self.address,
-            &Plan::timed(settings.connections, settings.warmup()),
-            read.clone(),
-        )
-        .await
-        .context("warm up")?;
-        let plan =
-            Plan::timed(settings.connections, settings.duration).with_progress(format!("{scenario} reads, {round}"));
-        let reads = http::run(self.address, &plan, read).await.context("read")?;
+    /// Reads the origin has answered so far: its `origin_http_requests_total` of the `/v1/` routes.
+    pub async fn reads_answered(&self) -> Result<u64> {
+        let uri: Uri = format!("http://{}/metrics", self.address)
+            .parse()
+            .context("build the metrics url")?;
+        let response = http::fetch(&uri).await.context("read the origin's metrics")?;
+        ensure!(
+            response.status().is_success(),
+            "the origin answered {} to GET /metrics",
+            response.status()
+        );
+        reads_in_metrics(&String::from_utf8_lossy(response.body()))
+    }
 
+    /// Fails when the origin has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
         if let Some(status) = self.process.try_wait()? {
             bail!(
                 "origin exited with {status} during the run{}",
                 self.process.log_excerpt()
             );
         }
-        if !is_clean(&reads) {
-            eprintln!(
-                "{scenario}, {round}: {} errors, statuses {:?}{}",
-                reads.errors,
-                reads.statuses,
-                self.process.log_excerpt()
-            );
-        }
-        eprintln!("{scenario}, {round}: {:.0} reads/s", reads.rps);
-        Ok(reads)
+        Ok(())
     }
 }
 
-/// Polls `GET /readyz` until it answers 200, failing early when the origin exits.
-async fn wait_ready(origin: &mut ChildProcess, address: SocketAddr) -> Result<()> {
-    let url = format!("http://{address}/readyz");
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        let probe = launch::wait_http_ok(&url, READY_PROBE).await;
-        if probe.is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = origin.try_wait()? {
-            bail!(
-                "origin exited with {status} before it was ready{}",
-                origin.log_excerpt()
-            );
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let error = probe.err().map(|error| format!("{error:#}")).unwrap_or_default();
-            bail!(
-                "origin was not ready within {READY_TIMEOUT:?}: {error}{}",
-                origin.log_excerpt()
-            );
-        }
-    }
+/// The sum of `origin_http_requests_total` over the read routes (`/v1/…`) in a Prometheus text
+/// exposition.
+fn reads_in_metrics(text: &str) -> Result<u64> {
+    text.lines()
+        .filter(|line| line.starts_with("origin_http_requests_total{") && line.contains("route=\"/v1/"))
+        .map(|line| {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            // Counters are printed as integers, but the format allows floats.
+            value
+                .parse::<f64>()
+                .map(|value| value as u64)
+                .with_context(|| format!("metric line {line:?} has no value"))
+        })
+        .sum()
 }
 
-/// The forecast written for every instrument: generated now, valid for an hour.
-pub fn forecast_body() -> Result<Bytes> {
+/// The forecast written for every instrument: generated now, valid for `valid_for`, and with its
+/// metadata padded so that the JSON is at least `min_bytes` long.
+pub fn forecast_body(valid_for: time::Duration, min_bytes: usize) -> Result<Bytes> {
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .context("truncate the time to seconds")?;
     let generated_at = now.format(&Rfc3339).context("format generated_at")?;
-    let valid_until = (now + time::Duration::HOUR)
-        .format(&Rfc3339)
-        .context("format valid_until")?;
-    let body = serde_json::json!({
+    let valid_until = (now + valid_for).format(&Rfc3339).context("format valid_until")?;
+    let mut body = serde_json::json!({
         "horizon": "1h",
         "generated_at": generated_at,
         "valid_until": valid_until,
@@ -493,23 +465,18 @@ pub fn forecast_body() -> Result<Bytes> {
         "direction_prob_up": 0.61,
         "metadata": { "features": "ohlcv" },
     });
+    let unpadded = serde_json::to_vec(&body).context("serialize the forecast")?.len();
+    if unpadded < min_bytes {
+        const PADDING_FIELD: &str = r#","padding":"""#;
+        let padding = "x".repeat(min_bytes.saturating_sub(unpadded + PADDING_FIELD.len()));
+        body["metadata"]["padding"] = padding.into();
+    }
     Ok(serde_json::to_vec(&body).context("serialize the forecast")?.into())
 }
 
-fn random_token() -> String {
+pub fn random_token() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn git_rev() -> Option<String> {
-    let output = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 #[cfg(test)]
@@ -525,12 +492,38 @@ mod tests {
     }
 
     #[test]
-    fn forecast_body_is_valid_for_an_hour() {
-        let body: serde_json::Value = serde_json::from_slice(&forecast_body().unwrap()).unwrap();
+    fn forecast_body_is_valid_for_the_given_time() {
+        let body: serde_json::Value = serde_json::from_slice(&forecast_body(time::Duration::HOUR, 0).unwrap()).unwrap();
         let parse = |field: &str| OffsetDateTime::parse(body[field].as_str().unwrap(), &Rfc3339).unwrap();
         assert_eq!(parse("valid_until") - parse("generated_at"), time::Duration::HOUR);
         assert_eq!(body["model"]["id"], "lstm");
         assert_eq!(body["quantiles"]["0.5"], 187.4);
+        assert_eq!(body["metadata"], serde_json::json!({ "features": "ohlcv" }));
+    }
+
+    #[test]
+    fn forecast_body_is_padded_to_the_given_size() {
+        let body = forecast_body(time::Duration::DAY, 900).unwrap();
+        assert_eq!(body.len(), 900);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let parse = |field: &str| OffsetDateTime::parse(body[field].as_str().unwrap(), &Rfc3339).unwrap();
+        assert_eq!(parse("valid_until") - parse("generated_at"), time::Duration::DAY);
+        assert_eq!(body["metadata"]["features"], "ohlcv");
+    }
+
+    #[test]
+    fn counts_reads_in_metrics() {
+        let text = r#"# HELP origin_http_requests_total HTTP requests answered
+# TYPE origin_http_requests_total counter
+origin_http_requests_total{method="GET",route="/v1/forecasts/{instrument}/{timeframe}",status="200"} 12
+origin_http_requests_total{method="GET",route="/v1/forecasts/{instrument}/{timeframe}/versions/{version}",status="200"} 3
+origin_http_requests_total{method="GET",route="/metrics",status="200"} 7
+origin_http_requests_total{method="PUT",route="/admin/v1/forecasts/{instrument}/{timeframe}",status="201"} 15
+origin_l1_lookups_total{result="hit"} 40
+"#;
+        assert_eq!(reads_in_metrics(text).unwrap(), 15);
+        assert_eq!(reads_in_metrics("").unwrap(), 0);
+        assert!(reads_in_metrics(r#"origin_http_requests_total{route="/v1/x"} many"#).is_err());
     }
 
     #[test]

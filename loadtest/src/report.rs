@@ -1,36 +1,41 @@
-//! The table printed at the end of `loadtest origin`, and the JSON file with every figure.
+//! The tables printed at the end of `loadtest origin` and `loadtest edge-hits`, and the JSON file
+//! with every figure.
 #![allow(clippy::print_stdout)]
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
+use crate::edge::{self, CacheKind, Status};
 use crate::median::Median;
-use crate::origin::{Backend, Report};
+use crate::origin::{self, Backend};
+
+/// `12%`, or `-` without a spread (one round).
+fn spread(median: &Median) -> String {
+    median
+        .spread_pct
+        .map_or_else(|| "-".to_owned(), |pct| format!("{pct:.0}%"))
+}
 
 /// Prints the read scenarios, the ceiling and the write rates as a table, with notes on how
 /// they were measured and how the processes shared the CPUs.
-pub fn print_table(report: &Report) {
-    let ceiling = report.ceiling.median_row();
-    let spread = |median: &Median| {
-        median
-            .spread_pct
-            .map_or_else(|| "-".to_owned(), |pct| format!("{pct:.0}%"))
-    };
+pub fn print_table(report: &origin::Report) {
+    let ceiling = report.ceiling.get.median_round();
     println!();
     println!(
         "{:<24}{:>11}{:>9}{:>9}{:>8}{:>9}  vs redis-benchmark GET",
         "scenario", "req/s", "p50 µs", "p99 µs", "spread", "errors"
     );
     for read in &report.reads {
-        let result = read.median_result();
+        let result = read.reads.median_round();
         println!(
             "{:<24}{:>11.0}{:>9}{:>9}{:>8}{:>9}  {:.2}",
             read.scenario,
-            read.median.rps,
+            read.reads.median.rps,
             result.p50_us,
             result.p99_us,
-            spread(&read.median),
+            spread(&read.reads.median),
             read.errors(),
             read.vs_ceiling
         );
@@ -39,10 +44,10 @@ pub fn print_table(report: &Report) {
     println!(
         "{:<24}{:>11.0}{:>9}{:>9}{:>8}{:>9}  1.00",
         "redis-benchmark GET",
-        report.ceiling.median.rps,
+        report.ceiling.get.median.rps,
         micros(ceiling.p50_latency_ms),
         micros(ceiling.p99_latency_ms),
-        spread(&report.ceiling.median),
+        spread(&report.ceiling.get.median),
         "-"
     );
     for write in &report.writes {
@@ -97,8 +102,160 @@ pub fn print_table(report: &Report) {
     }
 }
 
+/// Prints the hit rates of every cache per scenario, their latency at half rate and their memory
+/// per cached URL, with notes on how they were measured.
+pub fn print_edge_table(report: &edge::Report) {
+    println!();
+    println!(
+        "{:<12}{:<9}{:>10}{:>9}{:>9}{:>10}{:>8}{:>8}{:>9}  vs best peer",
+        "scenario", "cache", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "spread", "errors", "hits"
+    );
+    for scenario in &report.scenarios {
+        for row in &scenario.rows {
+            let load = &row.reads.median_round().load;
+            println!(
+                "{:<12}{:<9}{:>10.0}{:>9}{:>9}{:>10}{:>8}{:>8}{:>9}  {}",
+                scenario.scenario,
+                row.cache,
+                row.reads.median.rps,
+                load.p50_us,
+                load.p99_us,
+                load.p999_us,
+                spread(&row.reads.median),
+                row.errors(),
+                percent(row.hit_ratio),
+                row.vs_best_peer
+                    .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}")),
+            );
+        }
+    }
+
+    for half in &report.half_rate {
+        println!();
+        println!(
+            "{}, every cache at {:.0} req/s: half the median of {} ({:.0} req/s), open loop",
+            half.scenario, half.rate, half.reference, half.reference_rps
+        );
+        println!(
+            "{:<12}{:<9}{:>10}{:>9}{:>9}{:>10}{:>8}{:>8}{:>9}",
+            "", "cache", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "", "errors", "hits"
+        );
+        for row in &half.rows {
+            let load = &row.measurement.load;
+            println!(
+                "{:<12}{:<9}{:>10.0}{:>9}{:>9}{:>10}{:>8}{:>8}{:>9}",
+                "",
+                row.cache,
+                load.rps,
+                load.p50_us,
+                load.p99_us,
+                load.p999_us,
+                "",
+                load.errors,
+                percent(row.hit_ratio)
+            );
+        }
+    }
+
+    println!();
+    let steps = report
+        .caches
+        .iter()
+        .find_map(|record| record.memory.as_ref())
+        .map(|memory| memory.steps.iter().map(|step| step.entries).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let step_headers: String = steps
+        .iter()
+        .map(|entries| format!("{:>16}", format!("B/URL at {entries}")))
+        .collect();
+    println!(
+        "{:<12}{:>12}{step_headers}  URLs read again that were hits",
+        "memory", "at start MB"
+    );
+    for record in &report.caches {
+        match (&record.status, &record.memory) {
+            (Status::Skipped { reason }, _) => println!("{:<12}skipped: {reason}", record.cache),
+            (_, Some(memory)) => {
+                let per_url: String = memory
+                    .steps
+                    .iter()
+                    .map(|step| format!("{:>16.0}", step.bytes_per_entry))
+                    .collect();
+                let sampled: Vec<String> = memory
+                    .steps
+                    .iter()
+                    .map(|step| format!("{}/{}", step.sampled_hits, step.sampled))
+                    .collect();
+                println!(
+                    "{:<12}{:>12.1}{per_url}  {}",
+                    record.cache,
+                    memory.before_bytes as f64 / 1e6,
+                    sampled.join(", ")
+                );
+            }
+            (_, None) => {}
+        }
+        if let Status::Failed { error } = &record.status {
+            println!("{:<12}failed: {error}", record.cache);
+        }
+    }
+
+    let settings = &report.settings;
+    println!();
+    println!(
+        "rounds: {}, each reads every scenario from every cache in turn; req/s is the median over the rounds (of an",
+        settings.rounds
+    );
+    println!("even count, the slower middle one), latencies are of that same round, errors and hits over all rounds;");
+    println!("spread = (max - min) / median of the req/s of the rounds; vs best peer = req/s / the best peer's req/s");
+    println!(
+        "reads: {} keep-alive HTTP/1.1 connections from one thread, {:.1} s after {:.1} s of warm-up; GET bodies of {} bytes",
+        settings.connections, settings.duration_secs, settings.warmup_secs, settings.response_body_bytes
+    );
+    println!(
+        "hits: requests that did not reach the origin (its read count before and after each run) over all requests"
+    );
+    println!(
+        "half rate: requests due at fixed intervals over the same connections; latency runs from when each was due"
+    );
+    println!(
+        "memory: proportional set size summed over the cache's processes, after start and after warming (one GET per"
+    );
+    println!(
+        "URL, up to {} URLs); {} MiB of cache each",
+        settings.entries_large,
+        settings.cache_bytes / (1024 * 1024)
+    );
+    if report.caches.iter().any(|record| record.cache == CacheKind::Nginx) {
+        println!("  nginx keeps bodies in files read through the page cache, which no process's count includes");
+    }
+    if report.caches.iter().any(|record| record.cache == CacheKind::Varnish) {
+        println!(
+            "  Varnish's count includes its shared log on tmpfs, which fills as requests are logged (up to 80 MB)"
+        );
+    }
+    for (program, version) in &report.machine.versions {
+        println!("{program}: {version}");
+    }
+    match report.machine.pinning {
+        Some(pinning) => println!(
+            "{} CPUs: caches on CPU {} (one at a time under load, the others idle), origin and load generator on CPU {}",
+            report.machine.nproc, pinning.server_cpu, pinning.load_cpu
+        ),
+        None => println!(
+            "{} CPUs, no pinning: caches, origin and load generator share the CPUs",
+            report.machine.nproc
+        ),
+    }
+}
+
+/// `99.98%`
+fn percent(ratio: f64) -> String {
+    format!("{:.2}%", ratio * 100.0)
+}
+
 /// Writes `report` as pretty JSON to `path`, creating its parent directories.
-pub fn write_json(report: &Report, path: &Path) -> Result<()> {
+pub fn write_json(report: &impl Serialize, path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create directory {}", parent.display()))?;
     }

@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use loadtest::launch::{
-    ChildProcess, RedisCluster, RedisServer, free_port, redis_command, run_bounded, run_bounded_async, wait_http_ok,
+    ChildProcess, ProcessTree, RedisCluster, RedisServer, free_port, redis_command, run_bounded, run_bounded_async,
+    wait_http_ok,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -89,6 +90,32 @@ fn terminate_kills_a_child_that_ignores_sigterm() {
     let error = stubborn.terminate(Duration::from_millis(300)).unwrap_err();
     assert!(format!("{error:#}").contains("did not exit"), "{error:#}");
     assert!(stubborn.try_wait().unwrap().is_some());
+}
+
+#[test]
+fn process_tree_stops_the_processes_its_child_started() {
+    // A shell that starts two sleepers and exits on SIGTERM without stopping them.
+    let mut command = Command::new("sh");
+    command.args(["-c", "sleep 30 & sleep 30 & echo started; wait"]);
+    let tree = ProcessTree::new(
+        ChildProcess::spawn("sleepers", command).unwrap(),
+        Duration::from_secs(2),
+    );
+    let mut waited = 0;
+    while tree.pids().len() < 3 && waited < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    let pids = tree.pids();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    assert!(tree.resident_bytes().unwrap() > 0);
+    drop(tree);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for a parent that does not reap (pid 1 of some containers).
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next());
+        assert!(matches!(state, None | Some(Some('Z'))), "pid {pid} still runs: {stat}");
+    }
 }
 
 #[test]
