@@ -1,5 +1,6 @@
 //! Command-line arguments of the `loadtest` binary and the parsers they need.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::edge::{self, CacheKind};
 use crate::launch::Pinning;
+use crate::local;
 use crate::origin::{self, Backend};
 
 /// Settings of `loadtest origin --quick`, a smoke run for tests.
@@ -145,6 +147,41 @@ impl EdgeHitsArgs {
     }
 }
 
+/// Arguments of `loadtest up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Address of the origin's API
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_loopback_address)]
+    pub origin_listen: SocketAddr,
+    /// Address of the edge, for readers
+    #[arg(long, default_value = "127.0.0.1:8081", value_parser = parse_loopback_address)]
+    pub edge_listen: SocketAddr,
+    /// Address of the edge's /metrics and /healthz
+    #[arg(long, default_value = "127.0.0.1:9081", value_parser = parse_loopback_address)]
+    pub edge_metrics_listen: SocketAddr,
+    /// Folder of the origin's embedded store, kept across runs
+    #[arg(long, default_value = ".data/origin")]
+    pub data_dir: PathBuf,
+    /// Run the origin and the edge next to this executable as they are: no `cargo build` first, even
+    /// when cargo runs this executable
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+impl UpArgs {
+    /// The settings of this run, with the executables in `exe_dir`, the directory of the running
+    /// executable (such as `target/release`).
+    pub fn settings(&self, exe_dir: &Path) -> local::Settings {
+        local::Settings {
+            bin_dir: exe_dir.to_owned(),
+            origin_listen: self.origin_listen,
+            edge_listen: self.edge_listen,
+            edge_metrics_listen: self.edge_metrics_listen,
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
 /// `values` without repetitions, in the order they first appear.
 fn distinct<T: PartialEq + Copy>(values: &[T]) -> Vec<T> {
     let mut kept = Vec::with_capacity(values.len());
@@ -175,6 +212,21 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     .with_context(|| format!("duration {text:?} is too long"))?;
     ensure!(!duration.is_zero(), "duration {text:?} is zero");
     Ok(duration)
+}
+
+/// Parses a loopback address with a port, such as `127.0.0.1:8080`: loadtest's servers listen on
+/// loopback only, on a port known in advance.
+pub fn parse_loopback_address(text: &str) -> Result<SocketAddr> {
+    let address: SocketAddr = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{text:?} is not an IP address and port, such as 127.0.0.1:8080"))?;
+    ensure!(
+        address.ip().is_loopback(),
+        "{address} is not on loopback (127.0.0.1 or ::1), where loadtest's servers listen"
+    );
+    ensure!(address.port() != 0, "{address} has no port");
+    Ok(address)
 }
 
 #[cfg(test)]
@@ -266,6 +318,58 @@ mod tests {
         let cli = Cli::try_parse_from(["loadtest", "--backends", "redis,embedded,redis"]).unwrap();
         let settings = cli.origin.settings(Path::new("."), None);
         assert_eq!(settings.backends, [Backend::Redis, Backend::Embedded]);
+    }
+
+    #[derive(Debug, Parser)]
+    struct UpCli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    #[test]
+    fn up_defaults_are_those_of_the_servers() {
+        let cli = UpCli::try_parse_from(["loadtest"]).unwrap();
+        let settings = cli.up.settings(Path::new("/w/target/release"));
+        assert_eq!(settings.bin_dir, Path::new("/w/target/release"));
+        assert_eq!(settings.origin_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.edge_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(settings.edge_metrics_listen.to_string(), "127.0.0.1:9081");
+        assert_eq!(settings.data_dir, Path::new(".data/origin"));
+        assert!(!cli.up.no_build);
+
+        let cli = UpCli::try_parse_from([
+            "loadtest",
+            "--origin-listen",
+            "127.0.0.1:1080",
+            "--edge-listen",
+            "[::1]:1081",
+            "--edge-metrics-listen",
+            "127.0.0.2:1082",
+            "--data-dir",
+            "/tmp/d",
+            "--no-build",
+        ])
+        .unwrap();
+        let settings = cli.up.settings(Path::new("."));
+        assert_eq!(settings.origin_listen.to_string(), "127.0.0.1:1080");
+        assert_eq!(settings.edge_listen.to_string(), "[::1]:1081");
+        assert_eq!(settings.edge_metrics_listen.to_string(), "127.0.0.2:1082");
+        assert_eq!(settings.data_dir, Path::new("/tmp/d"));
+        assert!(cli.up.no_build);
+    }
+
+    #[test]
+    fn up_listens_on_loopback_only() {
+        for address in [
+            "0.0.0.0:8080",
+            "192.168.1.2:8080",
+            "127.0.0.1:0",
+            "127.0.0.1",
+            "localhost:8080",
+        ] {
+            assert!(parse_loopback_address(address).is_err(), "{address} was accepted");
+            assert!(UpCli::try_parse_from(["loadtest", "--origin-listen", address]).is_err());
+        }
     }
 
     #[test]

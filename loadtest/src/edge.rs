@@ -17,6 +17,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -755,14 +756,21 @@ fn start_edge(program: &Path, listen: SocketAddr, origin: SocketAddr, cpu: Optio
     let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, launch::free_port()?));
     let mut command = launch::command_on_cpu(program, cpu);
     launch::remove_env_prefixed(&mut command, "EDGE_");
+    configure(&mut command, listen, metrics, origin);
     command
-        .env("EDGE_HTTP__LISTEN", listen.to_string())
-        .env("EDGE_UPSTREAM__URL", format!("http://{origin}"))
         .env("EDGE_CACHE__MEMORY_BYTES", CACHE_BYTES.to_string())
-        .env("EDGE_METRICS__LISTEN", metrics.to_string())
         .env("RUST_LOG", "warn");
     // One process: nothing of its own to stop, so it is killed at once.
     Ok(ProcessTree::new(ChildProcess::spawn("edge", command)?, Duration::ZERO))
+}
+
+/// Sets the environment of the edge `command`: it listens on `listen` for readers and on `metrics`
+/// for `/metrics` and `/healthz`, in front of the origin at `origin`.
+pub fn configure(command: &mut Command, listen: SocketAddr, metrics: SocketAddr, origin: SocketAddr) {
+    command
+        .env("EDGE_HTTP__LISTEN", listen.to_string())
+        .env("EDGE_METRICS__LISTEN", metrics.to_string())
+        .env("EDGE_UPSTREAM__URL", format!("http://{origin}"));
 }
 
 #[cfg(test)]

@@ -172,11 +172,17 @@ pub async fn get_status(uri: &Uri) -> Result<StatusCode> {
 pub async fn fetch(uri: &Uri) -> Result<Response<Bytes>> {
     let authority = uri.authority().with_context(|| format!("{uri} has no host and port"))?;
     let path = uri.path_and_query().map_or("/", |path| path.as_str());
-    let request = Request::get(path)
-        .header(HOST, authority.as_str())
-        .body(Body::default())
-        .with_context(|| format!("build GET {uri}"))?;
-    let stream = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(authority.as_str()))
+    send(authority.as_str(), get(path)?)
+        .await
+        .with_context(|| format!("GET {uri}"))
+}
+
+/// Sends `request`, whose URI is a path, to `authority` (`HOST:PORT`) over a new connection with a
+/// Host header, and returns the whole response. Connecting and the exchange each have 1 s.
+pub async fn send(authority: &str, mut request: Request<Body>) -> Result<Response<Bytes>> {
+    let host = HeaderValue::from_str(authority).with_context(|| format!("{authority:?} is no Host header"))?;
+    request.headers_mut().insert(HOST, host);
+    let stream = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(authority))
         .await
         .with_context(|| format!("connect to {authority}: timed out"))?
         .with_context(|| format!("connect to {authority}"))?;
@@ -189,8 +195,7 @@ pub async fn fetch(uri: &Uri) -> Result<Response<Bytes>> {
     };
     tokio::time::timeout(PROBE_TIMEOUT, exchange)
         .await
-        .with_context(|| format!("GET {uri}: timed out"))?
-        .with_context(|| format!("GET {uri}"))
+        .context("timed out")?
 }
 
 /// Runs `plan` against `address`; `generate` builds the request with the given index (0, 1, …).

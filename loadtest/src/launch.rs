@@ -2,12 +2,14 @@
 //!
 //! Every process is owned by a value that kills it (SIGKILL) and reaps it on drop, so an error or a
 //! panic never leaves a server behind. Output of a child goes to a log file in its own temporary
-//! directory, or to the terminal when `LOADTEST_VERBOSE=1`; the log is kept when the owner is dropped
-//! during a panic, and its path is printed so a failing test can be diagnosed.
+//! directory, or to the terminal when `LOADTEST_VERBOSE=1` (or where the caller says, with
+//! [`ChildProcess::spawn_keeping_output`]); the log is kept when the owner is dropped during a panic,
+//! and its path is printed so a failing test can be diagnosed.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::File;
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -177,6 +179,12 @@ impl ChildProcess {
     /// Stdin is closed; stdout and stderr go to one log file, or to the terminal when [`verbose`].
     pub fn spawn(name: &str, command: Command) -> Result<Self> {
         Self::spawn_with(name, command, verbose())
+    }
+
+    /// Starts `command` with its stdout and stderr as it sets them: inherited (the terminal) unless
+    /// it redirects them. Stdin is closed; the child has no log file.
+    pub fn spawn_keeping_output(name: &str, command: Command) -> Result<Self> {
+        Self::spawn_with(name, command, true)
     }
 
     fn spawn_with(name: &str, mut command: Command, inherit_output: bool) -> Result<Self> {
@@ -487,11 +495,27 @@ fn parse_pss(smaps_rollup: &str) -> Option<u64> {
 /// Runs `command` to completion within `timeout` and returns what it wrote to stdout and stderr
 /// (always captured, even when [`verbose`]). A non-zero exit is an error that quotes the output.
 pub fn run_bounded(name: &str, command: Command, timeout: Duration) -> Result<String> {
-    let mut process = ChildProcess::spawn_with(name, command, false)?;
-    let status = process
-        .wait_timeout(timeout)?
-        .with_context(|| format!("{name} did not finish within {timeout:?}{}", process.log_excerpt()))?;
-    bounded_output(name, &process, status)
+    run_to_end(ChildProcess::spawn_with(name, command, false)?, timeout)?.log_text()
+}
+
+/// Like [`run_bounded`], but the output of `command` goes where it sets it: the terminal unless it
+/// redirects it.
+pub fn run_bounded_keeping_output(name: &str, command: Command, timeout: Duration) -> Result<()> {
+    run_to_end(ChildProcess::spawn_keeping_output(name, command)?, timeout).map(drop)
+}
+
+/// Waits up to `timeout` for `process` to exit (it is killed when dropped after that) and
+/// requires a successful exit.
+fn run_to_end(mut process: ChildProcess, timeout: Duration) -> Result<ChildProcess> {
+    let status = process.wait_timeout(timeout)?.with_context(|| {
+        format!(
+            "{} did not finish within {timeout:?}{}",
+            process.name,
+            process.log_excerpt()
+        )
+    })?;
+    ensure_success(&process, status)?;
+    Ok(process)
 }
 
 /// Like [`run_bounded`], but waits without blocking the async runtime, so that dropping the future
@@ -508,12 +532,18 @@ pub async fn run_bounded_async(name: &str, command: Command, timeout: Duration) 
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     };
-    bounded_output(name, &process, status)
+    ensure_success(&process, status)?;
+    process.log_text()
 }
 
-fn bounded_output(name: &str, process: &ChildProcess, status: ExitStatus) -> Result<String> {
-    ensure!(status.success(), "{name} failed with {status}{}", process.log_excerpt());
-    process.log_text()
+fn ensure_success(process: &ChildProcess, status: ExitStatus) -> Result<()> {
+    ensure!(
+        status.success(),
+        "{} failed with {status}{}",
+        process.name,
+        process.log_excerpt()
+    );
+    Ok(())
 }
 
 /// Sends one command to the Redis server on 127.0.0.1:`port` over a fresh connection and returns
@@ -789,9 +819,36 @@ pub async fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
 
 /// Polls `url` until it answers 200, for at most `timeout`, failing early when `process` exits.
 pub async fn wait_ready(process: &mut ChildProcess, url: &str, timeout: Duration) -> Result<()> {
+    wait_for(process, timeout, || wait_http_ok(url, READY_PROBE)).await
+}
+
+/// Waits until `address` accepts TCP connections, for at most `timeout`, failing early when
+/// `process` exits: for a server whose listeners do not all open at once, such as the edge's.
+pub async fn wait_listening(process: &mut ChildProcess, address: SocketAddr, timeout: Duration) -> Result<()> {
+    wait_for(process, timeout, || async move {
+        let connect = tokio::time::timeout(READY_PROBE, tokio::net::TcpStream::connect(address)).await;
+        match connect {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => {
+                // Refused at once: pause, so that the wait does not spin.
+                tokio::time::sleep(POLL_INTERVAL).await;
+                Err(anyhow::Error::new(error).context(format!("connect to {address}")))
+            }
+            Err(_) => bail!("connect to {address}: timed out"),
+        }
+    })
+    .await
+}
+
+/// Runs `probe` until it succeeds, for at most `timeout`, failing early when `process` exits.
+async fn wait_for<F, P>(process: &mut ChildProcess, timeout: Duration, mut probe: P) -> Result<()>
+where
+    P: FnMut() -> F,
+    F: Future<Output = Result<()>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let probe = wait_http_ok(url, READY_PROBE).await;
+        let probe = probe().await;
         if probe.is_ok() {
             return Ok(());
         }

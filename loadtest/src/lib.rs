@@ -10,6 +10,7 @@
 //!   it compares the edge with (nginx, Varnish).
 //! * [`measure`] holds what the measurements share, [`median`] sums up their rounds, and
 //!   [`report`] prints the tables and writes the JSON files.
+//! * [`local`] is `loadtest up`: the origin and an edge on this machine, to try them out.
 //! * [`cli`] holds the command-line arguments of the `loadtest` binary.
 //!
 //! Invariant: all traffic goes to 127.0.0.1.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod edge;
 pub mod http;
 pub mod launch;
+pub mod local;
 pub mod measure;
 pub mod median;
 pub mod origin;

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use loadtest::cli::{EdgeHitsArgs, OriginArgs};
+use loadtest::cli::{EdgeHitsArgs, OriginArgs, UpArgs};
 use loadtest::launch::Pinning;
+use loadtest::local::{self, Token};
 use loadtest::{edge, origin, report};
 
 #[derive(Debug, Parser)]
@@ -25,13 +26,31 @@ enum Command {
     /// Cache hits of the edge next to nginx proxy_cache and Varnish: throughput, latency at half
     /// rate, and memory per cached URL
     EdgeHits(EdgeHitsArgs),
+    /// Runs the origin (embedded store) and an edge in front of it until Ctrl-C, and prints their
+    /// addresses, the admin token and commands to try; under `cargo run`, builds them first
+    Up(UpArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Origin(args) => origin_command(&args),
         Command::EdgeHits(args) => edge_hits_command(&args),
+        Command::Up(args) => up_command(&args),
     }
+}
+
+fn up_command(args: &UpArgs) -> Result<()> {
+    let settings = args.settings(&exe_dir()?);
+    // `cargo run` tells the program it runs which cargo that is, and which package.
+    let cargo = std::env::var_os("CARGO").filter(|_| !args.no_build);
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    local::ensure_built(&settings, cargo.as_deref(), manifest_dir.as_deref())?;
+    let token = Token::new(std::env::var(origin::BOOTSTRAP_TOKEN_VARIABLE).ok());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("build the tokio runtime")?
+        .block_on(local::run(&settings, &token))
 }
 
 fn origin_command(args: &OriginArgs) -> Result<()> {

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ use crate::launch::{self, ChildProcess, Pinning, RedisServer};
 use crate::measure::{self, Machine};
 use crate::median::Rounds;
 
+/// The environment variable that sets the origin's admin token.
+pub const BOOTSTRAP_TOKEN_VARIABLE: &str = "ORIGIN_AUTH__BOOTSTRAP_TOKEN";
 /// Concurrency of the writes that seed the instruments.
 pub const SEED_CONNECTIONS: usize = 64;
 /// Upper bound of seeding, whatever the number of instruments.
@@ -348,14 +351,15 @@ impl OriginServer {
 
         let mut command = launch::command_on_cpu(bin, cpu);
         launch::remove_env_prefixed(&mut command, "ORIGIN_");
+        let redis_url = redis.as_ref().map(RedisServer::url);
+        configure(
+            &mut command,
+            address,
+            redis_url.as_deref(),
+            data_dir.path(),
+            Some(token),
+        );
         command
-            .env("ORIGIN_HTTP__LISTEN", address.to_string())
-            .env(
-                "ORIGIN_STORAGE__REDIS_URL",
-                redis.as_ref().map(RedisServer::url).unwrap_or_default(),
-            )
-            .env("ORIGIN_STORAGE__DATA_DIR", data_dir.path())
-            .env("ORIGIN_AUTH__BOOTSTRAP_TOKEN", token)
             .env("ORIGIN_CACHE__ENABLED", l1_cache.to_string())
             .env("RUST_LOG", "warn");
         let name = format!("origin-{backend}-l1-{}", if l1_cache { "on" } else { "off" });
@@ -429,6 +433,26 @@ impl OriginServer {
         }
         Ok(())
     }
+}
+
+/// Sets the environment of the origin `command`: it listens on `listen`, stores in Redis at
+/// `redis_url` or else in the embedded store in `data_dir`, and `token` is its admin token; without
+/// one, the origin generates its own on the first start on `data_dir` and prints it.
+pub fn configure(
+    command: &mut Command,
+    listen: SocketAddr,
+    redis_url: Option<&str>,
+    data_dir: &Path,
+    token: Option<&str>,
+) {
+    command
+        .env("ORIGIN_HTTP__LISTEN", listen.to_string())
+        .env("ORIGIN_STORAGE__REDIS_URL", redis_url.unwrap_or_default())
+        .env("ORIGIN_STORAGE__DATA_DIR", data_dir);
+    match token {
+        Some(token) => command.env(BOOTSTRAP_TOKEN_VARIABLE, token),
+        None => command.env_remove(BOOTSTRAP_TOKEN_VARIABLE),
+    };
 }
 
 /// The sum of `origin_http_requests_total` over the read routes (`/v1/…`) in a Prometheus text

@@ -2,19 +2,12 @@
 //! to loadtest, and nginx and Varnish when installed (each skipped by the run otherwise). Only the
 //! shape of the report is checked, never a timing.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::process::Command;
 
 use serde_json::Value;
-
-/// The directory of the binaries of this build profile (`target/debug`).
-fn profile_dir() -> PathBuf {
-    let loadtest = Path::new(env!("CARGO_BIN_EXE_loadtest"));
-    loadtest
-        .parent()
-        .expect("the loadtest binary is in a directory")
-        .to_owned()
-}
+use support::profile_dir;
 
 fn installed(program: &str) -> bool {
     loadtest::launch::find_on_path(program).is_some()

@@ -1,5 +1,6 @@
 //! The launcher against real `redis-server`, `redis-cli` and small local servers.
 
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use loadtest::launch::{
     ChildProcess, ProcessTree, RedisCluster, RedisServer, free_port, redis_command, run_bounded, run_bounded_async,
-    wait_http_ok,
+    run_bounded_keeping_output, wait_http_ok, wait_listening,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -153,6 +154,48 @@ fn run_bounded_reports_failures_and_timeouts() {
     slow.arg("30");
     let error = run_bounded("slow", slow, Duration::from_millis(100)).unwrap_err();
     assert!(format!("{error:#}").contains("did not finish"), "{error:#}");
+}
+
+#[test]
+fn run_bounded_keeping_output_leaves_the_output_where_the_command_sets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out");
+    let mut echo = Command::new("sh");
+    echo.args(["-c", "echo kept"])
+        .stdout(std::fs::File::create(&path).unwrap());
+    run_bounded_keeping_output("echo", echo, Duration::from_secs(5)).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept\n");
+
+    let mut failing = Command::new("sh");
+    failing.args(["-c", "exit 3"]);
+    let error = run_bounded_keeping_output("failing", failing, Duration::from_secs(5)).unwrap_err();
+    assert!(format!("{error:#}").contains("failing failed with"), "{error:#}");
+}
+
+#[tokio::test]
+async fn wait_listening_waits_for_a_listener_or_the_exit() {
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("30");
+    let mut sleeper = ChildProcess::spawn("sleeper", sleeper).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listening = listener.local_addr().unwrap();
+    wait_listening(&mut sleeper, listening, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let closed = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let error = wait_listening(&mut sleeper, closed, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("sleeper was not ready"), "{error:#}");
+
+    let mut failing = Command::new("sh");
+    failing.args(["-c", "exit 3"]);
+    let mut failing = ChildProcess::spawn("failing", failing).unwrap();
+    let error = wait_listening(&mut failing, closed, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("failing exited with"), "{error:#}");
 }
 
 #[tokio::test]
