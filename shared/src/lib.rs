@@ -4,6 +4,7 @@
 //! * [`crypto`]: AES-256-GCM sealing under a rotating keyring (data at rest in memory).
 //! * [`config`]: layered configuration loading (defaults → TOML file → prefixed environment).
 //! * [`telemetry`]: the one `tracing` setup.
+//! * [`wire`]: the control-plane protocol between origin and edges: messages, versioned frames, limits.
 //!
 //! Invariant: this crate opens no sockets and spawns no tasks.
 
@@ -11,3 +12,4 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod telemetry;
+pub mod wire;
