@@ -4,6 +4,8 @@
 //! * [`crypto`]: AES-256-GCM sealing under a rotating keyring (data at rest in memory).
 //! * [`config`]: layered configuration loading (defaults → TOML file → prefixed environment).
 //! * [`telemetry`]: the one `tracing` setup.
+//! * [`tls`]: control-plane TLS: the development PKI (rcgen), the rustls configurations of origin and
+//!   edges (mutual TLS 1.3, ring), and the edge identity carried in a client certificate.
 //! * [`wire`]: the control-plane protocol between origin and edges: messages, versioned frames, limits.
 //!
 //! Invariant: this crate opens no sockets and spawns no tasks.
@@ -12,4 +14,5 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
