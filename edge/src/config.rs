@@ -18,6 +18,8 @@ pub struct EdgeConfig {
     pub metrics: MetricsConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub control: ControlConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +167,67 @@ impl Default for ServerConfig {
     }
 }
 
+/// The QUIC control plane: the origins that push invalidations to this edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Origin control endpoints, `host:port` (UDP), comma-separated, tried in turn; empty: standalone,
+    /// no control plane and no staleness bound.
+    #[serde(with = "comma_list")]
+    pub origins: Vec<String>,
+    /// Name the origin's certificate must hold.
+    pub server_name: String,
+    /// Wait after a failed or lost connection, doubled after each failure up to `max_reconnect_delay`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_reconnect_delay: Duration,
+    /// Cut off from every origin for longer than this, the edge revalidates every cache hit.
+    #[serde(with = "humantime_serde")]
+    pub staleness_bound: Duration,
+    /// How often a cache summary is sent to the origin.
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+    /// How often a heartbeat is sent to the origin; three missed intervals end the connection.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            origins: Vec::new(),
+            server_name: "localhost".into(),
+            reconnect_delay: Duration::from_millis(100),
+            max_reconnect_delay: Duration::from_secs(5),
+            staleness_bound: Duration::from_secs(30),
+            stats_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// PEM files of the control plane's mutual TLS, read only when `control.origins` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// CA certificate(s) the origin's certificate must chain to.
+    pub ca: PathBuf,
+    /// This edge's certificate (its identity) and private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca: PathBuf::from("certs/ca.pem"),
+            cert: PathBuf::from("certs/edge-edge-1.pem"),
+            key: PathBuf::from("certs/edge-edge-1.key"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -231,6 +294,16 @@ mod tests {
             ["http://127.0.0.1:1", "https://origin.example:443"]
         );
         assert_eq!(config.http.tls_listen, None);
+    }
+
+    #[test]
+    fn control_origins_are_a_comma_separated_list() {
+        let config: EdgeConfig = shared::config::from_toml(
+            "[control]\norigins = \"127.0.0.1:4433, origin.example:4433\"\nstaleness_bound = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.control.origins, ["127.0.0.1:4433", "origin.example:4433"]);
+        assert_eq!(config.control.staleness_bound, Duration::from_secs(1));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! * [`cache`]: keys, policy (freshness, Vary, `Cache-Status`), the encrypted store, purges.
 //! * [`proxy`]: pingora's request phases wired to the cache.
 //! * [`upstream`]: the origins behind the edge and their health.
+//! * [`control`]: the QUIC control-plane client (invalidations pushed by the origin) and the
+//!   staleness bound the proxy enforces when it is cut off.
 //! * [`server`]: builds the pingora server from [`config::EdgeConfig`].
 //!
 //! Purges from outside a request go through [`cache::EncryptedStore::purge`] with a
@@ -14,6 +16,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

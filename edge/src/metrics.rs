@@ -35,6 +35,17 @@ pub struct Metrics {
     pub upstream_seconds: Histogram,
     /// Upstream attempts that failed (connect, timeout, broken response).
     pub upstream_errors: IntCounter,
+    /// 1 while a control-plane connection is welcomed and open.
+    pub control_connected: IntGauge,
+    /// The last invalidation sequence applied (0: none).
+    pub control_last_applied: IntGauge,
+    /// 1 while the staleness bound is exceeded and every hit is revalidated.
+    pub control_stale_serving: IntGauge,
+    pub control_invalidations_applied: IntCounter,
+    /// Control-plane connections lost or failed, each followed by a new attempt.
+    pub control_reconnects: IntCounter,
+    /// Warm pushes received and not stored (not supported yet).
+    pub control_warm_ignored: IntCounter,
 }
 
 /// Request outcomes, the label values of `edge_cache_requests_total`.
@@ -48,7 +59,7 @@ pub const STATUSES: [&str; 7] = [
     "uncacheable",
 ];
 /// Purge selector kinds, the label values of `edge_cache_purged_total`.
-pub const PURGE_KINDS: [&str; 6] = ["key", "prefix", "tag", "all", "unsafe_method", "request"];
+pub const PURGE_KINDS: [&str; 7] = ["key", "prefix", "tag", "all", "unsafe_method", "request", "control"];
 
 impl Metrics {
     /// The process-wide metrics, registered on first use.
@@ -98,6 +109,30 @@ impl Metrics {
                 ]
             )?,
             upstream_errors: register_int_counter!("edge_upstream_errors_total", "Failed upstream attempts")?,
+            control_connected: register_int_gauge!(
+                "edge_control_connected",
+                "1 while a control-plane connection is open and welcomed"
+            )?,
+            control_last_applied: register_int_gauge!(
+                "edge_control_last_applied",
+                "Last invalidation sequence applied"
+            )?,
+            control_stale_serving: register_int_gauge!(
+                "edge_control_stale_serving",
+                "1 while cut off from the control plane beyond the staleness bound: every hit is revalidated"
+            )?,
+            control_invalidations_applied: register_int_counter!(
+                "edge_control_invalidations_applied_total",
+                "Invalidations and drop-alls applied from the control plane"
+            )?,
+            control_reconnects: register_int_counter!(
+                "edge_control_reconnects_total",
+                "Control-plane connections lost or failed"
+            )?,
+            control_warm_ignored: register_int_counter!(
+                "edge_control_warm_ignored_total",
+                "Warm pushes received and not stored"
+            )?,
         };
         for status in STATUSES {
             metrics.requests.with_label_values(&[status]);

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheKey, CacheMeta, CachePhase, RespCacheable, filters};
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, RespCacheable, filters};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -14,6 +14,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::cache::policy::{self, Outcome};
 use crate::cache::{Cache, PurgeMode, Selector, key};
+use crate::control::ControlState;
 use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
 
@@ -38,6 +39,8 @@ pub struct EdgeProxy {
     upstreams: Arc<Upstreams>,
     settings: ProxySettings,
     metrics: &'static Metrics,
+    /// Present when the edge has control-plane origins: hits are revalidated while it is cut off.
+    control: Option<Arc<ControlState>>,
 }
 
 /// Per-request state.
@@ -46,15 +49,23 @@ pub struct RequestContext {
     upstream_sent: Option<Instant>,
     upstream_status: Option<u16>,
     upstream_failed: bool,
+    /// The hit was forced to revalidate because the control plane is lost.
+    control_lost: bool,
 }
 
 impl EdgeProxy {
-    pub fn new(cache: &'static Cache, upstreams: Arc<Upstreams>, settings: ProxySettings) -> Self {
+    pub fn new(
+        cache: &'static Cache,
+        upstreams: Arc<Upstreams>,
+        settings: ProxySettings,
+        control: Option<Arc<ControlState>>,
+    ) -> Self {
         Self {
             cache,
             upstreams,
             settings,
             metrics: Metrics::global(),
+            control,
         }
     }
 
@@ -182,6 +193,27 @@ impl ProxyHttp for EdgeProxy {
         policy::variance(meta, request)
     }
 
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<ForcedFreshness>> {
+        // Cut off from the control plane beyond the staleness bound, a purge may have been missed:
+        // every hit, fresh or stale, is revalidated before it is served, and never served stale.
+        if self
+            .control
+            .as_ref()
+            .is_some_and(|control| control.cut_off(SystemTime::now()))
+        {
+            ctx.control_lost = true;
+            return Ok(Some(ForcedFreshness::ForceExpired));
+        }
+        Ok(None)
+    }
+
     fn should_serve_stale(&self, _session: &mut Session, ctx: &mut Self::CTX, error: Option<&Error>) -> bool {
         match error {
             // Stale-while-revalidate: pingora has already checked the response's window.
@@ -234,6 +266,12 @@ impl ProxyHttp for EdgeProxy {
             collapsed,
             SystemTime::now(),
         );
+        // Forced revalidations never serve stale, so this is the only detail of the response.
+        let status = if ctx.control_lost {
+            format!("{status}; detail=control-plane-lost")
+        } else {
+            status
+        };
         let status = match response.headers.get("cache-status").and_then(|v| v.to_str().ok()) {
             // Caches nearer the origin come first (RFC 9211 §2).
             Some(earlier) => format!("{earlier}, {status}"),

@@ -20,6 +20,8 @@ use shared::crypto::Keyring;
 
 use crate::cache::{Cache, EncryptedStore, StoreSettings};
 use crate::config::EdgeConfig;
+use crate::control::{ClientSettings, ControlClient, ControlState};
+use crate::metrics::Metrics;
 use crate::proxy::{EdgeProxy, ProxySettings};
 use crate::upstream::Upstreams;
 
@@ -37,6 +39,7 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
         check_pem(&config.http.tls_cert, "CERTIFICATE")?;
         check_pem(&config.http.tls_key, "PRIVATE KEY")?;
     }
+    let control = control_settings(config)?;
     let upstreams = Arc::new(Upstreams::new(
         &config.upstream.url,
         config.upstream.connect_timeout,
@@ -70,7 +73,14 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
         strip_tag_headers: config.http.strip_tag_headers,
         max_object_bytes: config.cache.max_object_bytes.get(),
     };
-    let proxy = EdgeProxy::new(cache, upstreams.clone(), settings);
+    let control_state = control.as_ref().map(|_| {
+        Arc::new(ControlState::new(
+            config.control.staleness_bound,
+            SystemTime::now(),
+            Metrics::global(),
+        ))
+    });
+    let proxy = EdgeProxy::new(cache, upstreams.clone(), settings, control_state.clone());
     let mut proxy_service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge");
     // No userspace write buffer on client connections: pingora's would keep the last response sent,
     // plaintext of a cached body, for as long as the connection stays open.
@@ -86,7 +96,10 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
     }
     server.add_service(proxy_service);
 
-    let operations = Operations { store: cache.store };
+    let operations = Operations {
+        store: cache.store,
+        control: control_state.clone(),
+    };
     let mut operations = Service::new("operations".to_string(), HttpServer::new_app(operations));
     operations.add_tcp(&config.metrics.listen.to_string());
     server.add_service(operations);
@@ -100,7 +113,42 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
         key_reload_interval: config.cache.key_reload_interval,
     };
     server.add_service(background_service("maintenance", maintenance));
+    if let (Some(settings), Some(state)) = (control, control_state) {
+        let client = ControlClient::new(settings, state, cache.store);
+        server.add_service(background_service("control", client));
+    }
     Ok(Edge { server, cache })
+}
+
+/// The control-plane client's settings when origins are configured, with every origin address and
+/// the TLS files checked now, so a wrong one stops the edge at start with a message naming it.
+fn control_settings(config: &EdgeConfig) -> Result<Option<ClientSettings>> {
+    let control = &config.control;
+    if control.origins.is_empty() {
+        return Ok(None);
+    }
+    for origin in &control.origins {
+        let port = origin.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+        anyhow::ensure!(
+            matches!(port, Some(Ok(_))),
+            "control.origins: {origin:?} is not host:port"
+        );
+    }
+    let settings = ClientSettings {
+        origins: control.origins.clone(),
+        server_name: control.server_name.clone(),
+        reconnect_delay: control.reconnect_delay,
+        max_reconnect_delay: control.max_reconnect_delay.max(control.reconnect_delay),
+        stats_interval: control.stats_interval,
+        heartbeat_interval: control.heartbeat_interval,
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    };
+    settings
+        .quic_config()
+        .context("the control plane's TLS files ([tls] ca, cert, key) cannot be used")?;
+    Ok(Some(settings))
 }
 
 fn lower_case(names: &[String]) -> Vec<String> {
@@ -143,6 +191,7 @@ pub fn load_keyring(key_file: &Path) -> Result<Keyring> {
 /// `/metrics` and `/healthz`.
 struct Operations {
     store: &'static EncryptedStore,
+    control: Option<Arc<ControlState>>,
 }
 
 #[async_trait]
@@ -151,6 +200,9 @@ impl ServeHttp for Operations {
         let (status, content_type, body) = match session.req_header().uri.path() {
             "/metrics" => {
                 self.store.publish_size();
+                if let Some(control) = &self.control {
+                    control.cut_off(SystemTime::now());
+                }
                 let encoder = TextEncoder::new();
                 let mut body = Vec::new();
                 match encoder.encode(&prometheus::gather(), &mut body) {

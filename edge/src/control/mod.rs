@@ -1,0 +1,411 @@
+//! The edge side of the QUIC control plane: the origin pushes invalidations, the edge applies them in
+//! order and acknowledges each (see the connection chart in [`shared::wire`]).
+//!
+//! * This file: what a message does to the cache ([`Protocol`], no I/O, tested below), and the
+//!   [`ControlState`] the proxy reads to enforce the staleness bound.
+//! * [`client`]: the pingora background service that owns the QUIC connection, fails over between
+//!   origins and backs off.
+//!
+//! Invariants: sequences are applied in order, each exactly once per cache instance; a gap closes
+//! the connection (the origin replays from `last_applied` on the next one). The staleness clock is
+//! refreshed only while the edge is caught up with the log, so after a reconnect hits are revalidated
+//! until the replay or drop-all is through.
+
+mod client;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shared::wire::{
+    self, Ack, DropAll, EdgeMessage, GoodbyeCode, Heartbeat, Invalidate, OriginMessage, SUPPORTED_VERSIONS, Welcome,
+};
+
+pub use client::{ClientSettings, ControlClient};
+
+use crate::cache::{PurgeMode, Selector};
+use crate::metrics::Metrics;
+
+/// The edge selector of a wire selector. A model selects what the origin tagged
+/// `model:{id}@{version}` (its `Surrogate-Key`).
+pub fn edge_selector(selector: &wire::Selector) -> Selector {
+    match selector {
+        wire::Selector::Key(key) => Selector::Key(key.clone()),
+        wire::Selector::Prefix(prefix) => Selector::Prefix(prefix.clone()),
+        wire::Selector::Tag(tag) => Selector::Tag(tag.clone()),
+        wire::Selector::Model(model) => Selector::Tag(format!("model:{model}")),
+        wire::Selector::All => Selector::All,
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What the proxy needs to know about the control plane, shared with the client.
+pub struct ControlState {
+    staleness_bound_ms: u64,
+    /// When the process started or, once caught up with an origin, the last frame received from it
+    /// (unix ms): the staleness bound runs from here.
+    last_contact_ms: AtomicU64,
+    metrics: &'static Metrics,
+}
+
+impl ControlState {
+    pub fn new(staleness_bound: Duration, now: SystemTime, metrics: &'static Metrics) -> Self {
+        Self {
+            staleness_bound_ms: u64::try_from(staleness_bound.as_millis()).unwrap_or(u64::MAX),
+            last_contact_ms: AtomicU64::new(unix_ms(now)),
+            metrics,
+        }
+    }
+
+    /// Records contact with an origin the edge is caught up with.
+    pub fn touch(&self, now: SystemTime) {
+        self.last_contact_ms.fetch_max(unix_ms(now), Ordering::Relaxed);
+        self.metrics.control_stale_serving.set(0);
+    }
+
+    /// Whether the edge has been out of contact longer than the staleness bound: hits must then be
+    /// revalidated. Also publishes the answer as `edge_control_stale_serving`.
+    pub fn cut_off(&self, now: SystemTime) -> bool {
+        let silent = unix_ms(now).saturating_sub(self.last_contact_ms.load(Ordering::Relaxed));
+        let cut_off = silent > self.staleness_bound_ms;
+        self.metrics.control_stale_serving.set(i64::from(cut_off));
+        cut_off
+    }
+}
+
+/// Why a control connection is closed by the edge (or was by the origin).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("the origin chose protocol version {0}, which this edge did not offer")]
+    Version(u16),
+    #[error("the origin sent a second welcome")]
+    UnexpectedWelcome,
+    #[error("invalidation {received} arrived while {expected} was expected next")]
+    Gap { expected: u64, received: u64 },
+    #[error("the origin said goodbye ({code}): {message}", code = .code.as_str())]
+    Goodbye { code: GoodbyeCode, message: String },
+}
+
+/// The edge's position in the invalidation log, across connections, and what each origin message
+/// does to it and to the cache. `purge` applies one selector to the cache.
+#[derive(Debug, Default)]
+pub struct Protocol {
+    last_applied: Option<u64>,
+}
+
+impl Protocol {
+    /// The last sequence applied, for the next `Hello`.
+    pub fn last_applied(&self) -> Option<u64> {
+        self.last_applied
+    }
+
+    /// Applies a `Welcome`; returns the sequence the edge is caught up once it has applied (`None`:
+    /// caught up now).
+    pub fn welcome(
+        &mut self,
+        welcome: &Welcome,
+        purge: &mut impl FnMut(&Selector, PurgeMode),
+    ) -> Result<Option<u64>, ProtocolError> {
+        if !SUPPORTED_VERSIONS.contains(&welcome.version) {
+            return Err(ProtocolError::Version(welcome.version));
+        }
+        if let Some(reason) = welcome.drop_all {
+            tracing::warn!(reason = reason.as_str(), head = ?welcome.head, "the origin asks to drop the whole cache");
+            purge(&Selector::All, PurgeMode::Hard);
+            self.set_applied(welcome.head);
+        }
+        Ok(welcome.head.filter(|head| Some(*head) > self.last_applied))
+    }
+
+    /// Applies one message after the `Welcome`; returns the answer to send, if any.
+    pub fn receive(
+        &mut self,
+        message: OriginMessage,
+        purge: &mut impl FnMut(&Selector, PurgeMode),
+    ) -> Result<Option<EdgeMessage>, ProtocolError> {
+        match message {
+            OriginMessage::Welcome(_) => Err(ProtocolError::UnexpectedWelcome),
+            OriginMessage::Invalidate(invalidate) => self.invalidate(&invalidate, purge),
+            OriginMessage::DropAll(DropAll { sequence, reason }) => {
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    sequence,
+                    "the origin asks to drop the whole cache"
+                );
+                purge(&Selector::All, PurgeMode::Hard);
+                self.set_applied(Some(sequence));
+                Metrics::global().control_invalidations_applied.inc();
+                Ok(Some(EdgeMessage::Ack(Ack { sequence })))
+            }
+            OriginMessage::Heartbeat(heartbeat) if !heartbeat.reply => Ok(Some(EdgeMessage::Heartbeat(Heartbeat {
+                reply: true,
+                ..heartbeat
+            }))),
+            OriginMessage::Heartbeat(_) => Ok(None),
+            // Not stored yet: the cache key includes the request's Host, which a push does not carry;
+            // storing one needs the host(s) the edge is reached under in its configuration.
+            OriginMessage::Warm(_) => {
+                Metrics::global().control_warm_ignored.inc();
+                Ok(None)
+            }
+            OriginMessage::Goodbye(goodbye) => Err(ProtocolError::Goodbye {
+                code: goodbye.code,
+                message: goodbye.message,
+            }),
+        }
+    }
+
+    fn invalidate(
+        &mut self,
+        invalidate: &Invalidate,
+        purge: &mut impl FnMut(&Selector, PurgeMode),
+    ) -> Result<Option<EdgeMessage>, ProtocolError> {
+        let sequence = invalidate.sequence;
+        let expected = self.last_applied.map_or(1, |last| last.saturating_add(1));
+        if sequence < expected {
+            // Already applied (a replay overlapping what arrived live): confirm it again.
+            return Ok(Some(EdgeMessage::Ack(Ack { sequence })));
+        }
+        if sequence > expected {
+            return Err(ProtocolError::Gap {
+                expected,
+                received: sequence,
+            });
+        }
+        let mode = if invalidate.soft {
+            PurgeMode::Soft
+        } else {
+            PurgeMode::Hard
+        };
+        for selector in &invalidate.selectors {
+            purge(&edge_selector(selector), mode);
+        }
+        self.set_applied(Some(sequence));
+        Metrics::global().control_invalidations_applied.inc();
+        Ok(Some(EdgeMessage::Ack(Ack { sequence })))
+    }
+
+    fn set_applied(&mut self, sequence: Option<u64>) {
+        self.last_applied = sequence;
+        Metrics::global()
+            .control_last_applied
+            .set(sequence.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::domain::ModelRef;
+    use shared::wire::{DropReason, Goodbye, Warm};
+
+    use super::*;
+
+    type Purged = Vec<(Selector, PurgeMode)>;
+
+    fn recorder(purged: &mut Purged) -> impl FnMut(&Selector, PurgeMode) + '_ {
+        |selector, mode| purged.push((selector.clone(), mode))
+    }
+
+    fn invalidate(sequence: u64, selectors: Vec<wire::Selector>, soft: bool) -> OriginMessage {
+        OriginMessage::Invalidate(Invalidate {
+            sequence,
+            selectors,
+            soft,
+            issued_at_ms: 0,
+        })
+    }
+
+    fn welcome(head: Option<u64>, drop_all: Option<DropReason>) -> Welcome {
+        Welcome {
+            version: 1,
+            origin: "origin-1".into(),
+            head,
+            drop_all,
+        }
+    }
+
+    #[test]
+    fn wire_selectors_map_to_edge_selectors_and_models_to_the_origins_tags() {
+        let model = ModelRef::new("lstm", "3.2.0").unwrap();
+        assert_eq!(
+            edge_selector(&wire::Selector::Model(model)),
+            Selector::Tag("model:lstm@3.2.0".into())
+        );
+        assert_eq!(
+            edge_selector(&wire::Selector::Key("/a".into())),
+            Selector::Key("/a".into())
+        );
+        assert_eq!(
+            edge_selector(&wire::Selector::Prefix("/a".into())),
+            Selector::Prefix("/a".into())
+        );
+        assert_eq!(
+            edge_selector(&wire::Selector::Tag("AAPL".into())),
+            Selector::Tag("AAPL".into())
+        );
+        assert_eq!(edge_selector(&wire::Selector::All), Selector::All);
+    }
+
+    #[test]
+    fn invalidations_are_applied_in_order_acked_and_replays_skipped() {
+        let mut protocol = Protocol::default();
+        let mut purged = Purged::new();
+        assert_eq!(
+            protocol.welcome(&welcome(Some(2), None), &mut recorder(&mut purged)),
+            Ok(Some(2))
+        );
+        let answer = protocol.receive(
+            invalidate(
+                1,
+                vec![wire::Selector::Key("/a".into()), wire::Selector::Tag("T".into())],
+                false,
+            ),
+            &mut recorder(&mut purged),
+        );
+        assert_eq!(answer, Ok(Some(EdgeMessage::Ack(Ack { sequence: 1 }))));
+        let answer = protocol.receive(
+            invalidate(2, vec![wire::Selector::Key("/b".into())], true),
+            &mut recorder(&mut purged),
+        );
+        assert_eq!(answer, Ok(Some(EdgeMessage::Ack(Ack { sequence: 2 }))));
+        assert_eq!(
+            purged,
+            [
+                (Selector::Key("/a".into()), PurgeMode::Hard),
+                (Selector::Tag("T".into()), PurgeMode::Hard),
+                (Selector::Key("/b".into()), PurgeMode::Soft),
+            ]
+        );
+        // A replay of what is applied is acknowledged and not applied again.
+        let answer = protocol.receive(
+            invalidate(2, vec![wire::Selector::All], false),
+            &mut recorder(&mut purged),
+        );
+        assert_eq!(answer, Ok(Some(EdgeMessage::Ack(Ack { sequence: 2 }))));
+        assert_eq!(purged.len(), 3);
+        assert_eq!(protocol.last_applied(), Some(2));
+        assert_eq!(
+            protocol.welcome(&welcome(Some(2), None), &mut recorder(&mut purged)),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_gap_in_sequences_is_a_protocol_error() {
+        let mut protocol = Protocol::default();
+        let mut purged = Purged::new();
+        let answer = protocol.receive(
+            invalidate(2, vec![wire::Selector::All], false),
+            &mut recorder(&mut purged),
+        );
+        assert_eq!(
+            answer,
+            Err(ProtocolError::Gap {
+                expected: 1,
+                received: 2
+            })
+        );
+        assert!(purged.is_empty());
+        assert_eq!(protocol.last_applied(), None);
+    }
+
+    #[test]
+    fn drop_all_purges_everything_and_moves_to_its_sequence() {
+        let mut protocol = Protocol::default();
+        let mut purged = Purged::new();
+        let caught_up_at = protocol.welcome(
+            &welcome(Some(40), Some(DropReason::Trimmed)),
+            &mut recorder(&mut purged),
+        );
+        assert_eq!(caught_up_at, Ok(None));
+        assert_eq!(protocol.last_applied(), Some(40));
+        let answer = protocol.receive(
+            OriginMessage::DropAll(DropAll {
+                sequence: 41,
+                reason: DropReason::LogReset,
+            }),
+            &mut recorder(&mut purged),
+        );
+        assert_eq!(answer, Ok(Some(EdgeMessage::Ack(Ack { sequence: 41 }))));
+        assert_eq!(
+            purged,
+            [(Selector::All, PurgeMode::Hard), (Selector::All, PurgeMode::Hard)]
+        );
+        assert_eq!(protocol.last_applied(), Some(41));
+    }
+
+    #[test]
+    fn heartbeats_are_answered_once_and_goodbyes_and_second_welcomes_end_the_connection() {
+        let mut protocol = Protocol::default();
+        let mut purged = Purged::new();
+        let ping = Heartbeat {
+            sent_at_ms: 7,
+            reply: false,
+        };
+        assert_eq!(
+            protocol.receive(OriginMessage::Heartbeat(ping), &mut recorder(&mut purged)),
+            Ok(Some(EdgeMessage::Heartbeat(Heartbeat {
+                sent_at_ms: 7,
+                reply: true
+            })))
+        );
+        let pong = Heartbeat {
+            sent_at_ms: 7,
+            reply: true,
+        };
+        assert_eq!(
+            protocol.receive(OriginMessage::Heartbeat(pong), &mut recorder(&mut purged)),
+            Ok(None)
+        );
+        let warm = Warm {
+            sequence: None,
+            key: "/a".into(),
+            status: 200,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        assert_eq!(
+            protocol.receive(OriginMessage::Warm(warm), &mut recorder(&mut purged)),
+            Ok(None)
+        );
+        let goodbye = Goodbye {
+            code: GoodbyeCode::Shutdown,
+            message: "bye".into(),
+        };
+        assert!(matches!(
+            protocol.receive(OriginMessage::Goodbye(goodbye), &mut recorder(&mut purged)),
+            Err(ProtocolError::Goodbye {
+                code: GoodbyeCode::Shutdown,
+                ..
+            })
+        ));
+        assert_eq!(
+            protocol.receive(OriginMessage::Welcome(welcome(None, None)), &mut recorder(&mut purged)),
+            Err(ProtocolError::UnexpectedWelcome)
+        );
+        let mut other = welcome(None, None);
+        other.version = 99;
+        assert_eq!(
+            protocol.welcome(&other, &mut recorder(&mut purged)),
+            Err(ProtocolError::Version(99))
+        );
+        assert!(purged.is_empty());
+    }
+
+    #[test]
+    fn the_staleness_bound_runs_from_start_then_from_the_last_contact() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_000);
+        let state = ControlState::new(Duration::from_secs(30), start, Metrics::global());
+        assert!(!state.cut_off(start + Duration::from_secs(30)));
+        assert!(state.cut_off(start + Duration::from_secs(31)));
+        state.touch(start + Duration::from_secs(40));
+        assert!(!state.cut_off(start + Duration::from_secs(60)));
+        // A late, older contact does not move the clock back.
+        state.touch(start + Duration::from_secs(10));
+        assert!(state.cut_off(start + Duration::from_secs(71)));
+    }
+}

@@ -1,0 +1,281 @@
+//! The control plane end to end: the real edge binary connected over QUIC (mutual TLS) to a scripted
+//! control origin, in front of the scripted HTTP origin.
+
+use loadtest::launch::{ChildProcess, free_port};
+use shared::domain::ModelRef;
+use shared::wire::{DropAll, DropReason, Invalidate, OriginMessage, Selector};
+
+use crate::control_origin::{ControlOrigin, Pki};
+use crate::support::{Edge, Reply, ScriptedOrigin, WAIT, edge_command, eventually};
+
+/// An edge in front of `http` that takes its invalidations from `control`, reconnecting quickly.
+async fn edge(http: &ScriptedOrigin, control: &ControlOrigin, pki: &Pki, extra: &[(&str, &str)]) -> Edge {
+    let mut env = pki.edge_env();
+    env.push(("EDGE_CONTROL__ORIGINS".into(), control.origins()));
+    env.push(("EDGE_CONTROL__RECONNECT_DELAY".into(), "50ms".into()));
+    env.push(("EDGE_CONTROL__MAX_RECONNECT_DELAY".into(), "200ms".into()));
+    env.push(("EDGE_CONTROL__HEARTBEAT_INTERVAL".into(), "200ms".into()));
+    let mut env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    env.extend_from_slice(extra);
+    Edge::start(&http.url, &env).await
+}
+
+/// A control origin, an HTTP origin answering each of `paths` with a cacheable body, and an edge
+/// connected to both with `paths` cached.
+/// Keep every part alive: the PKI's folder is read again on each reconnect.
+struct Setup {
+    pki: Pki,
+    control: ControlOrigin,
+    http: ScriptedOrigin,
+    edge: Edge,
+}
+
+async fn setup(paths: &[&str], extra: &[(&str, &str)]) -> Setup {
+    let pki = Pki::new();
+    let control = ControlOrigin::start(&pki).await;
+    let http = ScriptedOrigin::start().await;
+    for path in paths {
+        http.set(path, Reply::cached(path.to_string(), "max-age=600"));
+    }
+    let edge = edge(&http, &control, &pki, extra).await;
+    control.hello(1).await;
+    for path in paths {
+        cached(&edge, path).await;
+    }
+    Setup {
+        pki,
+        control,
+        http,
+        edge,
+    }
+}
+
+fn invalidate(sequence: u64, selectors: Vec<Selector>, soft: bool) -> OriginMessage {
+    OriginMessage::Invalidate(Invalidate {
+        sequence,
+        selectors,
+        soft,
+        issued_at_ms: 0,
+    })
+}
+
+/// Fetches `path` twice and checks the second answer is a hit.
+async fn cached(edge: &Edge, path: &str) {
+    edge.get(path).await;
+    let second = edge.get(path).await;
+    assert!(second.is_hit(), "{path}: {}", second.cache_status());
+}
+
+fn assert_miss(fetched: &crate::support::Fetched, path: &str) {
+    assert!(
+        fetched.cache_status().starts_with("edge; fwd=miss"),
+        "{path} was not purged: {}",
+        fetched.cache_status()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_key_is_refetched_and_acknowledged() {
+    let Setup {
+        control,
+        http,
+        edge,
+        pki: _pki,
+    } = setup(&["/a", "/b"], &[]).await;
+    let hello = control.hello(1).await;
+    assert_eq!(hello.last_applied, None);
+    assert_eq!(hello.versions, [1]);
+    eventually("the edge to be connected", async || {
+        (edge.metric("edge_control_connected").await == 1.0).then_some(())
+    })
+    .await;
+    control.send(invalidate(1, vec![Selector::Key("/a".into())], false));
+    control.acked(1).await;
+    assert_miss(&edge.get("/a").await, "/a");
+    assert!(edge.get("/b").await.is_hit(), "another key was purged");
+    assert_eq!(http.gets("/a"), 2);
+    assert_eq!(edge.metric("edge_control_last_applied").await, 1.0);
+    assert_eq!(edge.metric("edge_control_invalidations_applied_total").await, 1.0);
+    assert_eq!(edge.metric("edge_cache_purged_total{kind=\"control\"}").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_models_and_soft_purges_reach_their_entries() {
+    let pki = Pki::new();
+    let control = ControlOrigin::start(&pki).await;
+    let http = ScriptedOrigin::start().await;
+    http.set(
+        "/aapl",
+        Reply::cached("aapl", "max-age=600").header("surrogate-key", "AAPL AAPL:1h model:lstm model:lstm@3.2.0"),
+    );
+    http.set(
+        "/msft",
+        Reply::cached("msft", "max-age=600").header("surrogate-key", "MSFT MSFT:1h model:lstm model:lstm@3.2.0"),
+    );
+    http.set("/soft", Reply::cached("soft", "max-age=600").header("etag", "\"v1\""));
+    let edge = edge(&http, &control, &pki, &[]).await;
+    control.hello(1).await;
+    for path in ["/aapl", "/msft", "/soft"] {
+        cached(&edge, path).await;
+    }
+
+    control.send(invalidate(1, vec![Selector::Tag("AAPL".into())], false));
+    control.acked(1).await;
+    assert_miss(&edge.get("/aapl").await, "/aapl");
+    assert!(edge.get("/msft").await.is_hit());
+
+    let model = ModelRef::new("lstm", "3.2.0").unwrap();
+    control.send(invalidate(2, vec![Selector::Model(model)], false));
+    control.acked(2).await;
+    assert_miss(&edge.get("/aapl").await, "/aapl");
+    assert_miss(&edge.get("/msft").await, "/msft");
+
+    control.send(invalidate(3, vec![Selector::Key("/soft".into())], true));
+    control.acked(3).await;
+    let revalidated = edge.get("/soft").await;
+    assert!(
+        revalidated.cache_status().starts_with("edge; fwd=stale"),
+        "{}",
+        revalidated.cache_status()
+    );
+    assert_eq!(revalidated.text(), "soft");
+    let last = http.requests("/soft").pop().unwrap();
+    assert_eq!(last.headers["if-none-match"], "\"v1\"", "a soft purge revalidates");
+    assert!(edge.get("/soft").await.is_hit());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_reconnects_and_resumes_from_its_last_applied_sequence() {
+    let Setup {
+        control,
+        edge,
+        http: _http,
+        pki: _pki,
+    } = setup(&[], &[]).await;
+    let first = control.hello(1).await;
+    control.send(invalidate(1, vec![Selector::Key("/x".into())], false));
+    control.send(invalidate(2, vec![Selector::Prefix("/y".into())], false));
+    control.acked(2).await;
+
+    control.drop_connection();
+    let second = control.hello(2).await;
+    assert_eq!(second.last_applied, Some(2));
+    assert_eq!(
+        (second.instance_id, second.started_at_ms),
+        (first.instance_id, first.started_at_ms),
+        "the same cache instance resumes"
+    );
+    control.send(invalidate(3, vec![Selector::All], false));
+    control.acked(3).await;
+    assert!(edge.metric("edge_control_reconnects_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_with_drop_all_empties_the_cache() {
+    let Setup {
+        control,
+        edge,
+        http: _http,
+        pki: _pki,
+    } = setup(&["/a", "/b"], &[]).await;
+
+    control.set_welcome(Some(7), Some(DropReason::Trimmed));
+    control.drop_connection();
+    control.hello(2).await;
+    eventually("the drop-all to be applied", async || {
+        (edge.metric("edge_control_last_applied").await == 7.0).then_some(())
+    })
+    .await;
+    assert_miss(&edge.get("/a").await, "/a");
+    assert_miss(&edge.get("/b").await, "/b");
+
+    // The log goes on from the head; a DropAll message empties it too.
+    control.send(invalidate(8, vec![Selector::Key("/none".into())], false));
+    control.acked(8).await;
+    assert!(edge.get("/a").await.is_hit());
+    control.send(OriginMessage::DropAll(DropAll {
+        sequence: 9,
+        reason: DropReason::LogReset,
+    }));
+    control.acked(9).await;
+    assert_miss(&edge.get("/a").await, "/a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_staleness_bound_hits_are_revalidated_until_the_control_plane_is_back() {
+    let Setup {
+        pki,
+        control,
+        http,
+        edge,
+    } = setup(&["/s"], &[("EDGE_CONTROL__STALENESS_BOUND", "1s")]).await;
+    let addr = control.addr;
+    assert_eq!(edge.metric("edge_control_stale_serving").await, 0.0);
+
+    control.stop().await;
+    let before = http.gets("/s");
+    let forced = eventually("hits to be revalidated", async || {
+        let fetched = edge.get("/s").await;
+        fetched
+            .cache_status()
+            .contains("detail=control-plane-lost")
+            .then_some(fetched)
+    })
+    .await;
+    assert!(
+        forced.cache_status().starts_with("edge; fwd=stale"),
+        "{}",
+        forced.cache_status()
+    );
+    assert!(http.gets("/s") > before, "the origin saw no revalidation");
+    assert_eq!(edge.metric("edge_control_stale_serving").await, 1.0);
+    assert_eq!(edge.metric("edge_control_connected").await, 0.0);
+
+    let control = ControlOrigin::restart(&pki, addr).await;
+    control.hello(1).await;
+    eventually("hits to be served again", async || {
+        edge.get("/s").await.is_hit().then_some(())
+    })
+    .await;
+    assert_eq!(edge.metric("edge_control_stale_serving").await, 0.0);
+}
+
+#[test]
+fn unusable_tls_files_stop_the_edge_with_a_message_naming_them() {
+    let pki = Pki::new();
+    let env = pki.edge_env();
+    let missing = pki.path("missing.pem");
+    let cases = [
+        (
+            "EDGE_TLS__CA",
+            missing.display().to_string(),
+            missing.display().to_string(),
+        ),
+        // The origin's key is not the edge certificate's key.
+        (
+            "EDGE_TLS__KEY",
+            pki.path("origin.key").display().to_string(),
+            pki.path("origin.key").display().to_string(),
+        ),
+    ];
+    for (variable, value, named) in cases {
+        let mut command = edge_command();
+        command
+            .env("EDGE_HTTP__LISTEN", format!("127.0.0.1:{}", free_port().unwrap()))
+            .env("EDGE_METRICS__LISTEN", format!("127.0.0.1:{}", free_port().unwrap()))
+            .env("EDGE_CONTROL__ORIGINS", "127.0.0.1:4433")
+            .envs(env.iter().map(|(name, value)| (name.as_str(), value.as_str())))
+            .env(variable, &value);
+        let mut process = ChildProcess::spawn("edge-bad-tls", command).unwrap();
+        let status = process
+            .wait_timeout(WAIT)
+            .unwrap()
+            .unwrap_or_else(|| panic!("the edge kept running with {variable}={value}"));
+        assert!(!status.success());
+        let log = process.log_tail(50);
+        assert!(log.contains(&named), "the error does not name {named}: {log}");
+    }
+}

@@ -1,0 +1,235 @@
+//! A scripted control-plane origin for the edge tests: a real quinn server with mutual TLS over a
+//! development PKI made in a temporary folder, speaking the origin's side of `shared::wire`. It answers
+//! each `Hello` with the scripted `Welcome`, sends what the test queues, and records Hellos and Acks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Endpoint, RecvStream, SendStream};
+use shared::tls::{
+    CA_CERT_FILE, EdgeIdentity, ORIGIN_CERT_FILE, ORIGIN_KEY_FILE, TlsPem, edge_cert_file, edge_key_file,
+    server_config, write_dev_pki,
+};
+use shared::wire::{self, DropReason, EdgeMessage, Hello, OriginMessage, Welcome};
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::support::eventually;
+
+/// A CA, an origin certificate and one edge certificate in a temporary folder.
+pub struct Pki {
+    pub dir: TempDir,
+    edge: EdgeIdentity,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let edge = EdgeIdentity::new("edge-1", "test").unwrap();
+        write_dev_pki(dir.path(), std::slice::from_ref(&edge)).unwrap();
+        Self { dir, edge }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// The `EDGE_TLS__*` variables of the edge's certificate.
+    pub fn edge_env(&self) -> Vec<(String, String)> {
+        [
+            ("EDGE_TLS__CA", CA_CERT_FILE.to_owned()),
+            ("EDGE_TLS__CERT", edge_cert_file(&self.edge)),
+            ("EDGE_TLS__KEY", edge_key_file(&self.edge)),
+        ]
+        .into_iter()
+        .map(|(name, file)| (name.to_owned(), self.path(&file).display().to_string()))
+        .collect()
+    }
+
+    fn server_config(&self) -> quinn::ServerConfig {
+        let pem = TlsPem::read(
+            &self.path(CA_CERT_FILE),
+            &self.path(ORIGIN_CERT_FILE),
+            &self.path(ORIGIN_KEY_FILE),
+        )
+        .unwrap();
+        let tls = server_config(&pem, wire::ALPN).unwrap();
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(Arc::new(tls)).unwrap()))
+    }
+}
+
+enum Command {
+    Send(OriginMessage),
+    Close,
+}
+
+#[derive(Default)]
+struct Record {
+    hellos: Vec<Hello>,
+    acks: Vec<u64>,
+    head: Option<u64>,
+    drop_all: Option<DropReason>,
+}
+
+/// The origin's side of the control plane on `127.0.0.1`, one connection at a time.
+pub struct ControlOrigin {
+    pub addr: SocketAddr,
+    record: Arc<Mutex<Record>>,
+    commands: mpsc::UnboundedSender<Command>,
+    endpoint: Endpoint,
+    task: JoinHandle<()>,
+}
+
+impl ControlOrigin {
+    /// On a free UDP port.
+    pub async fn start(pki: &Pki) -> Self {
+        Self::bind(pki, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap()
+    }
+
+    /// On `addr` again, once the previous server's socket is released.
+    pub async fn restart(pki: &Pki, addr: SocketAddr) -> Self {
+        eventually("the control port to be free again", async || Self::bind(pki, addr).ok()).await
+    }
+
+    fn bind(pki: &Pki, addr: SocketAddr) -> std::io::Result<Self> {
+        let endpoint = Endpoint::server(pki.server_config(), addr)?;
+        let addr = endpoint.local_addr()?;
+        let record = Arc::new(Mutex::new(Record::default()));
+        let (commands, mut queued) = mpsc::unbounded_channel();
+        let task = tokio::spawn({
+            let endpoint = endpoint.clone();
+            let record = record.clone();
+            async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    let Ok(connection) = incoming.await else { continue };
+                    let Ok((send, recv)) = connection.accept_bi().await else {
+                        continue;
+                    };
+                    serve(send, recv, &record, &mut queued).await;
+                    connection.close(0u32.into(), b"test origin closes");
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            record,
+            commands,
+            endpoint,
+            task,
+        })
+    }
+
+    /// The `EDGE_CONTROL__ORIGINS` value of this server.
+    pub fn origins(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The `Welcome` of the next connections: log head and whether the edge must drop everything.
+    pub fn set_welcome(&self, head: Option<u64>, drop_all: Option<DropReason>) {
+        let mut record = self.record.lock().unwrap();
+        record.head = head;
+        record.drop_all = drop_all;
+    }
+
+    /// Sends `message` on the current connection (or the next one).
+    pub fn send(&self, message: OriginMessage) {
+        let _ = self.commands.send(Command::Send(message));
+    }
+
+    /// Closes the current connection; the edge is expected to come back.
+    pub fn drop_connection(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+
+    pub fn hellos(&self) -> Vec<Hello> {
+        self.record.lock().unwrap().hellos.clone()
+    }
+
+    /// Waits for the `count`th Hello and returns it.
+    pub async fn hello(&self, count: usize) -> Hello {
+        eventually(&format!("hello number {count}"), async || {
+            self.hellos().get(count - 1).cloned()
+        })
+        .await
+    }
+
+    /// Waits until the edge acknowledged `sequence`.
+    pub async fn acked(&self, sequence: u64) {
+        eventually(&format!("the ack of {sequence}"), async || {
+            self.record.lock().unwrap().acks.contains(&sequence).then_some(())
+        })
+        .await;
+    }
+
+    /// Closes every connection and the socket.
+    pub async fn stop(self) {
+        self.endpoint.close(0u32.into(), b"test origin stops");
+        self.task.abort();
+        let _ = self.task.await;
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// One conversation: Hello → Welcome, then queued messages out and Acks in, until a `Close` or
+/// the stream ends.
+async fn serve(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    record: &Mutex<Record>,
+    queued: &mut mpsc::UnboundedReceiver<Command>,
+) {
+    let mut buf = Vec::new();
+    let Some(EdgeMessage::Hello(hello)) = read(&mut recv, &mut buf).await else {
+        return;
+    };
+    let welcome = {
+        let mut record = record.lock().unwrap();
+        record.hellos.push(hello);
+        Welcome {
+            version: 1,
+            origin: "test-origin".into(),
+            head: record.head,
+            drop_all: record.drop_all,
+        }
+    };
+    if write(&mut send, &OriginMessage::Welcome(welcome)).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = read(&mut recv, &mut buf) => match message {
+                Some(EdgeMessage::Ack(ack)) => record.lock().unwrap().acks.push(ack.sequence),
+                Some(_) => {}
+                None => return,
+            },
+            command = queued.recv() => match command {
+                Some(Command::Send(message)) => {
+                    if write(&mut send, &message).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Command::Close) | None => return,
+            },
+        }
+    }
+}
+
+async fn read(recv: &mut RecvStream, buf: &mut Vec<u8>) -> Option<EdgeMessage> {
+    loop {
+        if let Some((message, consumed)) = wire::decode_frame(buf).unwrap() {
+            buf.drain(..consumed);
+            return Some(message);
+        }
+        let chunk = recv.read_chunk(64 * 1024, true).await.ok()??;
+        buf.extend_from_slice(&chunk.bytes);
+    }
+}
+
+async fn write(send: &mut SendStream, message: &OriginMessage) -> Result<(), quinn::WriteError> {
+    let mut frame = Vec::new();
+    wire::encode_frame(message, &mut frame).unwrap();
+    send.write_all(&frame).await
+}
