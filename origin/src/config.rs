@@ -16,6 +16,7 @@ pub struct OriginConfig {
     pub storage: StorageConfig,
     pub cache: CacheConfig,
     pub caching: CachingConfig,
+    pub invalidation: InvalidationConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -132,6 +133,27 @@ impl Default for CachingConfig {
     }
 }
 
+/// The invalidation log: every purge edges must apply, numbered, kept so that an edge that reconnects
+/// can be replayed what it missed. An edge that missed trimmed entries drops its whole cache instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvalidationConfig {
+    /// Most entries kept; the oldest are trimmed.
+    pub retention_entries: NonZeroUsize,
+    /// Entries older than this are trimmed when a newer one is appended; the newest is always kept.
+    #[serde(with = "humantime_serde")]
+    pub retention_age: Duration,
+}
+
+impl Default for InvalidationConfig {
+    fn default() -> Self {
+        Self {
+            retention_entries: NonZeroUsize::new(100_000).expect("non-zero"),
+            retention_age: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -162,7 +184,8 @@ pub struct TokenConfig {
     pub name: String,
     /// `sha256:` followed by the hex SHA-256 of the token (`origin hash-token` prints it).
     pub hash: String,
-    /// Scopes: `forecasts:read`, `forecasts:write`, `audit:read`, `admin` (all of them).
+    /// Scopes: `forecasts:read`, `forecasts:write`, `audit:read`, `invalidations:read`,
+    /// `invalidations:write`, `admin` (all of them).
     pub scopes: Vec<String>,
 }
 

@@ -1,19 +1,27 @@
-//! Forecast operations between the HTTP API and storage: the L1 cache, rendering, rollbacks.
+//! Forecast operations between the HTTP API and storage: the L1 cache, rendering, rollbacks, and the
+//! invalidation log. Every change of a forecast appends an invalidation of its tag once the change is
+//! durable, and before it is answered (see [`StorageError::NotInvalidated`] for when that fails).
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
+use shared::wire::Selector;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use prometheus::IntCounter;
 
 use crate::cache::{Entry, L1Cache, Lookup};
+use crate::invalidation::{Cause, HeadGauge, forecast_tag};
 use crate::metrics::Metrics;
 use crate::representation::Rendered;
-use crate::storage::{AuditEntry, Expect, History, NewVersion, Result, SharedStore, StorageError, VersionRecord};
+use crate::storage::{
+    AuditEntry, Expect, History, InvalidationPage, NewInvalidation, NewVersion, Result, SharedStore, StorageError,
+    VersionRecord, unix_millis,
+};
 
 #[derive(Debug)]
 pub struct Forecasts {
@@ -23,6 +31,7 @@ pub struct Forecasts {
     l1_hits: IntCounter,
     l1_misses: IntCounter,
     l1_stale: IntCounter,
+    invalidation_head: HeadGauge,
 }
 
 /// What a model rollback did to one key.
@@ -82,10 +91,15 @@ pub fn model_rollback_target(history: &History, model: &ModelRef) -> Result<(u64
 impl Forecasts {
     pub fn new(store: SharedStore, l1: Option<L1Cache>, metrics: Metrics) -> Self {
         let l1_counter = |result: &str| metrics.l1_lookups.with_label_values(&[result]);
+        for cause in Cause::ALL {
+            // Every cause is listed from the start, at 0.
+            metrics.invalidations_appended.with_label_values(&[cause.label()]);
+        }
         Self {
             l1_hits: l1_counter("hit"),
             l1_misses: l1_counter("miss"),
             l1_stale: l1_counter("stale"),
+            invalidation_head: HeadGauge::new(metrics.invalidation_log_head.clone()),
             store,
             l1,
             metrics,
@@ -207,13 +221,25 @@ impl Forecasts {
         self.timed("history", self.store.history(key)).await
     }
 
+    /// Stores a new version of `key` and makes it current.
     pub async fn write(
         &self,
         key: &ForecastKey,
         forecast: Forecast,
         expect: Expect,
         actor: &str,
+    ) -> Result<(VersionRecord, Arc<Rendered>)> {
+        self.commit(key, forecast, expect, actor, None, Cause::Write).await
+    }
+
+    async fn commit(
+        &self,
+        key: &ForecastKey,
+        forecast: Forecast,
+        expect: Expect,
+        actor: &str,
         rollback_of: Option<u64>,
+        cause: Cause,
     ) -> Result<(VersionRecord, Arc<Rendered>)> {
         let new = NewVersion {
             created_at: OffsetDateTime::now_utc(),
@@ -226,6 +252,7 @@ impl Forecasts {
         if let Some(l1) = &self.l1 {
             l1.write(key, Some(rendered.clone()));
         }
+        self.invalidate_forecast(key, record.version, cause).await?;
         Ok((record, rendered))
     }
 
@@ -233,6 +260,9 @@ impl Forecasts {
         let deleted = self.timed("delete", self.store.delete(key)).await?;
         if let Some(l1) = &self.l1 {
             l1.write(key, None);
+        }
+        if let Some(version) = deleted {
+            self.invalidate_forecast(key, version, Cause::Delete).await?;
         }
         Ok(deleted)
     }
@@ -245,8 +275,15 @@ impl Forecasts {
         actor: &str,
     ) -> Result<(VersionRecord, Arc<Rendered>)> {
         let target = self.timed("version", self.store.version(key, to_version)).await?;
-        self.write(key, target.forecast, Expect::Any, actor, Some(to_version))
-            .await
+        self.commit(
+            key,
+            target.forecast,
+            Expect::Any,
+            actor,
+            Some(to_version),
+            Cause::Rollback,
+        )
+        .await
     }
 
     pub async fn model_forecasts(&self, model: &ModelRef) -> Result<Vec<ModelForecast>> {
@@ -288,8 +325,9 @@ impl Forecasts {
                         continue;
                     };
                     let expect = Expect::Version(from_version);
+                    let forecast = target.forecast.clone();
                     match self
-                        .write(&key, target.forecast.clone(), expect, actor, Some(to_version))
+                        .commit(&key, forecast, expect, actor, Some(to_version), Cause::ModelRollback)
                         .await
                     {
                         Ok((record, _)) => ModelRollbackOutcome::RolledBack {
@@ -316,6 +354,48 @@ impl Forecasts {
 
     pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
         self.timed("audit", self.store.audit(limit)).await
+    }
+
+    /// Appends an invalidation to the log; answers its sequence once it is durable.
+    pub async fn invalidate(&self, cause: Cause, selectors: Vec<Selector>, soft: bool) -> Result<u64> {
+        let new = NewInvalidation {
+            selectors,
+            soft,
+            issued_at_ms: unix_millis(OffsetDateTime::now_utc()),
+        };
+        let sequence = self
+            .timed("invalidation_append", self.store.append_invalidation(&new))
+            .await?;
+        self.metrics
+            .invalidations_appended
+            .with_label_values(&[cause.label()])
+            .inc();
+        self.invalidation_head.observe(sequence);
+        Ok(sequence)
+    }
+
+    /// Tells edges that `key` changed: a hard invalidation of the tag every response including it carries.
+    async fn invalidate_forecast(&self, key: &ForecastKey, version: u64, cause: Cause) -> Result<()> {
+        let selectors = vec![Selector::Tag(forecast_tag(key))];
+        match self.invalidate(cause, selectors, false).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(StorageError::NotInvalidated {
+                key: key.clone(),
+                version,
+                error: error.to_string(),
+            }),
+        }
+    }
+
+    /// Invalidations after `after` (from the oldest kept when `None`), oldest first.
+    pub async fn invalidation_log(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<InvalidationPage> {
+        let page = self
+            .timed("invalidation_read", self.store.read_invalidations(after, limit))
+            .await?;
+        if let Some(head) = page.head {
+            self.invalidation_head.observe(head);
+        }
+        Ok(page)
     }
 }
 

@@ -3,11 +3,14 @@
 //! Entry points: [`server::start`] (what `main` calls and what tests call in-process) and
 //! [`api::router`]. A request goes `api` (validation, auth, HTTP caching) → [`forecasts`] (L1 cache,
 //! rendering, rollbacks) → [`storage`] (Redis or embedded). Only `storage` talks to Redis or disk.
+//! Every change of a forecast, and every `POST /admin/v1/invalidations`, appends to the durable
+//! invalidation log ([`invalidation`] holds its rules) before it is answered.
 
 pub mod api;
 pub mod cache;
 pub mod config;
 pub mod forecasts;
+pub mod invalidation;
 pub mod metrics;
 pub mod representation;
 pub mod server;

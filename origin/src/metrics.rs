@@ -1,7 +1,7 @@
 //! The origin's Prometheus metrics. Labels are bounded: route templates, methods, status codes,
 //! operation and backend names, never raw paths or keys.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -11,6 +11,8 @@ pub struct Metrics {
     pub storage_duration: HistogramVec,
     pub storage_errors: IntCounterVec,
     pub l1_lookups: IntCounterVec,
+    pub invalidations_appended: IntCounterVec,
+    pub invalidation_log_head: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -56,12 +58,27 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let invalidations_appended = IntCounterVec::new(
+            Opts::new(
+                "origin_invalidations_appended_total",
+                "Invalidations appended to the durable log, by cause: api, write, delete, rollback, model_rollback",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
+        let invalidation_log_head = IntGauge::new(
+            "origin_invalidation_log_head",
+            "The newest invalidation sequence this origin has appended or read",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
             Box::new(storage_duration.clone()),
             Box::new(storage_errors.clone()),
             Box::new(l1_lookups.clone()),
+            Box::new(invalidations_appended.clone()),
+            Box::new(invalidation_log_head.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -72,6 +89,8 @@ impl Metrics {
             storage_duration,
             storage_errors,
             l1_lookups,
+            invalidations_appended,
+            invalidation_log_head,
         }
     }
 

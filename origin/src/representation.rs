@@ -59,7 +59,7 @@ impl Rendered {
         let etag = format!("\"{}-{}\"", record.version, short_digest(&[&body]));
         let surrogate_keys = vec![
             key.instrument.to_string(),
-            key.to_string(),
+            crate::invalidation::forecast_tag(&key),
             format!("model:{}", model.id),
             format!("model:{model}"),
         ];

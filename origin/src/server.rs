@@ -25,6 +25,8 @@ pub fn open_store(config: &OriginConfig) -> anyhow::Result<SharedStore> {
     let retention = Retention {
         versions_kept: storage.versions_kept.get() as u64,
         audit_kept: storage.audit_kept.get() as u64,
+        invalidations_kept: config.invalidation.retention_entries.get() as u64,
+        invalidation_max_age: config.invalidation.retention_age,
     };
     Ok(match &storage.redis_url {
         Some(urls) => Arc::new(RedisStore::new(RedisSettings {

@@ -1,5 +1,6 @@
-//! The admin API: writes, deletes, history, rollbacks, model operations and the audit log.
-//! Every call needs a bearer token with the right scope; every change is recorded in the audit log.
+//! The admin API: writes, deletes, history, rollbacks, model operations and the audit log (the
+//! invalidation log's endpoints are in [`super::invalidations`]). Every call needs a bearer token with
+//! the right scope; every change is recorded in the audit log.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,26 +13,24 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::auth::{Principal, Scope};
-use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
-use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, parse_value};
+use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody, INVALIDATION_FAILED};
+use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, page_limit, parse_value};
 use super::{AppState, Inner};
 use crate::forecasts::{ModelForecast, ModelRollbackResult};
 use crate::representation::Rendered;
-use crate::storage::{AuditEntry, Expect, VersionRecord};
+use crate::storage::{AuditEntry, Expect, StorageError, VersionRecord};
 
 /// How many writes of one batch run at once.
 const BATCH_CONCURRENCY: usize = 32;
-/// Most audit entries one call returns.
-const MAX_AUDIT_PAGE: usize = 1000;
 
 impl Inner {
-    fn principal(&self, headers: &HeaderMap, scope: Scope) -> ApiResult<Principal> {
+    pub(super) fn principal(&self, headers: &HeaderMap, scope: Scope) -> ApiResult<Principal> {
         let principal = self.auth.authenticate(headers)?;
         principal.require(scope)?;
         Ok(principal)
     }
 
-    async fn audit(
+    pub(super) async fn audit(
         &self,
         actor: &Principal,
         action: &str,
@@ -48,6 +47,23 @@ impl Inner {
             detail,
         };
         self.forecasts.audit(entry).await;
+    }
+
+    /// Passes the outcome of a change on. A change stored without its invalidation is answered 503 but
+    /// happened all the same, so the audit log records it first.
+    async fn changed<T>(
+        &self,
+        actor: &Principal,
+        action: &str,
+        target: String,
+        outcome: crate::storage::Result<T>,
+    ) -> ApiResult<T> {
+        if let Err(StorageError::NotInvalidated { key, version, .. }) = &outcome {
+            let detail = serde_json::json!({"key": key.to_string(), "version": version, "invalidation": "failed"});
+            self.audit(actor, action, target, StatusCode::SERVICE_UNAVAILABLE, detail)
+                .await;
+        }
+        Ok(outcome?)
     }
 }
 
@@ -136,9 +152,9 @@ pub async fn put_forecast(
     let key = forecast_key(&instrument, &timeframe)?;
     let forecast = checked(forecast)?;
     let expect = expectation(&state, &key, &headers).await?;
+    let outcome = state.forecasts.write(&key, forecast, expect, &principal.name).await;
     let (record, rendered) = state
-        .forecasts
-        .write(&key, forecast, expect, &principal.name, None)
+        .changed(&principal, "forecast.write", key.to_string(), outcome)
         .await?;
     let response = written(&record, &rendered);
     let detail = serde_json::json!({"version": record.version, "model": record.forecast.model.to_string()});
@@ -231,7 +247,7 @@ pub async fn batch_write(
                 Ok(parsed) => parsed,
                 Err(error) => return failed(index, None, error),
             };
-            match state.forecasts.write(&key, forecast, Expect::Any, &actor, None).await {
+            match state.forecasts.write(&key, forecast, Expect::Any, &actor).await {
                 Ok((record, rendered)) => BatchWriteResult {
                     index,
                     key: Some(key),
@@ -250,7 +266,12 @@ pub async fn batch_write(
         .collect()
         .await;
     let written = results.iter().filter(|r| r.version.is_some()).count();
-    let detail = serde_json::json!({"items": results.len(), "written": written});
+    // Written too, though answered 503: their edges were not told (each message names the version).
+    let not_invalidated = results
+        .iter()
+        .filter(|r| r.error.as_ref().is_some_and(|e| e.code == INVALIDATION_FAILED))
+        .count();
+    let detail = serde_json::json!({"items": results.len(), "written": written, "not_invalidated": not_invalidated});
     state
         .audit(
             &principal,
@@ -304,7 +325,11 @@ pub async fn delete_forecast(
 ) -> ApiResult<Json<Deleted>> {
     let principal = state.principal(&headers, Scope::ForecastsWrite)?;
     let key = forecast_key(&instrument, &timeframe)?;
-    let Some(deleted_version) = state.forecasts.delete(&key).await? else {
+    let outcome = state.forecasts.delete(&key).await;
+    let deleted = state
+        .changed(&principal, "forecast.delete", key.to_string(), outcome)
+        .await?;
+    let Some(deleted_version) = deleted else {
         return Err(ApiError::not_found(format!("no forecast for {key}")));
     };
     let detail = serde_json::json!({"version": deleted_version});
@@ -423,9 +448,12 @@ pub async fn rollback(
     if request.to_version == 0 {
         return Err(ApiError::unprocessable("to_version must be 1 or more"));
     }
-    let (record, rendered) = state
+    let outcome = state
         .forecasts
         .rollback(&key, request.to_version, &principal.name)
+        .await;
+    let (record, rendered) = state
+        .changed(&principal, "forecast.rollback", key.to_string(), outcome)
         .await?;
     let mut response = written(&record, &rendered);
     *response.status_mut() = StatusCode::OK;
@@ -496,7 +524,10 @@ pub async fn model_rollback(
 ) -> ApiResult<Json<ModelRollbackResponse>> {
     let principal = state.principal(&headers, Scope::ForecastsWrite)?;
     let model = model_ref(&id, &version)?;
-    let results = state.forecasts.model_rollback(&model, &principal.name).await?;
+    let outcome = state.forecasts.model_rollback(&model, &principal.name).await;
+    let results = state
+        .changed(&principal, "model.rollback", model.to_string(), outcome)
+        .await?;
     let detail = serde_json::to_value(&results).unwrap_or_default();
     state
         .audit(&principal, "model.rollback", model.to_string(), StatusCode::OK, detail)
@@ -505,6 +536,7 @@ pub async fn model_rollback(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// How many entries, newest first (1 to 1000, default 100).
@@ -535,13 +567,7 @@ pub async fn audit(
     headers: HeaderMap,
 ) -> ApiResult<Json<AuditPage>> {
     state.principal(&headers, Scope::AuditRead)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be 1 to {MAX_AUDIT_PAGE}"),
-        ));
-    }
-    let entries = state.forecasts.audit_log(limit).await?;
+    let limit = page_limit(query.limit)?;
+    let entries = state.forecasts.audit_log(limit.get()).await?;
     Ok(Json(AuditPage { entries }))
 }

@@ -19,6 +19,10 @@ pub enum Scope {
     ForecastsWrite,
     #[serde(rename = "audit:read")]
     AuditRead,
+    #[serde(rename = "invalidations:read")]
+    InvalidationsRead,
+    #[serde(rename = "invalidations:write")]
+    InvalidationsWrite,
     /// Every scope.
     #[serde(rename = "admin")]
     Admin,
@@ -30,6 +34,8 @@ impl Scope {
             Scope::ForecastsRead => "forecasts:read",
             Scope::ForecastsWrite => "forecasts:write",
             Scope::AuditRead => "audit:read",
+            Scope::InvalidationsRead => "invalidations:read",
+            Scope::InvalidationsWrite => "invalidations:write",
             Scope::Admin => "admin",
         }
     }

@@ -9,6 +9,9 @@ use utoipa::ToSchema;
 
 use crate::storage::StorageError;
 
+/// The code of a 503 for a change that was stored but whose invalidation was not.
+pub const INVALIDATION_FAILED: &str = "invalidation_failed";
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -40,7 +43,10 @@ pub enum AdminErrors {
     Unauthorized(ErrorBody),
     #[response(status = 403, description = "The token lacks the endpoint's scope")]
     Forbidden(ErrorBody),
-    #[response(status = 503, description = "Storage unavailable; retry after Retry-After")]
+    #[response(
+        status = 503,
+        description = "Storage unavailable, or (`invalidation_failed`) a change was stored but edges were not told; retry after Retry-After"
+    )]
     Unavailable(ErrorBody),
 }
 
@@ -97,6 +103,19 @@ impl From<StorageError> for ApiError {
             StorageError::Unavailable(_) => {
                 tracing::warn!(%error, "answering 503");
                 Self::unavailable("storage is unavailable, retry shortly")
+            }
+            StorageError::NotInvalidated { ref key, version, .. } => {
+                tracing::error!(%error, "answering 503: edges were not told about a change");
+                let message = format!(
+                    "{key} changed (version {version}), but the invalidation that tells edges was not recorded: \
+                     they may serve the previous content until it expires. Once storage answers again, POST \
+                     /admin/v1/invalidations with {{\"tags\":[\"{}\"]}}",
+                    crate::invalidation::forecast_tag(key)
+                );
+                Self {
+                    retry_after: Some(1),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, INVALIDATION_FAILED, message)
+                }
             }
             StorageError::Corrupt(_) => {
                 tracing::error!(%error, "answering 500");

@@ -1,5 +1,7 @@
 //! Extractors that answer bad input with the API's error shape instead of axum's plain text.
 
+use std::num::NonZeroUsize;
+
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -109,4 +111,14 @@ pub fn version_number(raw: &str) -> Result<u64, ApiError> {
         .ok()
         .filter(|&n| n > 0)
         .ok_or_else(|| ApiError::bad_request("invalid_version", format!("version {raw:?} must be a positive integer")))
+}
+
+/// The most entries one page of a log (audit, invalidations) holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// A page size from a query: 1 to [`MAX_PAGE`], 100 when absent.
+pub fn page_limit(limit: Option<usize>) -> Result<NonZeroUsize, ApiError> {
+    NonZeroUsize::new(limit.unwrap_or(100))
+        .filter(|limit| limit.get() <= MAX_PAGE)
+        .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}")))
 }

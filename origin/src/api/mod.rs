@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod invalidations;
 pub mod openapi;
 pub mod ops;
 pub mod read;
@@ -101,6 +102,10 @@ pub fn router(state: AppState) -> Router {
             post(admin::model_rollback),
         )
         .route("/admin/v1/audit", get(admin::audit))
+        .route(
+            "/admin/v1/invalidations",
+            post(invalidations::create).get(invalidations::list),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

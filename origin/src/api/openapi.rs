@@ -48,7 +48,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Forecast origin", description = "Forecasts per (instrument, timeframe) with versions, rollback and caching headers."),
+    info(title = "Forecast origin", description = "Forecasts per (instrument, timeframe) with versions, rollback and caching headers, and the invalidation log edges apply."),
     modifiers(&BearerAuth),
     paths(
         super::read::current,
@@ -63,6 +63,8 @@ impl Modify for BearerAuth {
         super::admin::model_forecasts,
         super::admin::model_rollback,
         super::admin::audit,
+        super::invalidations::create,
+        super::invalidations::list,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,

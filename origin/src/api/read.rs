@@ -11,6 +11,7 @@ use shared::domain::{ForecastKey, Timeframe};
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, forecast_key, instrument, version_number};
+use crate::invalidation::forecast_tag;
 use crate::representation::{Rendered, Representation};
 
 /// The current version of one forecast.
@@ -100,11 +101,16 @@ pub async fn instrument_forecasts(
         .collect();
     let found = state.forecasts.current_many(&keys).await?;
     let members: Vec<&Rendered> = found.iter().flatten().map(Arc::as_ref).collect();
-    let representation = Representation::list(&members, &[], &[instrument.to_string()]);
+    // The list answers for every timeframe, present or not: the first write of one must purge it too.
+    let tags: Vec<String> = std::iter::once(instrument.to_string())
+        .chain(keys.iter().map(forecast_tag))
+        .collect();
+    let representation = Representation::list(&members, &[], &tags);
     Ok(state.respond(&representation, &headers))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BatchQuery {
     /// Comma-separated `INSTRUMENT:TIMEFRAME` keys, such as `AAPL:1h,MSFT:1d`.
@@ -160,6 +166,6 @@ pub async fn batch(
         .filter(|(_, entry)| entry.is_none())
         .map(|(k, _)| k.clone())
         .collect();
-    let tags: Vec<String> = missing.iter().map(ToString::to_string).collect();
+    let tags: Vec<String> = missing.iter().map(forecast_tag).collect();
     Ok(state.respond(&Representation::list(&members, &missing, &tags), &headers))
 }

@@ -4,6 +4,7 @@
 //! commit): concurrent writers share an fsync instead of waiting for one each. A write is answered only
 //! after its transaction is durable. Reads open their own read transactions and never wait for the writer.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -12,11 +13,12 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use shared::domain::{ForecastKey, ModelRef};
+use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use super::{
-    AuditEntry, Expect, History, NewVersion, Result, Retention, StorageError, Store, VersionRecord, check_expect,
-    missing_version,
+    AuditEntry, Expect, History, InvalidationPage, NewInvalidation, NewVersion, Result, Retention, StorageError, Store,
+    VersionRecord, check_expect, missing_version,
 };
 
 /// `AAPL:1h` → [`KeyState`] as JSON.
@@ -27,6 +29,8 @@ const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("vers
 const MODELS: TableDefinition<(&str, &str), ()> = TableDefinition::new("models");
 /// Sequence → [`AuditEntry`] as JSON.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Sequence → [`NewInvalidation`] as JSON: the invalidation log.
+const INVALIDATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("invalidations");
 /// Name → value, for single settings such as the generated admin token's hash.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ADMIN_TOKEN: &str = "admin-token";
@@ -59,6 +63,10 @@ enum Command {
     AdminToken {
         candidate: String,
         reply: oneshot::Sender<Result<String>>,
+    },
+    Invalidate {
+        new: NewInvalidation,
+        reply: oneshot::Sender<Result<u64>>,
     },
 }
 
@@ -98,6 +106,7 @@ impl EmbeddedStore {
             txn.open_table(MODELS).map_err(fail)?;
             txn.open_table(AUDIT).map_err(fail)?;
             txn.open_table(META).map_err(fail)?;
+            txn.open_table(INVALIDATIONS).map_err(fail)?;
         }
         txn.commit().map_err(fail)?;
         let db = Arc::new(db);
@@ -226,6 +235,29 @@ impl Group<'_> {
         Ok(())
     }
 
+    /// Appends after the newest entry, which trimming never removes, then trims by count and by age.
+    fn invalidate(&self, new: &NewInvalidation) -> Result<u64> {
+        let mut log = self.txn.open_table(INVALIDATIONS).map_err(fail)?;
+        let sequence = log.last().map_err(fail)?.map_or(1, |(newest, _)| newest.value() + 1);
+        log.insert(sequence, new.encode()?.as_bytes()).map_err(fail)?;
+        let mut len = log.len().map_err(fail)?;
+        let cutoff = self.retention.invalidation_cutoff_ms(OffsetDateTime::now_utc());
+        loop {
+            let expired = match log.first().map_err(fail)? {
+                Some((oldest, record)) => {
+                    oldest.value() != sequence && NewInvalidation::decode(record.value())?.issued_at_ms < cutoff
+                }
+                None => break,
+            };
+            if len <= self.retention.invalidations_kept && !expired {
+                break;
+            }
+            log.pop_first().map_err(fail)?;
+            len -= 1;
+        }
+        Ok(sequence)
+    }
+
     fn admin_token(&self, candidate: &str) -> Result<String> {
         let mut meta = self.txn.open_table(META).map_err(fail)?;
         if let Some(stored) = meta.get(ADMIN_TOKEN).map_err(fail)? {
@@ -259,6 +291,7 @@ fn apply(group: &Group<'_>, command: Command) -> Result<PendingReply> {
         Command::Delete { key, reply } => pending(reply, group.delete(&key)),
         Command::Audit { entry, reply } => pending(reply, group.audit(&entry)),
         Command::AdminToken { candidate, reply } => pending(reply, group.admin_token(&candidate)),
+        Command::Invalidate { new, reply } => pending(reply, group.invalidate(&new)),
     })
 }
 
@@ -409,5 +442,24 @@ impl Store for EmbeddedStore {
     async fn admin_token_hash(&self, candidate: &str) -> Result<String> {
         let candidate = candidate.to_owned();
         self.submit(|reply| Command::AdminToken { candidate, reply }).await
+    }
+
+    async fn append_invalidation(&self, new: &NewInvalidation) -> Result<u64> {
+        let new = new.clone();
+        self.submit(|reply| Command::Invalidate { new, reply }).await
+    }
+
+    async fn read_invalidations(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<InvalidationPage> {
+        self.read(|txn| {
+            let log = txn.open_table(INVALIDATIONS).map_err(fail)?;
+            let head = log.last().map_err(fail)?.map(|(newest, _)| newest.value());
+            let start = after.map_or(0, |after| after.saturating_add(1));
+            let mut records = Vec::new();
+            for entry in log.range(start..).map_err(fail)?.take(limit.get()) {
+                let (sequence, raw) = entry.map_err(fail)?;
+                records.push(NewInvalidation::decode(raw.value())?.into_record(sequence.value()));
+            }
+            Ok(InvalidationPage::new(after, head, records))
+        })
     }
 }

@@ -9,6 +9,11 @@
 //! | `model:{lstm@3.2.0}` | set | `AAPL:1h` members: keys the model may have versions in (a superset) |
 //! | `audit` | stream | field `e`: one audit entry as JSON |
 //! | `auth:admin-token` | string | SHA-256 (hex) of the token generated at first start |
+//! | `invalidations:{inv}` | stream | the invalidation log: entry ID `<sequence>-0`, field `t` issued at (unix ms, for trimming by age), field `e` the invalidation as JSON |
+//!
+//! The invalidation log is one key, so one script appends to it atomically and every origin sharing the
+//! Redis numbers invalidations alike; its fixed `{inv}` hash tag names its Cluster slot, and keeps any
+//! key added beside it later in that slot.
 
 use shared::domain::{ForecastKey, ModelRef};
 
@@ -33,6 +38,8 @@ pub fn model_directory(model: &ModelRef) -> String {
 pub const AUDIT: &str = "audit";
 pub const AUDIT_FIELD: &str = "e";
 pub const ADMIN_TOKEN: &str = "auth:admin-token";
+pub const INVALIDATIONS: &str = "invalidations:{inv}";
+pub const INVALIDATION_FIELD: &str = "e";
 
 #[cfg(test)]
 mod tests {

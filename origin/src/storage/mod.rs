@@ -1,4 +1,4 @@
-//! Durable storage of forecasts, their versions and the audit log.
+//! Durable storage of forecasts, their versions, the audit log and the invalidation log.
 //!
 //! One [`Store`] trait, two backends with the same semantics, checked by one contract suite
 //! (`tests/it/contract.rs`):
@@ -10,17 +10,23 @@
 //! * a write (new version, current pointer, trim to the last `versions_kept`) is atomic;
 //! * a version, once written, never changes: only trimming removes it;
 //! * the model directory lists every key a model has a retained version in (it may list more; readers
-//!   check the versions themselves).
+//!   check the versions themselves);
+//! * invalidations are numbered 1, 2, 3… in the order they were appended, without gaps, one log per store
+//!   (so every origin sharing a Redis sees the same numbers); trimming removes the oldest, never the
+//!   newest, so the newest entry is always the log's head.
 
 pub mod embedded;
 pub mod keys;
 pub mod redis;
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
+use shared::wire::{Invalidate, Selector};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -46,6 +52,15 @@ pub enum StorageError {
     },
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A change of `key` is durable, but the invalidation that tells edges about it is not: they may
+    /// serve the old content until it expires. Raised after the change, never instead of it.
+    #[error("{key} changed (version {version}) but its invalidation was not recorded: {error}")]
+    NotInvalidated {
+        key: ForecastKey,
+        /// The version the change stored, or deleted.
+        version: u64,
+        error: String,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -200,6 +215,69 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+/// An invalidation about to be appended; the log gives it its sequence. Stored as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvalidation {
+    pub selectors: Vec<Selector>,
+    pub soft: bool,
+    /// When the origin accepted it, unix milliseconds.
+    pub issued_at_ms: u64,
+}
+
+impl NewInvalidation {
+    /// The log record: the control-plane message edges receive, so a replay sends what was stored.
+    pub fn into_record(self, sequence: u64) -> Invalidate {
+        Invalidate {
+            sequence,
+            selectors: self.selectors,
+            soft: self.soft,
+            issued_at_ms: self.issued_at_ms,
+        }
+    }
+
+    pub fn encode(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(StorageError::corrupt)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(StorageError::corrupt)
+    }
+}
+
+/// Part of the invalidation log, as [`Store::read_invalidations`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidationPage {
+    /// The records after the requested position, oldest first.
+    pub records: Vec<Invalidate>,
+    /// The newest sequence in the log; `None` while nothing was ever appended (or the log was reset).
+    pub head: Option<u64>,
+    /// Some records after the requested position were trimmed: whoever stands there cannot catch up by
+    /// replay, and must drop everything and continue from `head`.
+    pub trimmed: bool,
+}
+
+impl InvalidationPage {
+    /// `records` are what the log holds after `after`, read together with `head`. Sequences have no
+    /// gaps, so a first record beyond `after + 1`, or none while the head is beyond `after`, means the
+    /// ones in between were trimmed. A head behind `after` is not a trim: the log was reset, which the
+    /// caller sees by comparing `head` with its position.
+    pub fn new(after: Option<u64>, head: Option<u64>, records: Vec<Invalidate>) -> Self {
+        let trimmed = match (after, head) {
+            (Some(after), Some(head)) if head > after => records
+                .first()
+                .is_none_or(|first| first.sequence > after.saturating_add(1)),
+            _ => false,
+        };
+        Self { records, head, trimmed }
+    }
+}
+
+/// Milliseconds since the unix epoch (0 before it).
+pub fn unix_millis(at: OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Short name for metrics and logs.
@@ -233,6 +311,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Stores `candidate` as the generated admin token's hash unless one is stored; returns the stored one.
     async fn admin_token_hash(&self, candidate: &str) -> Result<String>;
+
+    /// Appends to the invalidation log and returns the sequence it got, once the entry is durable. Then
+    /// trims the log to [`Retention`], oldest first, never the entry just appended.
+    async fn append_invalidation(&self, new: &NewInvalidation) -> Result<u64>;
+
+    /// At most `limit` invalidations after sequence `after` (from the oldest kept when `None`), oldest
+    /// first, with the head read at the same instant.
+    async fn read_invalidations(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<InvalidationPage>;
+
+    /// The newest sequence in the invalidation log; `None` while it never held one.
+    async fn invalidation_head(&self) -> Result<Option<u64>> {
+        Ok(self.read_invalidations(None, NonZeroUsize::MIN).await?.head)
+    }
 }
 
 /// Settings both backends share.
@@ -242,6 +333,18 @@ pub struct Retention {
     pub versions_kept: u64,
     /// How many audit entries are kept.
     pub audit_kept: u64,
+    /// How many invalidations are kept (at least 1).
+    pub invalidations_kept: u64,
+    /// Invalidations older than this are trimmed when a newer one is appended.
+    pub invalidation_max_age: Duration,
+}
+
+impl Retention {
+    /// Invalidations issued before this instant (unix milliseconds) are past their age.
+    pub fn invalidation_cutoff_ms(&self, now: OffsetDateTime) -> u64 {
+        let max_age = u64::try_from(self.invalidation_max_age.as_millis()).unwrap_or(u64::MAX);
+        unix_millis(now).saturating_sub(max_age)
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;

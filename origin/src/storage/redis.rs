@@ -4,20 +4,24 @@
 //! down and connects by itself when it comes back. Every call is bounded by `operation_timeout`.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::streams::StreamId;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use shared::domain::{ForecastKey, ModelRef};
+use shared::wire::Invalidate;
+use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
 use super::keys;
 use super::{
-    AuditEntry, Current, Expect, History, NewVersion, Result, Retention, StorageError, Store, VersionRecord,
-    missing_version,
+    AuditEntry, Current, Expect, History, InvalidationPage, NewInvalidation, NewVersion, Result, Retention,
+    StorageError, Store, VersionRecord, missing_version,
 };
 
 /// Appends a version atomically: assigns the number, checks the precondition, updates the current pointer
@@ -40,6 +44,37 @@ while lo <= n - keep do
 end
 redis.call('HSET', k, 'lo', lo)
 return {'ok', n}
+"#;
+
+/// Appends to the invalidation log atomically, so origins appending at once get consecutive sequences:
+/// the next sequence follows the newest entry's (trimming never removes it), and is the entry's ID
+/// `<sequence>-0`. Then trims: to `keep` entries, and the oldest entries issued before `cutoff`, at most
+/// 64 per append and never the new one. KEYS[1] the log; ARGV: record JSON, issued at (ms), entries
+/// kept, cutoff (ms). Returns the sequence.
+const APPEND_INVALIDATION_SCRIPT: &str = r#"
+local k = KEYS[1]
+local record, issued, keep, cutoff = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local newest = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)[1]
+local n = 1
+if newest then n = tonumber(string.match(newest[1], '^%d+')) + 1 end
+local id = string.format('%d-0', n)
+redis.call('XADD', k, 'MAXLEN', keep, id, 't', issued, 'e', record)
+local expired = 0
+for _, entry in ipairs(redis.call('XRANGE', k, '-', '+', 'COUNT', 64)) do
+  if entry[1] == id or tonumber(entry[2][2]) >= cutoff then break end
+  expired = expired + 1
+end
+if expired > 0 then redis.call('XTRIM', k, 'MAXLEN', redis.call('XLEN', k) - expired) end
+return n
+"#;
+
+/// Reads the invalidation log's head (the newest entry's ID, or false) and up to ARGV[2] entries from
+/// ID ARGV[1] on, at one instant. KEYS[1] the log.
+const READ_INVALIDATIONS_SCRIPT: &str = r#"
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local head = false
+if newest then head = newest[1] end
+return {head, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
 "#;
 
 /// Removes the current pointer. Returns the version that was current, or false.
@@ -97,6 +132,8 @@ pub struct RedisStore {
     connection: OnceCell<Connection>,
     write_script: Script,
     delete_script: Script,
+    append_invalidation_script: Script,
+    read_invalidations_script: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -123,6 +160,8 @@ impl RedisStore {
             connection: OnceCell::new(),
             write_script: Script::new(WRITE_SCRIPT),
             delete_script: Script::new(DELETE_SCRIPT),
+            append_invalidation_script: Script::new(APPEND_INVALIDATION_SCRIPT),
+            read_invalidations_script: Script::new(READ_INVALIDATIONS_SCRIPT),
         })
     }
 
@@ -187,6 +226,20 @@ fn parse_number(fields: &HashMap<String, Vec<u8>>, name: &str) -> Result<Option<
                 .ok_or_else(|| StorageError::corrupt(format!("field {name} is not a number")))
         })
         .transpose()
+}
+
+/// The sequence of a log entry ID, `<sequence>-0`.
+fn sequence_of(id: &str) -> Result<u64> {
+    id.split_once('-')
+        .and_then(|(sequence, _)| sequence.parse().ok())
+        .ok_or_else(|| StorageError::corrupt(format!("invalidation log entry id {id:?} is not <sequence>-0")))
+}
+
+fn invalidation_record(entry: &StreamId) -> Result<Invalidate> {
+    let json: Vec<u8> = entry
+        .get(keys::INVALIDATION_FIELD)
+        .ok_or_else(|| StorageError::corrupt("invalidation log entry without its field"))?;
+    Ok(NewInvalidation::decode(&json)?.into_record(sequence_of(&entry.id)?))
 }
 
 impl RedisStore {
@@ -424,5 +477,47 @@ impl Store for RedisStore {
                 .map(|previous| previous.unwrap_or(candidate))
         })
         .await
+    }
+
+    async fn append_invalidation(&self, new: &NewInvalidation) -> Result<u64> {
+        let record = new.encode()?;
+        let retention = self.settings.retention;
+        let cutoff = retention.invalidation_cutoff_ms(OffsetDateTime::now_utc());
+        self.run(|mut c| {
+            let script = &self.append_invalidation_script;
+            let record = &record;
+            async move {
+                script
+                    .key(keys::INVALIDATIONS)
+                    .arg(record)
+                    .arg(new.issued_at_ms)
+                    .arg(retention.invalidations_kept)
+                    .arg(cutoff)
+                    .invoke_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn read_invalidations(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<InvalidationPage> {
+        let start = after.map_or_else(|| "-".to_owned(), |after| after.saturating_add(1).to_string());
+        let (head, entries): (Option<String>, redis::streams::StreamRangeReply) = self
+            .run(|mut c| {
+                let script = &self.read_invalidations_script;
+                let start = &start;
+                async move {
+                    script
+                        .key(keys::INVALIDATIONS)
+                        .arg(start)
+                        .arg(limit.get())
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let records = entries.ids.iter().map(invalidation_record).collect::<Result<_>>()?;
+        let head = head.as_deref().map(sequence_of).transpose()?;
+        Ok(InvalidationPage::new(after, head, records))
     }
 }

@@ -1,5 +1,6 @@
 //! The API end to end over real HTTP: writes, reads with their caching headers, conditional requests,
-//! versions, deletes, rollbacks, model operations, the audit log, tokens, operations endpoints, restarts.
+//! versions, deletes, rollbacks, model operations, the audit log, the invalidation log, tokens,
+//! operations endpoints, restarts.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
@@ -777,14 +778,10 @@ async fn a_generated_admin_token_is_kept_across_restarts() {
 
 /// Stops `running` and reads the generated admin token's hash from its store, leaving it as it was.
 async fn stored_admin_hash(running: TestOrigin, dir: &std::path::Path) -> String {
-    use origin::storage::Store as _;
     running.stop().await;
-    let config = OriginConfig::default();
-    let retention = origin::storage::Retention {
-        versions_kept: config.storage.versions_kept.get() as u64,
-        audit_kept: config.storage.audit_kept.get() as u64,
-    };
-    let store = origin::storage::embedded::EmbeddedStore::open(dir, retention).unwrap();
+    let mut config = OriginConfig::default();
+    config.storage.data_dir = dir.to_path_buf();
+    let store = origin::server::open_store(&config).unwrap();
     // A hash is stored by the first start, so this candidate is never kept.
     let unused = format_hash(&[0; 32]);
     let stored = store.admin_token_hash(&unused).await.unwrap();
@@ -837,12 +834,22 @@ async fn operations_endpoints_answer() {
         "/admin/v1/models/{model_id}/{model_version}/forecasts",
         "/admin/v1/models/{model_id}/{model_version}/rollback",
         "/admin/v1/audit",
+        "/admin/v1/invalidations",
         "/healthz",
         "/readyz",
         "/metrics",
         "/openapi.json",
     ] {
         assert!(paths.contains_key(route), "{route} is not documented");
+    }
+    for route in ["/v1/forecasts", "/admin/v1/audit", "/admin/v1/invalidations"] {
+        for parameter in paths[route]["get"]["parameters"].as_array().unwrap() {
+            assert_eq!(
+                (parameter["in"].as_str(), parameter["required"].as_bool()),
+                (Some("query"), Some(false)),
+                "{route}: {parameter}"
+            );
+        }
     }
 }
 
@@ -865,6 +872,13 @@ async fn forecasts_survive_a_restart() {
     assert_eq!(history["versions"].as_array().unwrap().len(), 2);
     let next = write(&origin, "AAPL", "1h", &forecast(("lstm", "1"), 3.0)).await;
     assert_eq!(next.json::<Value>().await.unwrap()["version"], 3);
+    let log = admin_get(&origin, "/admin/v1/invalidations").await;
+    assert_eq!(
+        log["invalidations"].as_array().unwrap().len(),
+        3,
+        "the invalidation log did not survive the restart: {log}"
+    );
+    assert_eq!(log["head"], 3, "the numbering did not continue after the restart");
 }
 
 #[tokio::test]
@@ -950,4 +964,270 @@ async fn a_listing_is_not_reported_unmodified_after_a_delete() {
     let revalidated = get(&origin, "/v1/forecasts/AAPL").await;
     let body: Value = revalidated.json().await.unwrap();
     assert_eq!(body["forecasts"].as_array().unwrap().len(), 1);
+}
+
+/// The example of the issue, with every kind of selector.
+const INVALIDATION_EXAMPLE: &str = r#"{"keys":["/v1/forecasts/AAPL/1h"],"prefixes":["/v1/forecasts/MSFT"],"tags":["AAPL"],"models":[{"id":"lstm","version":"3.2.0"}],"all":false,"soft":false}"#;
+
+/// Posts an invalidation and expects it logged.
+async fn invalidate(origin: &TestOrigin, body: &Value) -> Value {
+    let response = origin
+        .admin(Method::POST, "/admin/v1/invalidations")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "POST /admin/v1/invalidations {body}");
+    response.json().await.unwrap()
+}
+
+/// The value of one sample in the Prometheus text, such as `name{label="x"}`.
+async fn metric(origin: &TestOrigin, sample: &str) -> f64 {
+    let text = get(origin, "/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in {text}"))
+}
+
+#[tokio::test]
+async fn invalidations_are_numbered_logged_and_listed() {
+    let origin = TestOrigin::embedded().await;
+    let first = origin
+        .admin(Method::POST, "/admin/v1/invalidations")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(INVALIDATION_EXAMPLE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    assert_eq!(
+        first.json::<Value>().await.unwrap(),
+        json!({"sequence": 1, "selectors": 4})
+    );
+    let second = invalidate(&origin, &json!({"all": true, "tags": ["AAPL"], "soft": true})).await;
+    assert_eq!(second, json!({"sequence": 2, "selectors": 1}), "all stands alone");
+    assert_eq!(invalidate(&origin, &json!({"tags": ["MSFT:1d"]})).await["sequence"], 3);
+
+    let log = admin_get(&origin, "/admin/v1/invalidations").await;
+    assert_eq!((log["head"].clone(), log["trimmed"].clone()), (json!(3), json!(false)));
+    let listed = log["invalidations"].as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    let mut example: Value = serde_json::from_str(INVALIDATION_EXAMPLE).unwrap();
+    let issued_at = listed[0]["issued_at"].as_str().unwrap();
+    time::OffsetDateTime::parse(issued_at, &time::format_description::well_known::Rfc3339).unwrap();
+    example["sequence"] = json!(1);
+    example["issued_at"] = json!(issued_at);
+    assert_eq!(listed[0], example);
+    assert_eq!(
+        (
+            listed[1]["all"].clone(),
+            listed[1]["soft"].clone(),
+            listed[1]["tags"].clone()
+        ),
+        (json!(true), json!(true), json!([]))
+    );
+
+    let page = admin_get(&origin, "/admin/v1/invalidations?after=1&limit=1").await;
+    let page = page["invalidations"].as_array().unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0]["sequence"], 2);
+    let caught_up = admin_get(&origin, "/admin/v1/invalidations?after=3").await;
+    assert_eq!(caught_up, json!({"invalidations": [], "head": 3, "trimmed": false}));
+
+    let audit = admin_get(&origin, "/admin/v1/audit?limit=1").await;
+    assert_eq!(audit["entries"][0]["action"], "invalidation.create");
+    assert_eq!(audit["entries"][0]["status"], 202);
+    assert_eq!(
+        metric(&origin, "origin_invalidations_appended_total{cause=\"api\"}").await,
+        3.0
+    );
+    assert_eq!(metric(&origin, "origin_invalidation_log_head").await, 3.0);
+}
+
+/// The tag of each logged invalidation after `after`, oldest first; each must be one hard tag purge.
+async fn logged_tags(origin: &TestOrigin, after: u64) -> Vec<String> {
+    let log = admin_get(origin, &format!("/admin/v1/invalidations?after={after}")).await;
+    log["invalidations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|logged| {
+            assert_eq!(logged["soft"], false, "{logged}");
+            let tags = logged["tags"].as_array().unwrap();
+            assert_eq!(tags.len(), 1, "{logged}");
+            assert_eq!(
+                (logged["keys"].clone(), logged["all"].clone()),
+                (json!([]), json!(false))
+            );
+            tags[0].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_change_of_a_forecast_invalidates_its_tag() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1h", &forecast(("m", "1"), 1.0)).await;
+    origin.put("AAPL", "1h", &forecast(("m", "1"), 2.0)).await;
+    assert_eq!(logged_tags(&origin, 0).await, ["AAPL:1h", "AAPL:1h"]);
+
+    let item =
+        |instrument: &str| json!({"instrument": instrument, "timeframe": "1d", "forecast": forecast(("m", "1"), 3.0)});
+    let batch = origin
+        .admin(Method::POST, "/admin/v1/forecasts:batch")
+        .json(&json!({"writes": [item("MSFT"), item("AAPL"), {"instrument": "BAD!"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 200);
+    let batched: BTreeSet<String> = logged_tags(&origin, 2).await.into_iter().collect();
+    assert_eq!(batched, BTreeSet::from(["AAPL:1d".into(), "MSFT:1d".into()]));
+
+    let rollback = origin
+        .admin(Method::POST, &format!("{}/rollback", admin_path("AAPL", "1h")))
+        .json(&json!({"to_version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rollback.status(), 200);
+    origin.put("NVDA", "1h", &forecast(("m", "1"), 4.0)).await;
+    origin.put("NVDA", "1h", &forecast(("m", "2"), 5.0)).await;
+    let model_rollback = origin
+        .admin(Method::POST, "/admin/v1/models/m/2/rollback")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(model_rollback.status(), 200);
+    let delete = || origin.admin(Method::DELETE, &admin_path("AAPL", "1h")).send();
+    assert_eq!(delete().await.unwrap().status(), 200);
+    assert_eq!(
+        logged_tags(&origin, 4).await,
+        ["AAPL:1h", "NVDA:1h", "NVDA:1h", "NVDA:1h", "AAPL:1h"]
+    );
+
+    // What changes nothing invalidates nothing.
+    expect_error(delete().await.unwrap(), 404, "not_found").await;
+    let refused = origin
+        .admin(Method::PUT, &admin_path("NVDA", "1h"))
+        .header(header::IF_MATCH, "\"1-0000000000000000\"")
+        .json(&forecast(("m", "1"), 6.0))
+        .send()
+        .await
+        .unwrap();
+    expect_error(refused, 412, "precondition_failed").await;
+    let unchanged = origin
+        .admin(Method::POST, "/admin/v1/models/m/2/rollback")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), 200);
+    assert_eq!(admin_get(&origin, "/admin/v1/invalidations?after=9").await["head"], 9);
+
+    for (cause, count) in [
+        ("write", 6.0),
+        ("delete", 1.0),
+        ("rollback", 1.0),
+        ("model_rollback", 1.0),
+        ("api", 0.0),
+    ] {
+        let sample = format!("origin_invalidations_appended_total{{cause=\"{cause}\"}}");
+        assert_eq!(metric(&origin, &sample).await, count, "{cause}");
+    }
+    assert_eq!(metric(&origin, "origin_invalidation_log_head").await, 9.0);
+}
+
+#[tokio::test]
+async fn every_response_that_includes_a_forecast_carries_its_tag() {
+    let origin = TestOrigin::embedded().await;
+    origin.put("AAPL", "1d", &forecast(("lstm", "1"), 1.0)).await;
+    let tags_of = |path: &'static str| {
+        let request = origin.get(path).send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            header_of(&response, "surrogate-key")
+                .split(' ')
+                .map(str::to_owned)
+                .collect::<BTreeSet<String>>()
+        }
+    };
+    // Before AAPL:1h exists: the lists that would include it already answer for it.
+    for path in ["/v1/forecasts/AAPL", "/v1/forecasts?keys=AAPL:1h,AAPL:1d"] {
+        assert!(tags_of(path).await.contains("AAPL:1h"), "{path}");
+    }
+    origin.put("AAPL", "1h", &forecast(("lstm", "1"), 2.0)).await;
+    for path in [
+        "/v1/forecasts/AAPL/1h",
+        "/v1/forecasts/AAPL/1h/versions/1",
+        "/v1/forecasts/AAPL",
+        "/v1/forecasts?keys=AAPL:1h",
+        "/v1/forecasts?keys=MSFT:1h,AAPL:1h",
+    ] {
+        assert!(tags_of(path).await.contains("AAPL:1h"), "{path}");
+    }
+    assert!(!tags_of("/v1/forecasts?keys=AAPL:1d").await.contains("AAPL:1h"));
+}
+
+#[tokio::test]
+async fn a_trimmed_part_of_the_log_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.invalidation.retention_entries = NonZeroUsize::new(2).unwrap();
+    let origin = TestOrigin::start(config).await;
+    for i in 1..=4 {
+        assert_eq!(
+            invalidate(&origin, &json!({"tags": [format!("T{i}")]})).await["sequence"],
+            i
+        );
+    }
+    let sequences = |log: &Value| {
+        log["invalidations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|logged| logged["sequence"].as_u64().unwrap())
+            .collect::<Vec<u64>>()
+    };
+    for (query, trimmed) in [("?after=0", true), ("?after=1", true), ("?after=2", false), ("", false)] {
+        let log = admin_get(&origin, &format!("/admin/v1/invalidations{query}")).await;
+        assert_eq!(sequences(&log), [3, 4], "{query}");
+        assert_eq!(
+            (log["head"].clone(), log["trimmed"].clone()),
+            (json!(4), json!(trimmed)),
+            "{query}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalidation_tokens_only_do_what_their_scopes_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.auth.tokens = vec![
+        token("purger", "purger-secret", &["invalidations:write"]),
+        token("watcher", "watcher-secret", &["invalidations:read"]),
+    ];
+    let origin = TestOrigin::start(config).await;
+    let post = |secret: &str| {
+        origin
+            .client
+            .post(origin.url("/admin/v1/invalidations"))
+            .bearer_auth(secret)
+            .json(&json!({"tags": ["AAPL"]}))
+            .send()
+    };
+    let list = |secret: &str| {
+        origin
+            .client
+            .get(origin.url("/admin/v1/invalidations"))
+            .bearer_auth(secret)
+            .send()
+    };
+    assert_eq!(post("purger-secret").await.unwrap().status(), 202);
+    expect_error(list("purger-secret").await.unwrap(), 403, "forbidden").await;
+    expect_error(post("watcher-secret").await.unwrap(), 403, "forbidden").await;
+    let listed: Value = list("watcher-secret").await.unwrap().json().await.unwrap();
+    assert_eq!(listed["head"], 1);
+    let audit = admin_get(&origin, "/admin/v1/audit?limit=1").await;
+    assert_eq!(audit["entries"][0]["actor"], "purger");
 }

@@ -16,7 +16,7 @@ const SEEDED: &str = "/admin/v1/forecasts/AAPL/1h";
 const EMPTY: &str = "/admin/v1/forecasts/MSFT/1h";
 
 /// What a client can see of the stored data: both keys' current versions (through the instruments'
-/// listings, which cover every timeframe), their histories, and the audit log.
+/// listings, which cover every timeframe), their histories, the audit log and the invalidation log.
 #[derive(Debug, PartialEq)]
 struct Snapshot(Vec<(String, u16, Option<String>, String)>);
 
@@ -29,6 +29,7 @@ async fn snapshot(origin: &TestOrigin) -> Snapshot {
         "/admin/v1/forecasts/AAPL/1h/versions",
         "/admin/v1/forecasts/MSFT/1h/versions",
         "/admin/v1/audit?limit=1000",
+        "/admin/v1/invalidations?limit=1000",
     ] {
         let response = origin.admin(Method::GET, path).send().await.unwrap();
         let status = response.status().as_u16();
@@ -448,6 +449,12 @@ fn admin_calls() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/admin/v1/models/lstm/1/forecasts", None),
         (Method::POST, "/admin/v1/models/lstm/1/rollback", None),
         (Method::GET, "/admin/v1/audit", None),
+        (
+            Method::POST,
+            "/admin/v1/invalidations",
+            Some(json!({"tags": ["AAPL:1h"]})),
+        ),
+        (Method::GET, "/admin/v1/invalidations", None),
     ]
 }
 
@@ -489,6 +496,8 @@ async fn tokens_without_the_scope_are_403() {
     let (origin, before) = seeded(TestOrigin::start(config).await).await;
     let needs = |method: &Method, path: &str| match (method.as_str(), path) {
         ("GET", "/admin/v1/audit") => "audit:read",
+        ("GET", "/admin/v1/invalidations") => "invalidations:read",
+        ("POST", "/admin/v1/invalidations") => "invalidations:write",
         ("GET", _) => "forecasts:read",
         _ => "forecasts:write",
     };
@@ -703,6 +712,105 @@ async fn wrong_methods_are_json_405() {
             .await
             .unwrap();
         expect_error(response, 405, "method_not_allowed").await;
+    }
+    assert_unchanged(&origin, &before).await;
+}
+
+/// POSTs `body` with `content_type` to the invalidation log and expects the refusal.
+async fn refuse_invalidation(origin: &TestOrigin, content_type: &str, body: String, status: u16, code: &str) -> String {
+    let response = origin
+        .admin(Method::POST, "/admin/v1/invalidations")
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, status, code).await
+}
+
+#[tokio::test]
+async fn invalidations_need_valid_selectors() {
+    let (origin, before) = seeded(TestOrigin::embedded().await).await;
+    for body in [
+        json!({}),
+        json!({"soft": true}),
+        json!({"all": false}),
+        json!({"keys": [], "tags": []}),
+    ] {
+        let message = refuse_invalidation(&origin, "application/json", body.to_string(), 422, "invalid_body").await;
+        assert!(message.contains("at least one selector"), "{body}: {message}");
+    }
+    let too_long = "x".repeat(shared::wire::MAX_KEY_BYTES + 1);
+    let too_many: Vec<String> = (0..=shared::wire::MAX_SELECTORS).map(|i| format!("T{i}")).collect();
+    for body in [
+        json!({"keys": [""]}),
+        json!({"keys": ["v1/forecasts/AAPL/1h"]}),
+        json!({"keys": ["/v1/forecasts/AAPL/1h "]}),
+        json!({"prefixes": ["/v1/ä"]}),
+        json!({"tags": [""]}),
+        json!({"tags": ["AAPL 1h"]}),
+        json!({"tags": [too_long]}),
+        json!({"tags": too_many}),
+        json!({"all": true, "prefixes": [""]}),
+        json!({"models": [{"id": "ls/tm", "version": "1"}]}),
+        json!({"models": [{"id": "lstm"}]}),
+        json!({"models": [["lstm", "1"]]}),
+        json!({"models": ["lstm@1"]}),
+        json!({"tags": "AAPL"}),
+        json!({"tags": [1]}),
+        json!({"keys": null}),
+        json!({"all": "yes"}),
+        json!({"soft": 1, "tags": ["AAPL"]}),
+        json!({"tag": ["AAPL"]}),
+        json!({"tags": ["AAPL"], "wait": "100ms"}),
+        json!([{"tags": ["AAPL"]}]),
+        json!(["AAPL"]),
+        json!("AAPL"),
+    ] {
+        refuse_invalidation(&origin, "application/json", body.to_string(), 422, "invalid_body").await;
+    }
+    assert_unchanged(&origin, &before).await;
+}
+
+#[tokio::test]
+async fn invalidation_bodies_that_are_not_json_are_refused() {
+    let (origin, before) = seeded(TestOrigin::embedded().await).await;
+    for body in ["", "not json", "{\"tags\":", "{\"tags\":[\"AAPL\"]}}"] {
+        refuse_invalidation(&origin, "application/json", body.to_owned(), 400, "malformed_json").await;
+    }
+    let valid = json!({"tags": ["AAPL"]}).to_string();
+    refuse_invalidation(&origin, "text/plain", valid, 415, "unsupported_media_type").await;
+    let huge = json!({"tags": vec!["x".repeat(8000); 200]}).to_string();
+    assert!(huge.len() > 1 << 20);
+    refuse_invalidation(&origin, "application/json", huge, 413, "body_too_large").await;
+    assert_unchanged(&origin, &before).await;
+}
+
+#[tokio::test]
+async fn bad_invalidation_log_queries_are_400() {
+    let (origin, before) = seeded(TestOrigin::embedded().await).await;
+    for query in [
+        "after=-1",
+        "after=abc",
+        "after=99999999999999999999999",
+        "after=",
+        "from=1",
+        "limit=x",
+    ] {
+        let response = origin
+            .admin(Method::GET, &format!("/admin/v1/invalidations?{query}"))
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, 400, "invalid_query").await;
+    }
+    for limit in ["0", "1001"] {
+        let response = origin
+            .admin(Method::GET, &format!("/admin/v1/invalidations?limit={limit}"))
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, 400, "invalid_limit").await;
     }
     assert_unchanged(&origin, &before).await;
 }

@@ -1,14 +1,20 @@
 //! One contract for every storage backend: the embedded store, one Redis node, and a 3-master Redis
-//! Cluster. Each case uses its own instruments, so cases share one store.
+//! Cluster. Each case uses its own instruments, so cases share one store; the invalidation log is one
+//! per store, so its cases run in order and start from its head.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use loadtest::launch::{RedisCluster, RedisServer};
 use origin::storage::embedded::EmbeddedStore;
 use origin::storage::redis::{RedisSettings, RedisStore};
-use origin::storage::{AuditEntry, Expect, NewVersion, Retention, SharedStore, StorageError};
+use origin::storage::{
+    AuditEntry, Expect, InvalidationPage, NewInvalidation, NewVersion, Retention, SharedStore, StorageError,
+    unix_millis,
+};
 use shared::domain::{Forecast, ForecastKey, ModelRef};
+use shared::wire::Selector;
 use time::OffsetDateTime;
 
 use crate::support::{forecast, unique_instrument};
@@ -16,7 +22,12 @@ use crate::support::{forecast, unique_instrument};
 const RETENTION: Retention = Retention {
     versions_kept: 3,
     audit_kept: 1000,
+    invalidations_kept: 100,
+    invalidation_max_age: Duration::from_secs(3600),
 };
+
+/// More than the log keeps: every read sees the whole log.
+const WHOLE_LOG: NonZeroUsize = NonZeroUsize::new(1000).unwrap();
 
 fn key(prefix: &str) -> ForecastKey {
     format!("{}:1h", unique_instrument(prefix)).parse().unwrap()
@@ -213,6 +224,129 @@ async fn the_first_admin_token_hash_wins(store: &SharedStore) {
     assert_eq!(first, second, "a second start replaced the stored token hash");
 }
 
+fn tagged(tag: &str, issued_at_ms: u64) -> NewInvalidation {
+    NewInvalidation {
+        selectors: vec![Selector::Tag(tag.to_owned())],
+        soft: false,
+        issued_at_ms,
+    }
+}
+
+fn now_ms() -> u64 {
+    unix_millis(OffsetDateTime::now_utc())
+}
+
+fn sequences(page: &InvalidationPage) -> Vec<u64> {
+    page.records.iter().map(|r| r.sequence).collect()
+}
+
+/// Runs first, on an empty log: entries expire from the oldest on.
+async fn invalidations_expire_by_age_but_the_newest_stays(store: &SharedStore) {
+    assert_eq!(
+        store.invalidation_head().await.unwrap(),
+        None,
+        "the log must start empty"
+    );
+    let empty = store.read_invalidations(Some(0), WHOLE_LOG).await.unwrap();
+    assert_eq!(empty, InvalidationPage::new(Some(0), None, Vec::new()));
+    assert!(!empty.trimmed);
+    let long_ago = now_ms() - 2 * RETENTION.invalidation_max_age.as_millis() as u64;
+    assert_eq!(store.append_invalidation(&tagged("OLD", long_ago)).await.unwrap(), 1);
+    let alone = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
+    assert_eq!(sequences(&alone), [1], "the newest entry was trimmed");
+    assert_eq!(store.append_invalidation(&tagged("NEW", now_ms())).await.unwrap(), 2);
+    let page = store.read_invalidations(Some(0), WHOLE_LOG).await.unwrap();
+    assert_eq!((sequences(&page), page.head, page.trimmed), (vec![2], Some(2), true));
+    let caught_up = store.read_invalidations(Some(1), WHOLE_LOG).await.unwrap();
+    assert_eq!((sequences(&caught_up), caught_up.trimmed), (vec![2], false));
+}
+
+async fn invalidations_are_numbered_and_read_in_order(store: &SharedStore) {
+    let head = store.invalidation_head().await.unwrap().unwrap();
+    let model = ModelRef::new("lstm", "3.2.0").unwrap();
+    let every_kind = NewInvalidation {
+        selectors: vec![
+            Selector::Key("/v1/forecasts/AAPL/1h".into()),
+            Selector::Prefix("/v1/forecasts/MSFT".into()),
+            Selector::Tag("AAPL".into()),
+            Selector::Model(model),
+            Selector::All,
+        ],
+        soft: true,
+        issued_at_ms: now_ms(),
+    };
+    let appended = [every_kind, tagged("B", now_ms()), tagged("C", now_ms())];
+    for (i, new) in appended.iter().enumerate() {
+        assert_eq!(store.append_invalidation(new).await.unwrap(), head + 1 + i as u64);
+    }
+    let expected: Vec<_> = appended
+        .iter()
+        .zip(head + 1..)
+        .map(|(new, sequence)| new.clone().into_record(sequence))
+        .collect();
+    let page = store.read_invalidations(Some(head), WHOLE_LOG).await.unwrap();
+    assert_eq!(page.records, expected, "a record came back different or out of order");
+    assert_eq!((page.head, page.trimmed), (Some(head + 3), false));
+    let one = store
+        .read_invalidations(Some(head + 1), NonZeroUsize::MIN)
+        .await
+        .unwrap();
+    assert_eq!((one.records.as_slice(), one.head), (&expected[1..2], Some(head + 3)));
+    for after in [head + 3, head + 100] {
+        let nothing = store.read_invalidations(Some(after), WHOLE_LOG).await.unwrap();
+        assert_eq!(nothing, InvalidationPage::new(Some(after), Some(head + 3), Vec::new()));
+        assert!(!nothing.trimmed, "a position at or past the head is not trimmed");
+    }
+    assert_eq!(store.invalidation_head().await.unwrap(), Some(head + 3));
+}
+
+async fn concurrent_appends_get_consecutive_sequences(store: &SharedStore) {
+    let head = store.invalidation_head().await.unwrap().unwrap();
+    let tasks = (0..8).map(|task| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..50 {
+                let new = tagged(&format!("T{task}-{i}"), now_ms());
+                mine.push(store.append_invalidation(&new).await.unwrap());
+            }
+            mine
+        })
+    });
+    let mut all = Vec::new();
+    for task in tasks {
+        let mine = task.await.unwrap();
+        assert!(mine.is_sorted(), "one appender's sequences went backwards: {mine:?}");
+        all.extend(mine);
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (head + 1..=head + 400).collect::<Vec<u64>>(),
+        "sequences were skipped or given twice"
+    );
+    assert_eq!(store.invalidation_head().await.unwrap(), Some(head + 400));
+}
+
+/// After the cases above, the log holds more than it keeps.
+async fn trimmed_positions_are_reported(store: &SharedStore) {
+    let head = store.invalidation_head().await.unwrap().unwrap();
+    let kept = RETENTION.invalidations_kept;
+    assert!(head > kept + 1);
+    let oldest = head - kept + 1;
+    let whole = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
+    assert_eq!(sequences(&whole), (oldest..=head).collect::<Vec<u64>>());
+    assert!(!whole.trimmed, "reading from the oldest kept is not a trim");
+    for after in [0, oldest - 2] {
+        let page = store.read_invalidations(Some(after), WHOLE_LOG).await.unwrap();
+        assert!(page.trimmed, "sequence {} was trimmed but not reported", after + 1);
+        assert_eq!(page.records, whole.records);
+    }
+    let from_oldest = store.read_invalidations(Some(oldest - 1), WHOLE_LOG).await.unwrap();
+    assert!(!from_oldest.trimmed);
+    assert_eq!(from_oldest.records, whole.records);
+}
+
 /// Runs every case against `store`, then checks that a new connection (`reopen`) sees what was written.
 async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> SharedStore) {
     store.ping().await.unwrap();
@@ -225,11 +359,23 @@ async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> S
     concurrent_writes_lose_nothing(&store).await;
     audit_is_kept_newest_first(&store).await;
     the_first_admin_token_hash_wins(&store).await;
+    invalidations_expire_by_age_but_the_newest_stays(&store).await;
+    invalidations_are_numbered_and_read_in_order(&store).await;
+    concurrent_appends_get_consecutive_sequences(&store).await;
+    trimmed_positions_are_reported(&store).await;
 
     let key = key("DURABLE");
     write(&store, &key, 42.0).await;
+    let head = store.invalidation_head().await.unwrap().unwrap();
+    let log = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
     let reopened = reopen(store).await;
     assert_eq!(reopened.current(&key).await.unwrap().unwrap().forecast.point, 42.0);
+    assert_eq!(reopened.read_invalidations(None, WHOLE_LOG).await.unwrap(), log);
+    assert_eq!(
+        reopened.append_invalidation(&tagged("AFTER", now_ms())).await.unwrap(),
+        head + 1,
+        "the numbering did not continue after a reopen"
+    );
 }
 
 fn redis_store(urls: Vec<String>, cluster: bool) -> SharedStore {

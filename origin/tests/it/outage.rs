@@ -1,10 +1,12 @@
 //! What the origin does while Redis is down: reads from its L1 cache, 503 with Retry-After for writes,
-//! not ready; and how it recovers by itself when Redis is back.
+//! not ready; and how it recovers by itself when Redis is back. And when only the invalidation log is
+//! down: a change that was stored but that edges were not told about is never answered as a success.
 
 use std::time::Duration;
 
-use loadtest::launch::RedisServer;
+use loadtest::launch::{RedisCluster, RedisServer, redis_command};
 use reqwest::Method;
+use serde_json::{Value, json};
 
 use crate::support::{self, TestOrigin, expect_error, forecast};
 
@@ -88,4 +90,184 @@ async fn an_origin_starts_while_redis_is_down() {
     redis.restart().unwrap();
     wait_for_status(&origin, "/readyz", 200).await;
     origin.put("LATE", "1h", &forecast(("m", "1"), 1.0)).await;
+}
+
+/// The port of the Cluster master that serves `key`.
+fn master_of(cluster: &RedisCluster, key: &str) -> u16 {
+    let any = cluster.nodes()[0].port();
+    let slot: u16 = redis_command(any, &["CLUSTER", "KEYSLOT", key])
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let nodes = redis_command(any, &["CLUSTER", "NODES"]).unwrap().unwrap();
+    // `<id> <ip>:<port>@<bus port> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges>…`
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let port = fields[1].split([':', '@']).nth(1).unwrap().parse().unwrap();
+        for range in &fields[8..] {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            if (low.parse().unwrap()..=high.parse().unwrap()).contains(&slot) {
+                return port;
+            }
+        }
+    }
+    panic!("no master serves slot {slot}: {nodes}");
+}
+
+/// The JSON answer of an admin request, which must have `status`.
+async fn admin_json(origin: &TestOrigin, method: Method, path: &str, body: Option<Value>, status: u16) -> Value {
+    let mut request = origin.admin(method, path);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), status, "{path}");
+    response.json().await.unwrap()
+}
+
+/// The expected answer to a change that was stored while its invalidation could not be.
+async fn not_invalidated(response: reqwest::Response, key: &str, version: u64) {
+    assert_eq!(response.headers()["retry-after"], "1");
+    let message = expect_error(response, 503, "invalidation_failed").await;
+    assert!(
+        message.contains(&format!("version {version}")) && message.contains(&format!("{{\"tags\":[\"{key}\"]}}")),
+        "the message must name the stored version and the purge to send: {message}"
+    );
+}
+
+/// A real partial outage: the Cluster master holding the invalidation log dies while the one holding a
+/// forecast lives on. Writing the forecast succeeds, appending its invalidation cannot: the answer is a
+/// 503 that says so, never a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stored_while_the_log_is_down_is_not_answered_as_a_success() {
+    let cluster = RedisCluster::start().unwrap();
+    let log_master = master_of(&cluster, "invalidations:{inv}");
+    // A forecast and a model whose keys live on other masters than the log.
+    let instrument = (0..)
+        .map(|i| format!("LIVE{i}"))
+        .find(|i| master_of(&cluster, &format!("fc:{{{i}}}:1h")) != log_master)
+        .unwrap();
+    let model = (0..)
+        .map(|i| format!("m{i}"))
+        .find(|m| master_of(&cluster, &format!("model:{{{m}@1}}")) != log_master)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.storage.redis_url = Some(cluster.urls().join(","));
+    config.storage.redis_cluster = true;
+    config.storage.operation_timeout = Duration::from_secs(1);
+    let origin = TestOrigin::start(config).await;
+    origin.put(&instrument, "1h", &forecast((&model, "1"), 1.0)).await;
+
+    for node in cluster.nodes().iter().filter(|n| n.port() != log_master) {
+        redis_command(node.port(), &["CONFIG", "SET", "cluster-require-full-coverage", "no"]).unwrap();
+    }
+    // The server closes the connection instead of answering.
+    let _ = redis_command(log_master, &["SHUTDOWN", "NOSAVE"]);
+
+    let key = format!("{instrument}:1h");
+    let path = format!("/admin/v1/forecasts/{instrument}/1h");
+    let written = origin
+        .admin(Method::PUT, &path)
+        .json(&forecast((&model, "1"), 2.0))
+        .send()
+        .await
+        .unwrap();
+    not_invalidated(written, &key, 2).await;
+    let history = admin_json(&origin, Method::GET, &format!("{path}/versions"), None, 200).await;
+    assert_eq!(history["current"], 2, "the write was stored all the same: {history}");
+    let read: Value = origin
+        .get(&format!("/v1/forecasts/{instrument}/1h"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["point"], 2.0);
+
+    let deleted = origin.admin(Method::DELETE, &path).send().await.unwrap();
+    not_invalidated(deleted, &key, 2).await;
+    let purge = origin
+        .admin(Method::POST, "/admin/v1/invalidations")
+        .json(&json!({"tags": [key]}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(purge, 503, "unavailable").await;
+}
+
+/// The log alone refuses appends (its key is closed to the origin's Redis user), forecasts still write:
+/// each kind of change is answered 503 `invalidation_failed`, recorded in the audit log, and the purge
+/// the answer names is accepted once the log is open again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_a_failed_invalidation_names_can_be_sent_once_the_log_is_back() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.storage.redis_url = Some(redis.url());
+    let origin = TestOrigin::start(config).await;
+    origin.put("LOG", "1h", &forecast(("m", "1"), 1.0)).await;
+    let acl = |keys: &[&str]| {
+        let mut args = vec!["ACL", "SETUSER", "default", "resetkeys"];
+        args.extend_from_slice(keys);
+        redis_command(redis.port(), &args).unwrap();
+    };
+    acl(&["~fc:*", "~model:*", "~audit", "~auth:*"]);
+
+    let path = "/admin/v1/forecasts/LOG/1h";
+    let written = origin
+        .admin(Method::PUT, path)
+        .json(&forecast(("m", "1"), 2.0))
+        .send()
+        .await
+        .unwrap();
+    not_invalidated(written, "LOG:1h", 2).await;
+    let audit = admin_json(&origin, Method::GET, "/admin/v1/audit?limit=1", None, 200).await;
+    let entry = &audit["entries"][0];
+    assert_eq!(
+        (entry["action"].clone(), entry["status"].clone()),
+        (json!("forecast.write"), json!(503))
+    );
+    assert_eq!(entry["detail"]["version"], 2);
+
+    let rollback = origin
+        .admin(Method::POST, &format!("{path}/rollback"))
+        .json(&json!({"to_version": 1}))
+        .send()
+        .await
+        .unwrap();
+    not_invalidated(rollback, "LOG:1h", 3).await;
+    let write = json!({"instrument": "LOG", "timeframe": "1d", "forecast": forecast(("m", "1"), 3.0)});
+    let batch = admin_json(
+        &origin,
+        Method::POST,
+        "/admin/v1/forecasts:batch",
+        Some(json!({"writes": [write]})),
+        200,
+    )
+    .await;
+    let item = &batch["results"][0];
+    assert_eq!(
+        (item["status"].clone(), item["error"]["code"].clone()),
+        (json!(503), json!("invalidation_failed"))
+    );
+    let metrics = origin.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("origin_storage_errors_total{") && l.contains("operation=\"invalidation_append\"")),
+        "{metrics}"
+    );
+
+    acl(&["allkeys"]);
+    let tags = json!({"tags": ["LOG:1h", "LOG:1d"]});
+    let purge = admin_json(&origin, Method::POST, "/admin/v1/invalidations", Some(tags), 202).await;
+    assert_eq!(
+        purge,
+        json!({"sequence": 2, "selectors": 2}),
+        "the failed appends left no trace"
+    );
+    origin.put("LOG", "1h", &forecast(("m", "1"), 4.0)).await;
 }
