@@ -28,7 +28,7 @@ pub struct HttpConfig {
     /// Address of the plain HTTP listener.
     pub listen: SocketAddr,
     /// Address of the HTTPS listener; none when empty.
-    #[serde(with = "optional_address")]
+    #[serde(with = "shared::config::optional_address")]
     pub tls_listen: Option<SocketAddr>,
     /// PEM certificate chain and private key of the HTTPS listener.
     pub tls_cert: PathBuf,
@@ -251,24 +251,6 @@ mod comma_list {
             .filter(|item| !item.is_empty())
             .map(String::from)
             .collect())
-    }
-}
-
-/// An address that may be left empty.
-mod optional_address {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(address: &Option<SocketAddr>, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&address.map(|a| a.to_string()).unwrap_or_default())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let text = text.trim();
-        if text.is_empty() {
-            return Ok(None);
-        }
-        text.parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
 

@@ -17,6 +17,8 @@ pub struct OriginConfig {
     pub cache: CacheConfig,
     pub caching: CachingConfig,
     pub invalidation: InvalidationConfig,
+    pub quic: QuicConfig,
+    pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -150,6 +152,52 @@ impl Default for InvalidationConfig {
         Self {
             retention_entries: NonZeroUsize::new(100_000).expect("non-zero"),
             retention_age: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// The control plane: edges connect here over QUIC and are sent the invalidation log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// UDP address edges dial; empty: no control plane.
+    #[serde(with = "shared::config::optional_address")]
+    pub listen: Option<SocketAddr>,
+    /// How often a connection is checked for appends made through other origins sharing the log.
+    /// Appends through this origin are sent at once.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often each edge is sent a heartbeat; a connection silent for three of these is closed.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            poll_interval: Duration::from_millis(50),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Mutual TLS of the control plane: the CA bundle edges' certificates must chain to, and the origin's
+/// own certificate and key (PEM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca: PathBuf::from("certs/ca.pem"),
+            cert: PathBuf::from("certs/origin.pem"),
+            key: PathBuf::from("certs/origin.key"),
         }
     }
 }

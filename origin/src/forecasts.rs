@@ -10,6 +10,7 @@ use serde::Serialize;
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
 use shared::wire::Selector;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use prometheus::IntCounter;
@@ -32,6 +33,7 @@ pub struct Forecasts {
     l1_misses: IntCounter,
     l1_stale: IntCounter,
     invalidation_head: HeadGauge,
+    appended: watch::Sender<u64>,
 }
 
 /// What a model rollback did to one key.
@@ -100,6 +102,7 @@ impl Forecasts {
             l1_misses: l1_counter("miss"),
             l1_stale: l1_counter("stale"),
             invalidation_head: HeadGauge::new(metrics.invalidation_log_head.clone()),
+            appended: watch::Sender::new(0),
             store,
             l1,
             metrics,
@@ -371,7 +374,18 @@ impl Forecasts {
             .with_label_values(&[cause.label()])
             .inc();
         self.invalidation_head.observe(sequence);
+        self.appended.send_if_modified(|newest| {
+            let newer = sequence > *newest;
+            *newest = (*newest).max(sequence);
+            newer
+        });
         Ok(sequence)
+    }
+
+    /// The newest sequence appended through this origin, changing as appends are made: the control
+    /// plane sends them at once instead of waiting for its next look at the log.
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     /// Tells edges that `key` changed: a hard invalidation of the tag every response including it carries.

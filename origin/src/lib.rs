@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod forecasts;
 pub mod invalidation;
 pub mod metrics;

@@ -12,6 +12,7 @@ use crate::api::auth::{self, Authenticator};
 use crate::api::{self, AppState, Inner, Limits};
 use crate::cache::{L1Cache, L1Settings};
 use crate::config::OriginConfig;
+use crate::control::{self, ControlPlane};
 use crate::forecasts::Forecasts;
 use crate::metrics::Metrics;
 use crate::representation::CachePolicy;
@@ -111,6 +112,8 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// The control plane, when `quic.listen` is set.
+    pub control: Option<ControlPlane>,
     pub state: AppState,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -123,8 +126,17 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let state = build(config).await?;
     let addr = listener.local_addr()?;
+    let control = match config.quic.listen {
+        Some(listen) => Some(control::start(&config.quic, &config.tls, listen, state.clone())?),
+        None => None,
+    };
     let app = api::router(state.clone());
     let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
     tracing::info!(%addr, storage = state.forecasts.store().backend(), "origin listening");
-    Ok(Running { addr, state, task })
+    Ok(Running {
+        addr,
+        control,
+        state,
+        task,
+    })
 }

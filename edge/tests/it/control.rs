@@ -6,7 +6,7 @@ use shared::domain::ModelRef;
 use shared::wire::{DropAll, DropReason, Invalidate, OriginMessage, Selector};
 
 use crate::control_origin::{ControlOrigin, Pki};
-use crate::support::{Edge, Reply, ScriptedOrigin, WAIT, edge_command, eventually};
+use crate::support::{Edge, RealOrigin, Reply, ScriptedOrigin, WAIT, edge_command, eventually};
 
 /// An edge in front of `http` that takes its invalidations from `control`, reconnecting quickly.
 async fn edge(http: &ScriptedOrigin, control: &ControlOrigin, pki: &Pki, extra: &[(&str, &str)]) -> Edge {
@@ -278,4 +278,46 @@ fn unusable_tls_files_stop_the_edge_with_a_message_naming_them() {
         let log = process.log_tail(50);
         assert!(log.contains(&named), "the error does not name {named}: {log}");
     }
+}
+
+/// The whole path of a change: a forecast written to the real origin is in its invalidation log, sent
+/// over QUIC to the edge, applied (the next read is a miss that fetches the new version) and confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forecast_write_reaches_the_edge_through_the_real_origins_control_plane() {
+    let pki = Pki::new();
+    let origin = RealOrigin::with_control_plane(&pki).await;
+    let control = origin.control.as_ref().expect("started with a control plane");
+    let mut env = pki.edge_env();
+    env.push(("EDGE_CONTROL__ORIGINS".into(), control.addr.to_string()));
+    env.push(("EDGE_CONTROL__RECONNECT_DELAY".into(), "50ms".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let edge = Edge::start(&origin.url, &env).await;
+    eventually("the edge to connect", async || {
+        control
+            .edges
+            .list()
+            .first()
+            .map(|status| (status.name.clone(), status.region.clone()))
+    })
+    .await;
+    let path = "/v1/forecasts/AAPL/1h";
+    let first = origin.put_forecast("AAPL", "1h", 187.0).await;
+    cached(&edge, path).await;
+    assert_eq!(edge.get(path).await.header("etag"), Some(first.as_str()));
+
+    // The write is answered once its invalidation is in the log; the edge applies it a moment later.
+    let second = origin.put_forecast("AAPL", "1h", 188.0).await;
+    eventually("the edge to serve the new version", async || {
+        let fetched = edge.get(path).await;
+        (fetched.header("etag") == Some(second.as_str())).then_some(())
+    })
+    .await;
+    eventually("the edge to confirm both invalidations", async || {
+        control
+            .edges
+            .list()
+            .first()
+            .and_then(|status| (status.acked == Some(2)).then_some(()))
+    })
+    .await;
 }

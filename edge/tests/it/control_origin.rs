@@ -49,6 +49,15 @@ impl Pki {
         .collect()
     }
 
+    /// The real origin's `[tls]` section for this PKI.
+    pub fn origin_tls(&self) -> origin::config::TlsConfig {
+        origin::config::TlsConfig {
+            ca: self.path(CA_CERT_FILE),
+            cert: self.path(ORIGIN_CERT_FILE),
+            key: self.path(ORIGIN_KEY_FILE),
+        }
+    }
+
     fn server_config(&self) -> quinn::ServerConfig {
         let pem = TlsPem::read(
             &self.path(CA_CERT_FILE),

@@ -447,6 +447,8 @@ pub const ADMIN_TOKEN: &str = "edge-test-admin-token";
 pub struct RealOrigin {
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// Its control plane, when started with one.
+    pub control: Option<origin::control::ControlPlane>,
     client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     _dir: TempDir,
@@ -454,11 +456,26 @@ pub struct RealOrigin {
 
 impl RealOrigin {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// An origin whose control plane listens on a free UDP port with the certificates of `pki`.
+    pub async fn with_control_plane(pki: &crate::control_origin::Pki) -> Self {
+        Self::start_with(|config| {
+            config.quic.listen = Some("127.0.0.1:0".parse().unwrap());
+            config.quic.heartbeat_interval = std::time::Duration::from_millis(200);
+            config.tls = pki.origin_tls();
+        })
+        .await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut origin::config::OriginConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = origin::config::OriginConfig::default();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.storage.data_dir = dir.path().to_path_buf();
         config.auth.bootstrap_token = Some(ADMIN_TOKEN.to_owned());
+        adjust(&mut config);
         let listener = tokio::net::TcpListener::bind(config.http.listen).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let running = origin::server::start(&config, listener, async {
@@ -468,6 +485,7 @@ impl RealOrigin {
         .unwrap();
         Self {
             url: format!("http://{}", running.addr),
+            control: running.control,
             client: client(),
             stop: Some(stop),
             _dir: dir,
@@ -502,6 +520,9 @@ impl RealOrigin {
 
 impl Drop for RealOrigin {
     fn drop(&mut self) {
+        if let Some(control) = &self.control {
+            control.close();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
