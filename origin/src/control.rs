@@ -97,7 +97,7 @@ pub fn start(quic: &QuicConfig, tls: &TlsConfig, listen: SocketAddr, state: AppS
     let endpoint =
         Endpoint::server(config, listen).with_context(|| format!("binding the control plane to {listen}"))?;
     let addr = endpoint.local_addr()?;
-    let edges = Edges::default();
+    let edges = state.edges.clone();
     let settings = Settings {
         origin: format!("origin@{addr}"),
         poll_interval: quic.poll_interval,

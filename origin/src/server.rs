@@ -12,7 +12,7 @@ use crate::api::auth::{self, Authenticator};
 use crate::api::{self, AppState, Inner, Limits};
 use crate::cache::{L1Cache, L1Settings};
 use crate::config::OriginConfig;
-use crate::control::{self, ControlPlane};
+use crate::control::{self, ControlPlane, Edges};
 use crate::forecasts::Forecasts;
 use crate::metrics::Metrics;
 use crate::representation::CachePolicy;
@@ -92,6 +92,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     let auth = Authenticator::new(&config.auth.tokens, &extra).context("invalid [auth] configuration")?;
     Ok(Arc::new(Inner {
         forecasts: Forecasts::new(store, l1, metrics.clone()),
+        edges: Edges::default(),
         auth,
         policy: CachePolicy::new(
             config.caching.browser_max_age,

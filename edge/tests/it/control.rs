@@ -320,4 +320,9 @@ async fn a_forecast_write_reaches_the_edge_through_the_real_origins_control_plan
             .and_then(|status| (status.acked == Some(2)).then_some(()))
     })
     .await;
+    let listed = origin.admin_get("/admin/v1/edges").await;
+    let listed: serde_json::Value = serde_json::from_str(listed.text()).unwrap();
+    assert_eq!(listed["head"], 2, "{listed}");
+    assert_eq!(listed["edges"][0]["name"], "edge-1", "{listed}");
+    assert_eq!(listed["edges"][0]["acked"], 2, "{listed}");
 }

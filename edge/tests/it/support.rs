@@ -516,6 +516,11 @@ impl RealOrigin {
     pub async fn get(&self, path: &str) -> Fetched {
         fetch(self.client.get(format!("{}{path}", self.url))).await
     }
+
+    /// A read of the admin API with the admin token.
+    pub async fn admin_get(&self, path: &str) -> Fetched {
+        fetch(self.client.get(format!("{}{path}", self.url)).bearer_auth(ADMIN_TOKEN)).await
+    }
 }
 
 impl Drop for RealOrigin {

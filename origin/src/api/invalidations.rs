@@ -12,6 +12,7 @@ use super::AppState;
 use super::auth::Scope;
 use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiQuery, JsonBody, page_limit};
+use crate::control::EdgeStatus;
 use crate::invalidation::{Cause, InvalidationBody};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -139,5 +140,38 @@ pub async fn list(
         invalidations: page.records.iter().map(LoggedInvalidation::from).collect(),
         head: page.head,
         trimmed: page.trimmed,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EdgeList {
+    /// The edges connected to this origin over the control plane now.
+    edges: Vec<EdgeStatus>,
+    /// The newest sequence in the log: an edge whose `acked` equals it has applied every invalidation.
+    head: Option<u64>,
+}
+
+/// The edges connected to this origin's control plane, and the last invalidation each confirmed: an
+/// invalidation is applied everywhere once every edge's `acked` has reached its sequence.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/edges",
+    tag = "admin",
+    security(("bearer" = ["invalidations:read"])),
+    responses(
+        (status = 200, description = "Connected edges and what each confirmed", body = EdgeList),
+        AdminErrors,
+    )
+)]
+pub async fn edges(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<EdgeList>> {
+    state.principal(&headers, Scope::InvalidationsRead)?;
+    let head = state
+        .forecasts
+        .invalidation_log(None, std::num::NonZeroUsize::MIN)
+        .await?
+        .head;
+    Ok(Json(EdgeList {
+        edges: state.edges.list(),
+        head,
     }))
 }

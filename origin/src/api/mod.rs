@@ -23,6 +23,7 @@ use axum::routing::{get, post, put};
 
 use self::auth::{Authenticator, Scope};
 use self::error::{ApiError, ApiResult};
+use crate::control::Edges;
 use crate::forecasts::Forecasts;
 use crate::metrics::Metrics;
 use crate::representation::{CachePolicy, Representation};
@@ -39,6 +40,8 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Inner {
     pub forecasts: Forecasts,
+    /// Edges connected to the control plane (none while it is off).
+    pub edges: Edges,
     pub auth: Authenticator,
     pub policy: CachePolicy,
     pub limits: Limits,
@@ -106,6 +109,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/invalidations",
             post(invalidations::create).get(invalidations::list),
         )
+        .route("/admin/v1/edges", get(invalidations::edges))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

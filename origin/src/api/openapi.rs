@@ -65,6 +65,7 @@ impl Modify for BearerAuth {
         super::admin::audit,
         super::invalidations::create,
         super::invalidations::list,
+        super::invalidations::edges,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
