@@ -241,11 +241,13 @@ async fn serve(
 /// Where a connection starts, from what the edge applied last and the state of the log: whether it must
 /// drop everything, and the last sequence it holds afterwards (what follows is sent).
 ///
-/// A fresh cache (`last_applied: None`) holds nothing to purge: it starts at the head. An edge ahead of
-/// the log (the log was reset) or behind its trimmed part cannot catch up by replay.
+/// A fresh cache (`last_applied: None`) holds nothing to purge: it starts at the head. `Some(0)` is a
+/// cache that started on an empty log: it is replayed from 1. An edge ahead of the log (the log was
+/// reset) or behind its trimmed part cannot catch up by replay.
 fn resume_point(hello: &Hello, head: Option<u64>, trimmed: bool) -> (Option<DropReason>, Option<u64>) {
     match hello.last_applied {
         None => (None, head),
+        Some(0) if head.is_none() => (None, Some(0)),
         Some(applied) if head.is_none_or(|head| applied > head) => (Some(DropReason::LogReset), head),
         Some(_) if trimmed => (Some(DropReason::Trimmed), head),
         Some(applied) => (None, Some(applied)),
@@ -351,6 +353,8 @@ mod tests {
 
     #[test]
     fn an_edge_behind_is_replayed_from_where_it_stands() {
+        assert_eq!(resume_point(&hello(Some(0)), None, false), (None, Some(0)));
+        assert_eq!(resume_point(&hello(Some(0)), Some(7), false), (None, Some(0)));
         assert_eq!(resume_point(&hello(Some(3)), Some(7), false), (None, Some(3)));
         assert_eq!(resume_point(&hello(Some(7)), Some(7), false), (None, Some(7)));
     }

@@ -223,7 +223,8 @@ pub struct Hello {
     /// The protocol versions the edge speaks, 1 to [`MAX_VERSIONS`] of them.
     pub versions: Vec<u16>,
     /// The last invalidation sequence the edge applied; `None` for a cache that has applied none
-    /// (a fresh process: its cache is empty).
+    /// (a fresh process: its cache is empty), `Some(0)` for a cache that was told the log was empty
+    /// and has cached since (it must be replayed from sequence 1).
     pub last_applied: Option<u64>,
     /// Random per cache instance (process start): a new id tells the origin the edge restarted and
     /// its cache is new, not resumed.

@@ -118,6 +118,11 @@ impl Protocol {
             purge(&Selector::All, PurgeMode::Hard);
             self.set_applied(welcome.head);
         }
+        if self.last_applied.is_none() {
+            // A fresh cache holds nothing any earlier invalidation could concern: it starts at the head
+            // (0 for an empty log), so that after a reconnect it is replayed what came since.
+            self.set_applied(Some(welcome.head.unwrap_or(0)));
+        }
         Ok(welcome.head.filter(|head| Some(*head) > self.last_applied))
     }
 
@@ -251,9 +256,32 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_cache_starts_at_the_head() {
+        let mut protocol = Protocol::default();
+        let mut purged = Purged::new();
+        assert_eq!(
+            protocol.welcome(&welcome(Some(5), None), &mut recorder(&mut purged)),
+            Ok(None)
+        );
+        assert_eq!(protocol.last_applied(), Some(5));
+        assert!(purged.is_empty());
+        let answer = protocol.receive(
+            invalidate(6, vec![wire::Selector::All], false),
+            &mut recorder(&mut purged),
+        );
+        assert_eq!(answer, Ok(Some(EdgeMessage::Ack(Ack { sequence: 6 }))));
+    }
+
+    #[test]
     fn invalidations_are_applied_in_order_acked_and_replays_skipped() {
         let mut protocol = Protocol::default();
         let mut purged = Purged::new();
+        // Started on an empty log, then reconnected once two invalidations were logged: replay 1..=2.
+        assert_eq!(
+            protocol.welcome(&welcome(None, None), &mut recorder(&mut purged)),
+            Ok(None)
+        );
+        assert_eq!(protocol.last_applied(), Some(0));
         assert_eq!(
             protocol.welcome(&welcome(Some(2), None), &mut recorder(&mut purged)),
             Ok(Some(2))
