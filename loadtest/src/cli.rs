@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::edge::{self, CacheKind};
+use crate::invalidation;
 use crate::launch::Pinning;
 use crate::local;
 use crate::origin::{self, Backend};
@@ -19,6 +20,9 @@ const QUICK_ROUNDS: u32 = 1;
 const QUICK_EDGE_INSTRUMENTS: u64 = 100;
 const QUICK_EDGE_ENTRIES: u64 = 500;
 const QUICK_EDGE_DURATION: Duration = Duration::from_secs(1);
+/// Settings of `loadtest invalidation --quick`.
+const QUICK_INVALIDATION_ROUNDS: u32 = 20;
+const QUICK_INVALIDATION_EDGES: usize = 1;
 
 /// Arguments of every measurement: how the load is run and where the figures go.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,11 +45,19 @@ pub struct LoadArgs {
 impl LoadArgs {
     /// Where the JSON report of `command` goes.
     pub fn json_path(&self, exe_dir: &Path, command: &str) -> PathBuf {
-        self.json.clone().unwrap_or_else(|| {
+        json_path(self.json.as_deref(), exe_dir, command)
+    }
+}
+
+/// `json`, or else `loadtest/COMMAND.json` in the target directory, the parent of `exe_dir`.
+fn json_path(json: Option<&Path>, exe_dir: &Path, command: &str) -> PathBuf {
+    json.map_or_else(
+        || {
             let target = exe_dir.parent().unwrap_or(exe_dir);
             target.join("loadtest").join(format!("{command}.json"))
-        })
-    }
+        },
+        Path::to_owned,
+    )
 }
 
 /// Arguments of `loadtest origin`.
@@ -147,6 +159,50 @@ impl EdgeHitsArgs {
     }
 }
 
+/// Arguments of `loadtest invalidation`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InvalidationArgs {
+    /// The edge executable [default: `edge` next to this executable]
+    #[arg(long)]
+    pub edge_bin: Option<PathBuf>,
+    /// Edges, named edge-0, edge-1, … in region `local`
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub edges: u16,
+    /// Rounds, each timing one write until every edge applied it and one until edge-0 serves it
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rounds: u32,
+    /// Where to write all figures as JSON [default: `loadtest/invalidation.json` in the target
+    /// directory]
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// A fast smoke run: 20 rounds, one edge
+    #[arg(long, conflicts_with_all = ["edges", "rounds"])]
+    pub quick: bool,
+}
+
+impl InvalidationArgs {
+    /// The settings of this run; the default edge is in `exe_dir`, the directory of the running
+    /// executable (such as `target/release`).
+    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> invalidation::Settings {
+        let (edges, rounds) = if self.quick {
+            (QUICK_INVALIDATION_EDGES, QUICK_INVALIDATION_ROUNDS)
+        } else {
+            (usize::from(self.edges), self.rounds)
+        };
+        invalidation::Settings {
+            edge_bin: self.edge_bin.clone().unwrap_or_else(|| exe_dir.join("edge")),
+            edges,
+            rounds,
+            pinning,
+        }
+    }
+
+    /// Where the JSON report goes.
+    pub fn json_path(&self, exe_dir: &Path) -> PathBuf {
+        json_path(self.json.as_deref(), exe_dir, "invalidation")
+    }
+}
+
 /// Arguments of `loadtest up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -159,9 +215,15 @@ pub struct UpArgs {
     /// Address of the edge's /metrics and /healthz
     #[arg(long, default_value = "127.0.0.1:9081", value_parser = parse_loopback_address)]
     pub edge_metrics_listen: SocketAddr,
+    /// UDP address of the origin's control plane (QUIC), which the edge dials
+    #[arg(long, default_value = "127.0.0.1:4433", value_parser = parse_loopback_address)]
+    pub control_listen: SocketAddr,
     /// Folder of the origin's embedded store, kept across runs
     #[arg(long, default_value = ".data/origin")]
     pub data_dir: PathBuf,
+    /// Folder of the control plane's development CA, certificates and keys, made where missing
+    #[arg(long, default_value = "certs")]
+    pub certs_dir: PathBuf,
     /// Run the origin and the edge next to this executable as they are: no `cargo build` first, even
     /// when cargo runs this executable
     #[arg(long)]
@@ -177,7 +239,9 @@ impl UpArgs {
             origin_listen: self.origin_listen,
             edge_listen: self.edge_listen,
             edge_metrics_listen: self.edge_metrics_listen,
+            control_listen: self.control_listen,
             data_dir: self.data_dir.clone(),
+            certs_dir: self.certs_dir.clone(),
         }
     }
 }
@@ -321,6 +385,38 @@ mod tests {
     }
 
     #[derive(Debug, Parser)]
+    struct InvalidationCli {
+        #[command(flatten)]
+        invalidation: InvalidationArgs,
+    }
+
+    #[test]
+    fn invalidation_defaults_and_quick() {
+        let exe_dir = Path::new("/w/target/release");
+        let cli = InvalidationCli::try_parse_from(["loadtest"]).unwrap();
+        let settings = cli.invalidation.settings(exe_dir, None);
+        assert_eq!(settings.edge_bin, Path::new("/w/target/release/edge"));
+        assert_eq!((settings.edges, settings.rounds), (3, 200));
+        assert_eq!(
+            cli.invalidation.json_path(exe_dir),
+            Path::new("/w/target/loadtest/invalidation.json")
+        );
+
+        let cli = InvalidationCli::try_parse_from(["loadtest", "--quick", "--json", "/tmp/i.json"]).unwrap();
+        let settings = cli.invalidation.settings(exe_dir, None);
+        assert_eq!((settings.edges, settings.rounds), (1, 20));
+        assert_eq!(cli.invalidation.json_path(exe_dir), Path::new("/tmp/i.json"));
+
+        let cli = InvalidationCli::try_parse_from(["loadtest", "--edges", "16", "--rounds", "5"]).unwrap();
+        let settings = cli.invalidation.settings(exe_dir, None);
+        assert_eq!((settings.edges, settings.rounds), (16, 5));
+
+        assert!(InvalidationCli::try_parse_from(["loadtest", "--quick", "--edges", "2"]).is_err());
+        assert!(InvalidationCli::try_parse_from(["loadtest", "--edges", "0"]).is_err());
+        assert!(InvalidationCli::try_parse_from(["loadtest", "--rounds", "0"]).is_err());
+    }
+
+    #[derive(Debug, Parser)]
     struct UpCli {
         #[command(flatten)]
         up: UpArgs,
@@ -334,7 +430,9 @@ mod tests {
         assert_eq!(settings.origin_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.edge_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(settings.edge_metrics_listen.to_string(), "127.0.0.1:9081");
+        assert_eq!(settings.control_listen.to_string(), "127.0.0.1:4433");
         assert_eq!(settings.data_dir, Path::new(".data/origin"));
+        assert_eq!(settings.certs_dir, Path::new("certs"));
         assert!(!cli.up.no_build);
 
         let cli = UpCli::try_parse_from([
@@ -345,8 +443,12 @@ mod tests {
             "[::1]:1081",
             "--edge-metrics-listen",
             "127.0.0.2:1082",
+            "--control-listen",
+            "127.0.0.1:1083",
             "--data-dir",
             "/tmp/d",
+            "--certs-dir",
+            "/tmp/c",
             "--no-build",
         ])
         .unwrap();
@@ -354,7 +456,9 @@ mod tests {
         assert_eq!(settings.origin_listen.to_string(), "127.0.0.1:1080");
         assert_eq!(settings.edge_listen.to_string(), "[::1]:1081");
         assert_eq!(settings.edge_metrics_listen.to_string(), "127.0.0.2:1082");
+        assert_eq!(settings.control_listen.to_string(), "127.0.0.1:1083");
         assert_eq!(settings.data_dir, Path::new("/tmp/d"));
+        assert_eq!(settings.certs_dir, Path::new("/tmp/c"));
         assert!(cli.up.no_build);
     }
 

@@ -27,6 +27,7 @@ use hyper::{StatusCode, Uri};
 use serde::Serialize;
 use tempfile::TempDir;
 
+use crate::control::Control;
 use crate::http::{self, LoadResult, Plan};
 use crate::launch::{self, ChildProcess, Pinning, ProcessTree};
 use crate::measure::{self, Machine};
@@ -756,7 +757,7 @@ fn start_edge(program: &Path, listen: SocketAddr, origin: SocketAddr, cpu: Optio
     let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, launch::free_port()?));
     let mut command = launch::command_on_cpu(program, cpu);
     launch::remove_env_prefixed(&mut command, "EDGE_");
-    configure(&mut command, listen, metrics, origin);
+    configure(&mut command, listen, metrics, origin, None);
     command
         .env("EDGE_CACHE__MEMORY_BYTES", CACHE_BYTES.to_string())
         .env("RUST_LOG", "warn");
@@ -765,12 +766,28 @@ fn start_edge(program: &Path, listen: SocketAddr, origin: SocketAddr, cpu: Optio
 }
 
 /// Sets the environment of the edge `command`: it listens on `listen` for readers and on `metrics`
-/// for `/metrics` and `/healthz`, in front of the origin at `origin`.
-pub fn configure(command: &mut Command, listen: SocketAddr, metrics: SocketAddr, origin: SocketAddr) {
+/// for `/metrics` and `/healthz`, in front of the origin at `origin`. With `control`, it follows
+/// the origin's control plane there; without, it runs standalone.
+pub fn configure(
+    command: &mut Command,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    origin: SocketAddr,
+    control: Option<Control<'_>>,
+) {
     command
         .env("EDGE_HTTP__LISTEN", listen.to_string())
         .env("EDGE_METRICS__LISTEN", metrics.to_string())
         .env("EDGE_UPSTREAM__URL", format!("http://{origin}"));
+    match control {
+        Some(Control { address, tls }) => command
+            .env("EDGE_CONTROL__ORIGINS", address.to_string())
+            .env("EDGE_TLS__CA", &tls.ca)
+            .env("EDGE_TLS__CERT", &tls.cert)
+            .env("EDGE_TLS__KEY", &tls.key),
+        // Empty: standalone.
+        None => command.env("EDGE_CONTROL__ORIGINS", ""),
+    };
 }
 
 #[cfg(test)]

@@ -179,23 +179,45 @@ pub async fn fetch(uri: &Uri) -> Result<Response<Bytes>> {
 
 /// Sends `request`, whose URI is a path, to `authority` (`HOST:PORT`) over a new connection with a
 /// Host header, and returns the whole response. Connecting and the exchange each have 1 s.
-pub async fn send(authority: &str, mut request: Request<Body>) -> Result<Response<Bytes>> {
-    let host = HeaderValue::from_str(authority).with_context(|| format!("{authority:?} is no Host header"))?;
-    request.headers_mut().insert(HOST, host);
-    let stream = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(authority))
-        .await
-        .with_context(|| format!("connect to {authority}: timed out"))?
-        .with_context(|| format!("connect to {authority}"))?;
-    let mut sender = handshake(stream).await?;
-    let exchange = async {
-        let response = sender.send_request(request).await.context("send the request")?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.context("read the response body")?.to_bytes();
-        anyhow::Ok(Response::from_parts(parts, body))
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, exchange)
-        .await
-        .context("timed out")?
+pub async fn send(authority: &str, request: Request<Body>) -> Result<Response<Bytes>> {
+    Connection::open(authority).await?.send(request).await
+}
+
+/// One keep-alive connection, for requests sent one after another.
+pub struct Connection {
+    host: HeaderValue,
+    sender: SendRequest<Body>,
+}
+
+impl Connection {
+    /// Connects to `authority` (`HOST:PORT`), within 1 s.
+    pub async fn open(authority: &str) -> Result<Self> {
+        let host = HeaderValue::from_str(authority).with_context(|| format!("{authority:?} is no Host header"))?;
+        let stream = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(authority))
+            .await
+            .with_context(|| format!("connect to {authority}: timed out"))?
+            .with_context(|| format!("connect to {authority}"))?;
+        Ok(Self {
+            host,
+            sender: handshake(stream).await?,
+        })
+    }
+
+    /// Sends `request`, whose URI is a path, with a Host header, and returns the whole response,
+    /// within 1 s.
+    pub async fn send(&mut self, mut request: Request<Body>) -> Result<Response<Bytes>> {
+        request.headers_mut().insert(HOST, self.host.clone());
+        let exchange = async {
+            self.sender.ready().await.context("the connection closed")?;
+            let response = self.sender.send_request(request).await.context("send the request")?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.context("read the response body")?.to_bytes();
+            anyhow::Ok(Response::from_parts(parts, body))
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, exchange)
+            .await
+            .context("timed out")?
+    }
 }
 
 /// Runs `plan` against `address`; `generate` builds the request with the given index (0, 1, …).

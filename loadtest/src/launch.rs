@@ -819,13 +819,13 @@ pub async fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
 
 /// Polls `url` until it answers 200, for at most `timeout`, failing early when `process` exits.
 pub async fn wait_ready(process: &mut ChildProcess, url: &str, timeout: Duration) -> Result<()> {
-    wait_for(process, timeout, || wait_http_ok(url, READY_PROBE)).await
+    wait_for(&mut [process], timeout, || wait_http_ok(url, READY_PROBE)).await
 }
 
 /// Waits until `address` accepts TCP connections, for at most `timeout`, failing early when
 /// `process` exits: for a server whose listeners do not all open at once, such as the edge's.
 pub async fn wait_listening(process: &mut ChildProcess, address: SocketAddr, timeout: Duration) -> Result<()> {
-    wait_for(process, timeout, || async move {
+    wait_for(&mut [process], timeout, || async move {
         let connect = tokio::time::timeout(READY_PROBE, tokio::net::TcpStream::connect(address)).await;
         match connect {
             Ok(Ok(_)) => Ok(()),
@@ -840,8 +840,29 @@ pub async fn wait_listening(process: &mut ChildProcess, address: SocketAddr, tim
     .await
 }
 
-/// Runs `probe` until it succeeds, for at most `timeout`, failing early when `process` exits.
-async fn wait_for<F, P>(process: &mut ChildProcess, timeout: Duration, mut probe: P) -> Result<()>
+/// Polls the Prometheus text at `url` until one of its lines is `line` (such as
+/// `edge_control_connected 1`), for at most `timeout`, failing early when one of `processes` exits:
+/// for a state that depends on them all, such as an edge connected to its origin.
+pub async fn wait_metric(processes: &mut [&mut ChildProcess], url: &str, line: &str, timeout: Duration) -> Result<()> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("parse url {url}"))?;
+    wait_for(processes, timeout, || async {
+        let response = crate::http::fetch(&uri).await?;
+        let found = response.status() == hyper::StatusCode::OK
+            && String::from_utf8_lossy(response.body())
+                .lines()
+                .any(|text| text == line);
+        if !found {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            bail!("{url} has no line {line:?} (status {})", response.status());
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `probe` until it succeeds, for at most `timeout`, failing early when one of `processes`
+/// exits.
+async fn wait_for<F, P>(processes: &mut [&mut ChildProcess], timeout: Duration, mut probe: P) -> Result<()>
 where
     P: FnMut() -> F,
     F: Future<Output = Result<()>>,
@@ -852,19 +873,23 @@ where
         if probe.is_ok() {
             return Ok(());
         }
-        if let Some(status) = process.try_wait()? {
-            bail!(
-                "{} exited with {status} before it was ready{}",
-                process.name(),
-                process.log_excerpt()
-            );
+        for process in processes.iter_mut() {
+            if let Some(status) = process.try_wait()? {
+                bail!(
+                    "{} exited with {status} before it was ready{}",
+                    process.name(),
+                    process.log_excerpt()
+                );
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             let error = probe.err().map(|error| format!("{error:#}")).unwrap_or_default();
+            let names: Vec<&str> = processes.iter().map(|process| process.name()).collect();
+            let excerpts: String = processes.iter().map(|process| process.log_excerpt()).collect();
+            let verb = if names.len() == 1 { "was" } else { "were" };
             bail!(
-                "{} was not ready within {timeout:?}: {error}{}",
-                process.name(),
-                process.log_excerpt()
+                "{} {verb} not ready within {timeout:?}: {error}{excerpts}",
+                names.join(" and ")
             );
         }
     }

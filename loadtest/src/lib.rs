@@ -8,17 +8,22 @@
 //!   for comparison.
 //! * [`edge`] is the `loadtest edge-hits` measurement; [`peers`] configures and starts the caches
 //!   it compares the edge with (nginx, Varnish).
+//! * [`invalidation`] is the `loadtest invalidation` measurement: how long a write takes to be
+//!   applied by every edge over the control plane.
 //! * [`measure`] holds what the measurements share, [`median`] sums up their rounds, and
 //!   [`report`] prints the tables and writes the JSON files.
-//! * [`local`] is `loadtest up`: the origin and an edge on this machine, to try them out.
+//! * [`local`] is `loadtest up`: the origin and an edge on this machine, to try them out;
+//!   [`control`] holds the control plane's settings, which it and measurements give the servers.
 //! * [`cli`] holds the command-line arguments of the `loadtest` binary.
 //!
 //! Invariant: all traffic goes to 127.0.0.1.
 
 pub mod ceiling;
 pub mod cli;
+pub mod control;
 pub mod edge;
 pub mod http;
+pub mod invalidation;
 pub mod launch;
 pub mod local;
 pub mod measure;

@@ -1,5 +1,7 @@
 //! `loadtest up`: the whole system on this machine, to try it out: the origin with its embedded
-//! store and one edge in front of it, on loopback, until Ctrl-C.
+//! store and one edge in front of it, on loopback, until Ctrl-C. The edge follows the origin's
+//! control plane (QUIC with mutual TLS, from a development PKI made on the first run), so that a
+//! write reaches it within milliseconds.
 //!
 //! Both run from the executables next to this one, which `cargo run` builds first
 //! ([`ensure_built`]). Their output goes to the terminal, and each runs in a process group of its
@@ -10,17 +12,19 @@
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use shared::tls::EdgeIdentity;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::control::{self, Control, TlsFiles};
 use crate::launch::{self, ChildProcess};
 use crate::origin::BOOTSTRAP_TOKEN_VARIABLE;
 use crate::{edge, origin};
@@ -38,6 +42,9 @@ const EXIT_POLL: Duration = Duration::from_millis(200);
 const SIGTERM: i32 = 15;
 /// How long the forecast written by the printed example stays fresh in the edge.
 const EXAMPLE_VALID_FOR: time::Duration = time::Duration::DAY;
+/// The name and region of the edge, in its certificate.
+const EDGE_NAME: &str = "edge-1";
+const EDGE_REGION: &str = "local";
 
 /// Where the servers of `loadtest up` listen and keep their data.
 #[derive(Debug, Clone)]
@@ -47,8 +54,12 @@ pub struct Settings {
     pub origin_listen: SocketAddr,
     pub edge_listen: SocketAddr,
     pub edge_metrics_listen: SocketAddr,
+    /// The origin's control plane (UDP), which the edge dials.
+    pub control_listen: SocketAddr,
     /// The origin's embedded store, kept across runs.
     pub data_dir: PathBuf,
+    /// The development PKI of the control plane, made where missing.
+    pub certs_dir: PathBuf,
 }
 
 impl Settings {
@@ -56,21 +67,75 @@ impl Settings {
         self.bin_dir.join(name)
     }
 
-    /// Fails, naming the option to change, when two addresses are the same or one is taken.
+    /// Fails, naming the option to change, when two addresses of one transport are the same or one
+    /// is taken.
     fn ensure_addresses_free(&self) -> Result<()> {
         let addresses = [
-            (self.origin_listen, "--origin-listen"),
-            (self.edge_listen, "--edge-listen"),
-            (self.edge_metrics_listen, "--edge-metrics-listen"),
+            (Transport::Tcp, self.origin_listen, "--origin-listen"),
+            (Transport::Tcp, self.edge_listen, "--edge-listen"),
+            (Transport::Tcp, self.edge_metrics_listen, "--edge-metrics-listen"),
+            (Transport::Udp, self.control_listen, "--control-listen"),
         ];
-        for (index, &(address, option)) in addresses.iter().enumerate() {
-            if let Some((_, other)) = addresses[..index].iter().find(|(earlier, _)| *earlier == address) {
+        for (index, &(transport, address, option)) in addresses.iter().enumerate() {
+            let same = |&&(earlier_transport, earlier, _): &&(Transport, SocketAddr, &str)| {
+                (earlier_transport, earlier) == (transport, address)
+            };
+            if let Some((_, _, other)) = addresses[..index].iter().find(same) {
                 bail!("{other} and {option} are both {address}");
             }
-            TcpListener::bind(address)
-                .with_context(|| format!("{address} is taken: choose another address with {option}"))?;
+            transport
+                .bind(address)
+                .with_context(|| format!("{transport} {address} is taken: choose another address with {option}"))?;
         }
         Ok(())
+    }
+}
+
+/// What a server listens with on an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    /// Binds `address` and lets it go at once.
+    fn bind(self, address: SocketAddr) -> std::io::Result<()> {
+        match self {
+            Self::Tcp => TcpListener::bind(address).map(drop),
+            Self::Udp => UdpSocket::bind(address).map(drop),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        })
+    }
+}
+
+/// The control plane's files: the origin's, and those of its one edge.
+struct Certificates {
+    origin: TlsFiles,
+    edge: TlsFiles,
+}
+
+impl Certificates {
+    /// Makes the development PKI in `dir` where it is missing, and prints each file it created.
+    fn ensure(dir: &Path) -> Result<Self> {
+        let edge = EdgeIdentity::new(EDGE_NAME, EDGE_REGION).context("name the edge")?;
+        let created = shared::tls::write_dev_pki(dir, std::slice::from_ref(&edge))
+            .with_context(|| format!("make the development PKI in {}", dir.display()))?;
+        for path in created {
+            eprintln!("up: created {}", path.display());
+        }
+        Ok(Self {
+            origin: TlsFiles::origin(dir),
+            edge: TlsFiles::edge(dir, &edge),
+        })
     }
 }
 
@@ -147,13 +212,14 @@ fn build_command(cargo: &OsStr, profile: &str, manifest_dir: Option<&Path>) -> C
 /// the module documentation). An error when either could not start, or exited without a signal.
 pub async fn run(settings: &Settings, token: &Token) -> Result<()> {
     settings.ensure_addresses_free()?;
+    let certificates = Certificates::ensure(&settings.certs_dir)?;
     // Before any server starts: from here on, these signals no longer end this process at once.
     let mut signals = StopSignals::listen()?;
     let mut servers = Vec::new();
     let interrupted = tokio::select! {
         biased;
         signal = signals.recv() => Some(Stop::Signal(signal)),
-        started = start(settings, token, &mut servers) => started.err().map(Stop::Failure),
+        started = start(settings, token, &certificates, &mut servers) => started.err().map(Stop::Failure),
     };
     let reason = match interrupted {
         Some(reason) => reason,
@@ -183,9 +249,19 @@ enum Stop {
     Failure(anyhow::Error),
 }
 
-/// Starts the origin, waits until it is ready, then does the same with the edge in front of it.
-/// Each server goes into `servers` as soon as it runs, so that it is stopped whatever comes next.
-async fn start(settings: &Settings, token: &Token, servers: &mut Vec<ChildProcess>) -> Result<()> {
+/// Starts the origin, waits until it is ready, then does the same with the edge in front of it, and
+/// waits until the edge follows the origin's control plane. Each server goes into `servers` as soon
+/// as it runs, so that it is stopped whatever comes next.
+async fn start(
+    settings: &Settings,
+    token: &Token,
+    certificates: &Certificates,
+    servers: &mut Vec<ChildProcess>,
+) -> Result<()> {
+    let control = |tls| Control {
+        address: settings.control_listen,
+        tls,
+    };
     let mut command = Command::new(settings.bin("origin"));
     origin::configure(
         &mut command,
@@ -193,6 +269,7 @@ async fn start(settings: &Settings, token: &Token, servers: &mut Vec<ChildProces
         None,
         &settings.data_dir,
         Some(token.secret()),
+        Some(control(&certificates.origin)),
     );
     let origin = spawn("origin", command, servers)?;
     let ready = format!("http://{}/readyz", settings.origin_listen);
@@ -206,6 +283,7 @@ async fn start(settings: &Settings, token: &Token, servers: &mut Vec<ChildProces
         settings.edge_listen,
         settings.edge_metrics_listen,
         settings.origin_listen,
+        Some(control(&certificates.edge)),
     );
     let edge = spawn("edge", command, servers)?;
     let healthy = format!("http://{}/healthz", settings.edge_metrics_listen);
@@ -213,7 +291,18 @@ async fn start(settings: &Settings, token: &Token, servers: &mut Vec<ChildProces
         launch::wait_ready(edge, &healthy, READY_TIMEOUT).await?;
         launch::wait_listening(edge, settings.edge_listen, READY_TIMEOUT).await
     };
-    ready.await.context("start the edge (its output is above)")
+    ready.await.context("start the edge (its output is above)")?;
+
+    let metrics = format!("http://{}/metrics", settings.edge_metrics_listen);
+    let mut both: Vec<&mut ChildProcess> = servers.iter_mut().collect();
+    launch::wait_metric(&mut both, &metrics, control::CONNECTED_METRIC, READY_TIMEOUT)
+        .await
+        .with_context(|| {
+            format!(
+                "connect the edge to the origin's control plane on UDP {} (their output is above)",
+                settings.control_listen
+            )
+        })
 }
 
 /// Starts `command` in a process group of its own with its output on the terminal, and keeps it
@@ -243,8 +332,9 @@ fn ready_text(settings: &Settings, token: &Token, pids: (u32, u32), now: OffsetD
     let origin = format!("http://{}", settings.origin_listen);
     let edge = format!("http://{}", settings.edge_listen);
     let metrics = format!("http://{}/metrics", settings.edge_metrics_listen);
-    let data_dir = std::path::absolute(&settings.data_dir)
-        .with_context(|| format!("make {} absolute", settings.data_dir.display()))?;
+    let absolute = |path: &Path| std::path::absolute(path).with_context(|| format!("make {} absolute", path.display()));
+    let data_dir = absolute(&settings.data_dir)?;
+    let certs_dir = absolute(&settings.certs_dir)?;
     let (token_line, export) = match token {
         Token::Generated(token) => (
             format!("{token} (generated for this run; set {BOOTSTRAP_TOKEN_VARIABLE} to choose it)"),
@@ -256,6 +346,11 @@ fn ready_text(settings: &Settings, token: &Token, pids: (u32, u32), now: OffsetD
         ),
     };
     let forecast = format!("{edge}/v1/forecasts/AAPL/1h");
+    let write = format!(
+        "curl -s -w '\\n' -X PUT {origin}/admin/v1/forecasts/AAPL/1h \\\n  \
+         -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{}'",
+        example_forecast(now)?
+    );
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = write!(
@@ -265,6 +360,7 @@ up: ready, origin pid {origin_pid}, edge pid {edge_pid}
 
   origin API   {origin}   embedded store in {data_dir}
   edge         {edge}   a cache in front of the origin, for readers
+  control      UDP {control}   QUIC from the origin to the edge, certificates in {certs_dir}
   metrics      {origin}/metrics   {metrics} (edge)
   OpenAPI      {origin}/openapi.json
   admin token  {token_line}
@@ -273,21 +369,27 @@ Try it from another terminal:
 
 {export}
 # write a forecast (201 the first time, 200 after)
-curl -s -w '\\n' -X PUT {origin}/admin/v1/forecasts/AAPL/1h \\
-  -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{body}'
+{write}
 # read it through the edge twice: cache-status fwd=miss and stored, then hit
 curl -si {forecast} | grep -iE '^(cache-status|etag):'
 curl -si {forecast} | grep -iE '^(cache-status|age):'
 # send its ETag back: 304 Not Modified, answered by the edge from its cache
 ETAG=$(curl -sI {forecast} | grep -i '^etag:' | cut -d' ' -f2 | tr -d '\\r')
 curl -si {forecast} -H \"If-None-Match: $ETAG\" | head -1
+# write it again, a new version: its purge reaches the edge within milliseconds, over the control plane
+{write}
+# so the edge fetches the new version: cache-status fwd=miss, and its ETag
+curl -si {forecast} | grep -iE '^(cache-status|etag):'
+# the invalidation log: a purge of the forecast's tag per write
+curl -s -w '\\n' '{origin}/admin/v1/invalidations?after=0' -H \"Authorization: Bearer $TOKEN\"
 
 Ctrl-C stops the edge and the origin.
 ",
         origin_pid = pids.0,
         edge_pid = pids.1,
+        control = settings.control_listen,
         data_dir = data_dir.display(),
-        body = example_forecast(now)?,
+        certs_dir = certs_dir.display(),
     );
     Ok(text)
 }
@@ -410,7 +512,9 @@ mod tests {
             origin_listen: address(8080),
             edge_listen: address(8081),
             edge_metrics_listen: address(9081),
+            control_listen: address(4433),
             data_dir: PathBuf::from("/w/.data/origin"),
+            certs_dir: PathBuf::from("/w/certs"),
         }
     }
 
@@ -489,18 +593,68 @@ mod tests {
         );
     }
 
+    /// Free addresses for every server, the control plane's on the port of the origin's API, which
+    /// is allowed: one is TCP, the other UDP.
+    fn free_settings() -> Settings {
+        let address = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let origin_listen = address(launch::free_port().unwrap());
+        Settings {
+            origin_listen,
+            edge_listen: address(launch::free_port().unwrap()),
+            edge_metrics_listen: address(launch::free_port().unwrap()),
+            control_listen: origin_listen,
+            ..settings()
+        }
+    }
+
     #[test]
     fn names_the_option_of_a_taken_address() {
         let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let address = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let settings = Settings {
-            origin_listen: address(launch::free_port().unwrap()),
             edge_listen: taken.local_addr().unwrap(),
-            edge_metrics_listen: address(launch::free_port().unwrap()),
-            ..settings()
+            ..free_settings()
         };
         let error = settings.ensure_addresses_free().unwrap_err().to_string();
         assert!(error.contains("choose another address with --edge-listen"), "{error}");
+    }
+
+    #[test]
+    fn checks_the_control_plane_address_over_udp() {
+        free_settings().ensure_addresses_free().unwrap();
+
+        let taken = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let settings = Settings {
+            control_listen: taken.local_addr().unwrap(),
+            ..free_settings()
+        };
+        let error = settings.ensure_addresses_free().unwrap_err().to_string();
+        assert!(
+            error.contains(&format!(
+                "UDP {} is taken: choose another address with --control-listen",
+                settings.control_listen
+            )),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn makes_the_development_pki_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let certificates = Certificates::ensure(&certs).unwrap();
+        for file in [
+            &certificates.origin.ca,
+            &certificates.origin.cert,
+            &certificates.origin.key,
+            &certificates.edge.cert,
+            &certificates.edge.key,
+        ] {
+            assert!(file.is_file(), "{} was not made", file.display());
+        }
+        assert_eq!(certificates.edge.cert, certs.join("edge-edge-1.pem"));
+        let before = std::fs::read(&certificates.edge.cert).unwrap();
+        Certificates::ensure(&certs).unwrap();
+        assert_eq!(std::fs::read(&certificates.edge.cert).unwrap(), before);
     }
 
     #[test]
@@ -512,16 +666,25 @@ mod tests {
             "origin pid 41, edge pid 42",
             "http://127.0.0.1:8080   embedded store in /w/.data/origin",
             "http://127.0.0.1:8080/metrics   http://127.0.0.1:9081/metrics (edge)",
+            "UDP 127.0.0.1:4433   QUIC from the origin to the edge, certificates in /w/certs",
             "http://127.0.0.1:8080/openapi.json",
             "export TOKEN=5c0f\n",
             "curl -s -w '\\n' -X PUT http://127.0.0.1:8080/admin/v1/forecasts/AAPL/1h \\\n",
             "curl -si http://127.0.0.1:8081/v1/forecasts/AAPL/1h | grep",
             "-H \"If-None-Match: $ETAG\"",
+            "curl -s -w '\\n' 'http://127.0.0.1:8080/admin/v1/invalidations?after=0' -H \"Authorization: Bearer $TOKEN\"",
         ] {
             assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
         }
-        let body = text.split("-d '").nth(1).unwrap().split('\'').next().unwrap();
-        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        // The body of each write, after `-d '`, up to the closing quote.
+        let bodies: Vec<&str> = text
+            .split("application/json' -d '")
+            .skip(1)
+            .map(|rest| rest.split('\'').next().unwrap())
+            .collect();
+        assert_eq!(bodies.len(), 2, "{text}");
+        assert_eq!(bodies[0], bodies[1]);
+        let body: serde_json::Value = serde_json::from_str(bodies[0]).unwrap();
         assert_eq!(body["generated_at"], "2026-11-29T14:00:00Z");
         assert_eq!(body["valid_until"], "2026-11-30T14:00:00Z");
         assert_eq!(body["intervals"][0]["level"], 0.9);

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use loadtest::cli::{EdgeHitsArgs, OriginArgs, UpArgs};
+use loadtest::cli::{EdgeHitsArgs, InvalidationArgs, OriginArgs, UpArgs};
 use loadtest::launch::Pinning;
 use loadtest::local::{self, Token};
-use loadtest::{edge, origin, report};
+use loadtest::{edge, invalidation, origin, report};
 
 #[derive(Debug, Parser)]
 #[command(about = "Starts a local topology on loopback and measures it")]
@@ -26,6 +26,9 @@ enum Command {
     /// Cache hits of the edge next to nginx proxy_cache and Varnish: throughput, latency at half
     /// rate, and memory per cached URL
     EdgeHits(EdgeHitsArgs),
+    /// How long a forecast write takes to be applied by every edge over the QUIC control plane:
+    /// the origin in this process, edges in front of it
+    Invalidation(InvalidationArgs),
     /// Runs the origin (embedded store) and an edge in front of it until Ctrl-C, and prints their
     /// addresses, the admin token and commands to try; under `cargo run`, builds them first
     Up(UpArgs),
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Origin(args) => origin_command(&args),
         Command::EdgeHits(args) => edge_hits_command(&args),
+        Command::Invalidation(args) => invalidation_command(&args),
         Command::Up(args) => up_command(&args),
     }
 }
@@ -77,6 +81,19 @@ fn edge_hits_command(args: &EdgeHitsArgs) -> Result<()> {
     report::write_json(&report, &json_path)?;
     eprintln!("figures written to {}", json_path.display());
     report.ensure_clean()
+}
+
+fn invalidation_command(args: &InvalidationArgs) -> Result<()> {
+    let exe_dir = exe_dir()?;
+    let json_path = args.json_path(&exe_dir);
+    let report = run_pinned(|nproc, pinning| {
+        let settings = args.settings(&exe_dir, pinning);
+        async move { invalidation::run(&settings, nproc).await }
+    })?;
+    report::print_invalidation_table(&report);
+    report::write_json(&report, &json_path)?;
+    eprintln!("figures written to {}", json_path.display());
+    Ok(())
 }
 
 /// Pins this process (see [`Pinning::apply`]) and runs the measurement that `work` makes from the

@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::ceiling::{Ceiling, CeilingPlan, CeilingServer};
+use crate::control::Control;
 use crate::http::{self, LoadResult, Plan};
 use crate::launch::{self, ChildProcess, Pinning, RedisServer};
 use crate::measure::{self, Machine};
@@ -358,6 +359,7 @@ impl OriginServer {
             redis_url.as_deref(),
             data_dir.path(),
             Some(token),
+            None,
         );
         command
             .env("ORIGIN_CACHE__ENABLED", l1_cache.to_string())
@@ -437,13 +439,15 @@ impl OriginServer {
 
 /// Sets the environment of the origin `command`: it listens on `listen`, stores in Redis at
 /// `redis_url` or else in the embedded store in `data_dir`, and `token` is its admin token; without
-/// one, the origin generates its own on the first start on `data_dir` and prints it.
+/// one, the origin generates its own on the first start on `data_dir` and prints it. With `control`,
+/// it serves the control plane there; without, none.
 pub fn configure(
     command: &mut Command,
     listen: SocketAddr,
     redis_url: Option<&str>,
     data_dir: &Path,
     token: Option<&str>,
+    control: Option<Control<'_>>,
 ) {
     command
         .env("ORIGIN_HTTP__LISTEN", listen.to_string())
@@ -452,6 +456,15 @@ pub fn configure(
     match token {
         Some(token) => command.env(BOOTSTRAP_TOKEN_VARIABLE, token),
         None => command.env_remove(BOOTSTRAP_TOKEN_VARIABLE),
+    };
+    match control {
+        Some(Control { address, tls }) => command
+            .env("ORIGIN_QUIC__LISTEN", address.to_string())
+            .env("ORIGIN_TLS__CA", &tls.ca)
+            .env("ORIGIN_TLS__CERT", &tls.cert)
+            .env("ORIGIN_TLS__KEY", &tls.key),
+        // Empty: no control plane.
+        None => command.env("ORIGIN_QUIC__LISTEN", ""),
     };
 }
 

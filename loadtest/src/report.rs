@@ -1,5 +1,5 @@
-//! The tables printed at the end of `loadtest origin` and `loadtest edge-hits`, and the JSON file
-//! with every figure.
+//! The tables printed at the end of `loadtest origin`, `loadtest edge-hits` and `loadtest
+//! invalidation`, and the JSON file with every figure.
 #![allow(clippy::print_stdout)]
 
 use std::path::Path;
@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::edge::{self, CacheKind, Status};
+use crate::invalidation::{self, Summary};
 use crate::median::Median;
 use crate::origin::{self, Backend};
 
@@ -244,6 +245,66 @@ pub fn print_edge_table(report: &edge::Report) {
         ),
         None => println!(
             "{} CPUs, no pinning: caches, origin and load generator share the CPUs",
+            report.machine.nproc
+        ),
+    }
+}
+
+/// Prints the propagation times of a write to the edges as a table, with notes on how they were
+/// measured.
+pub fn print_invalidation_table(report: &invalidation::Report) {
+    let row = |figure: &str, summary: &Summary| {
+        println!(
+            "{figure:<40}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>9}",
+            summary.p50_ms, summary.p99_ms, summary.max_ms, summary.min_ms, summary.samples
+        );
+    };
+    println!();
+    println!(
+        "{:<40}{:>10}{:>10}{:>10}{:>10}{:>9}",
+        "figure", "p50 ms", "p99 ms", "max ms", "min ms", "samples"
+    );
+    row("PUT sent → answered", &report.put);
+    for edge in &report.applied {
+        row(&format!("PUT answered → applied at {}", edge.edge), &edge.summary);
+    }
+    row("PUT answered → applied at every edge", &report.applied_all);
+    row("PUT sent → applied at every edge", &report.sent_applied_all);
+    row("PUT sent → GET at edge-0 serves it", &report.visible);
+
+    let settings = &report.settings;
+    println!();
+    println!(
+        "rounds: {}, each warms the forecast on each of {} edges (a GET, then a GET that must be a hit), writes a new",
+        settings.rounds, settings.edges
+    );
+    println!(
+        "version and waits until every edge applied it; then, edge-0 alone warm, writes again while GETs at edge-0"
+    );
+    println!("run back to back on one keep-alive connection until it serves the new version (the last row)");
+    println!(
+        "applied: the origin recorded the edge's ack, which the edge sends right after purging; a thread reads the"
+    );
+    println!(
+        "origin's records every {} µs ({:.0} µs achieved), so a figure is late by one loopback trip of the ack plus",
+        settings.ack_poll_interval_us, settings.ack_poll_period_us
+    );
+    println!("up to one look; below 0 when the ack was recorded before the PUT's answer reached the client");
+    println!(
+        "origin: in this process on a runtime of its own (the same code as the origin executable, without its mimalloc),"
+    );
+    println!(
+        "embedded store in a temporary directory, {} byte forecasts; edges: {} over HTTP/1.1 and QUIC",
+        settings.forecast_body_bytes,
+        settings.edge_bin.display()
+    );
+    match report.machine.pinning {
+        Some(pinning) => println!(
+            "{} CPUs: edges on CPU {}, origin and measurement (this process) on CPU {}",
+            report.machine.nproc, pinning.server_cpu, pinning.load_cpu
+        ),
+        None => println!(
+            "{} CPUs, no pinning: edges, origin and measurement share the CPUs",
             report.machine.nproc
         ),
     }

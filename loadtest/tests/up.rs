@@ -1,7 +1,8 @@
-//! `loadtest up` with the origin and the edge built next to loadtest, on free ports and a data
-//! directory where an origin started before without a token has generated its admin token: `up`
-//! serves through the edge, its printed commands work, SIGTERM stops it and both servers, and the
-//! generated token still works afterwards.
+//! `loadtest up` with the origin and the edge built next to loadtest, on free ports, a data
+//! directory where an origin started before without a token has generated its admin token, and a
+//! certificate folder of its own: `up` makes the development PKI there, serves through the edge, a
+//! write reaches the edge over the control plane, its printed commands work, SIGTERM stops it and
+//! both servers, and the generated token still works afterwards.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -16,6 +17,7 @@ use hyper::header::HeaderMap;
 use hyper::{Method, StatusCode};
 use loadtest::launch::{self, ChildProcess, ProcessTree};
 use loadtest::{edge, http, origin};
+use shared::tls::{self, CA_CERT_FILE, CA_KEY_FILE, EdgeIdentity, ORIGIN_CERT_FILE, ORIGIN_KEY_FILE};
 use support::profile_dir;
 
 /// How long `up` may take to print that both servers are ready (each has 30 s).
@@ -25,6 +27,9 @@ const STOP_WAIT: Duration = Duration::from_secs(35);
 /// The last line `up` prints once ready.
 const LAST_READY_LINE: &str = "Ctrl-C stops the edge and the origin.";
 const POLL: Duration = Duration::from_millis(50);
+/// How long a write may take to reach the edge: milliseconds over the control plane, while
+/// without it the edge would keep its copy for the hour the forecast is valid.
+const PURGE_WAIT: Duration = Duration::from_secs(5);
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -36,7 +41,7 @@ async fn plain_origin(data_dir: &Path, log: &Path) -> (ChildProcess, SocketAddr)
     let address = loopback(launch::free_port().unwrap());
     let mut command = Command::new(profile_dir().join("origin"));
     launch::remove_env_prefixed(&mut command, "ORIGIN_");
-    origin::configure(&mut command, address, None, data_dir, None);
+    origin::configure(&mut command, address, None, data_dir, None, None);
     let log = File::create(log).unwrap();
     command.stderr(log.try_clone().unwrap()).stdout(log);
     let mut process = ChildProcess::spawn_keeping_output("plain-origin", command).unwrap();
@@ -75,9 +80,39 @@ async fn get(edge: SocketAddr, key: &str) -> HeaderMap {
     response.headers().clone()
 }
 
-fn cache_status(headers: &HeaderMap) -> String {
-    let value = headers.get("cache-status").expect("a cache-status header");
+fn header(headers: &HeaderMap, name: &str) -> String {
+    let value = headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header in {headers:?}"));
     value.to_str().unwrap().to_owned()
+}
+
+fn cache_status(headers: &HeaderMap) -> String {
+    header(headers, "cache-status")
+}
+
+/// Reads `key` through the edge until its ETag is no longer `old`, for at most [`PURGE_WAIT`], and
+/// returns the headers of that read.
+async fn read_until_changed(edge: SocketAddr, key: &str, old: &str) -> HeaderMap {
+    let deadline = tokio::time::Instant::now() + PURGE_WAIT;
+    loop {
+        let headers = get(edge, key).await;
+        if header(&headers, "etag") != old {
+            return headers;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge still serves {old} {PURGE_WAIT:?} after the write: {}",
+            cache_status(&headers)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    socket.local_addr().unwrap().port()
 }
 
 /// The number after `label ` in `text`.
@@ -112,6 +147,7 @@ async fn up_serves_through_the_edge_and_stops_on_sigterm() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
+    let certs_dir = dir.path().join("certs");
 
     // An origin run without a token generates one, and keeps its hash in the data directory.
     let first_log = dir.path().join("first-origin.log");
@@ -120,10 +156,11 @@ async fn up_serves_through_the_edge_and_stops_on_sigterm() {
     assert_eq!(put(address, "BEFORE/1h", &generated).await, StatusCode::CREATED);
     assert!(first.terminate(Duration::from_secs(10)).unwrap().success());
 
-    let (origin_listen, edge_listen, edge_metrics_listen) = (
+    let (origin_listen, edge_listen, edge_metrics_listen, control_listen) = (
         loopback(launch::free_port().unwrap()),
         loopback(launch::free_port().unwrap()),
         loopback(launch::free_port().unwrap()),
+        loopback(free_udp_port()),
     );
     let stdout_path = dir.path().join("up.out");
     let stderr_path = dir.path().join("up.err");
@@ -134,8 +171,11 @@ async fn up_serves_through_the_edge_and_stops_on_sigterm() {
         .args(["--origin-listen", &origin_listen.to_string()])
         .args(["--edge-listen", &edge_listen.to_string()])
         .args(["--edge-metrics-listen", &edge_metrics_listen.to_string()])
+        .args(["--control-listen", &control_listen.to_string()])
         .arg("--data-dir")
         .arg(&data_dir)
+        .arg("--certs-dir")
+        .arg(&certs_dir)
         .env_remove(origin::BOOTSTRAP_TOKEN_VARIABLE)
         .stdout(File::create(&stdout_path).unwrap())
         .stderr(File::create(&stderr_path).unwrap());
@@ -168,6 +208,7 @@ async fn up_serves_through_the_edge_and_stops_on_sigterm() {
         format!("http://{origin_listen}/openapi.json"),
         format!("http://{edge_listen}"),
         format!("http://{edge_metrics_listen}/metrics"),
+        format!("UDP {control_listen}"),
     ] {
         assert!(printed.contains(&expected), "{expected} missing from:\n{printed}");
     }
@@ -182,11 +223,47 @@ async fn up_serves_through_the_edge_and_stops_on_sigterm() {
     let second_read = get(edge_listen, "UP/1h").await;
     assert!(edge::is_hit(&second_read), "{}", cache_status(&second_read));
 
+    // A new version purges the edge's copy over the control plane, so the next reads fetch it.
+    let first_etag = header(&second_read, "etag");
+    assert!(first_etag.starts_with("\"1-"), "{first_etag}");
+    assert_eq!(put(origin_listen, "UP/1h", token).await, StatusCode::OK);
+    let after_write = read_until_changed(edge_listen, "UP/1h", &first_etag).await;
+    let new_etag = header(&after_write, "etag");
+    assert!(new_etag.starts_with("\"2-"), "{new_etag}");
+    assert!(
+        cache_status(&after_write).contains("fwd=miss"),
+        "{}",
+        cache_status(&after_write)
+    );
+
+    // The development PKI was made in the folder given, and each file it created was named.
+    let edge_identity = EdgeIdentity::new("edge-1", "local").unwrap();
+    for file in [
+        CA_CERT_FILE.to_owned(),
+        CA_KEY_FILE.to_owned(),
+        ORIGIN_CERT_FILE.to_owned(),
+        ORIGIN_KEY_FILE.to_owned(),
+        tls::edge_cert_file(&edge_identity),
+        tls::edge_key_file(&edge_identity),
+    ] {
+        let path = certs_dir.join(&file);
+        assert!(path.is_file(), "{} was not made:\n{}", path.display(), stderr());
+        let created = format!("up: created {}", path.display());
+        assert!(stderr().contains(&created), "{created:?} missing from:\n{}", stderr());
+    }
+
     if launch::find_on_path("curl").is_some() {
         let mut commands = Command::new("sh");
         commands.arg("-c").arg(printed_commands(&printed));
         let output = launch::run_bounded("printed-commands", commands, Duration::from_secs(30)).unwrap();
-        for expected in ["\"version\":1", "fwd=miss", "; hit", "304 Not Modified"] {
+        for expected in [
+            "\"version\":1",
+            "fwd=miss",
+            "; hit",
+            "304 Not Modified",
+            "\"version\":2",
+            "\"tags\":[\"AAPL:1h\"]",
+        ] {
             assert!(output.contains(expected), "{expected:?} missing from:\n{output}");
         }
     } else {

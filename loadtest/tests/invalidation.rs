@@ -1,0 +1,51 @@
+//! `loadtest invalidation --quick` with the edge built next to loadtest: every edge must apply every
+//! invalidation. No timing is checked.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::profile_dir;
+
+#[test]
+fn quick_run_applies_every_invalidation_on_every_edge() {
+    let edge = profile_dir().join("edge");
+    if !edge.is_file() {
+        eprintln!(
+            "skipped: {} is not built (cargo build -p edge, or cargo test --workspace)",
+            edge.display()
+        );
+        return;
+    }
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["invalidation", "--quick", "--edge-bin"])
+        .arg(&edge)
+        .arg("--json")
+        .arg(json.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let report: Value = serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let rounds = report["settings"]["rounds"].as_u64().unwrap();
+    assert_eq!(rounds, 20, "{report}");
+    let head = report["log_head"].as_u64().unwrap();
+    // The first version, then two writes per round, each one invalidation.
+    assert_eq!(head, 1 + 2 * rounds, "{report}");
+    let acks = report["final_acks"].as_array().unwrap();
+    assert_eq!(acks.len(), 1, "{report}");
+    for ack in acks {
+        assert_eq!(ack["acked"].as_u64(), Some(head), "{ack}");
+    }
+    let applied = report["samples"]["applied_us"].as_array().unwrap();
+    assert_eq!(applied.len(), acks.len());
+    for samples in applied {
+        assert_eq!(samples.as_array().unwrap().len() as u64, rounds, "{samples}");
+    }
+    assert_eq!(report["samples"]["visible_us"].as_array().unwrap().len() as u64, rounds);
+    assert!(stdout.contains("applied at every edge"), "{stdout}");
+}
