@@ -1,7 +1,7 @@
 //! The control plane end to end: the real edge binary connected over QUIC (mutual TLS) to a scripted
 //! control origin, in front of the scripted HTTP origin.
 
-use loadtest::launch::{ChildProcess, free_port};
+use loadtest::launch::{ChildProcess, RedisServer, free_port};
 use shared::domain::ModelRef;
 use shared::wire::{DropAll, DropReason, Invalidate, OriginMessage, Selector};
 
@@ -325,4 +325,56 @@ async fn a_forecast_write_reaches_the_edge_through_the_real_origins_control_plan
     assert_eq!(listed["head"], 2, "{listed}");
     assert_eq!(listed["edges"][0]["name"], "edge-1", "{listed}");
     assert_eq!(listed["edges"][0]["acked"], 2, "{listed}");
+}
+
+/// Two origins share one Redis log; the edge is attached to the first. When that origin goes away, the
+/// edge fails over to the second and is replayed what was logged meanwhile: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_its_origin_dies_the_edge_fails_over_and_loses_no_invalidation() {
+    let redis = RedisServer::start().unwrap();
+    let pki = Pki::new();
+    let first = RealOrigin::with_control_plane_on(&pki, Some(redis.url())).await;
+    let second = RealOrigin::with_control_plane_on(&pki, Some(redis.url())).await;
+    let control_of = |origin: &RealOrigin| origin.control.as_ref().expect("started with a control plane").clone();
+    let (first_control, second_control) = (control_of(&first), control_of(&second));
+    let mut env = pki.edge_env();
+    let origins = format!("{},{}", first_control.addr, second_control.addr);
+    env.push(("EDGE_CONTROL__ORIGINS".into(), origins));
+    env.push(("EDGE_CONTROL__RECONNECT_DELAY".into(), "50ms".into()));
+    env.push(("EDGE_CONTROL__MAX_RECONNECT_DELAY".into(), "200ms".into()));
+    env.push(("EDGE_CONTROL__HEARTBEAT_INTERVAL".into(), "200ms".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    // Reads go to the second origin's HTTP API, which stays up.
+    let edge = Edge::start(&second.url, &env).await;
+    eventually("the edge to attach to the first origin", async || {
+        (!first_control.edges.list().is_empty()).then_some(())
+    })
+    .await;
+    let path = "/v1/forecasts/MSFT/1d";
+    second.put_forecast("MSFT", "1d", 410.0).await;
+    eventually("the edge to apply the first write", async || {
+        first_control
+            .edges
+            .list()
+            .first()
+            .and_then(|status| (status.acked == Some(1)).then_some(()))
+    })
+    .await;
+    cached(&edge, path).await;
+
+    drop(first);
+    let newest = second.put_forecast("MSFT", "1d", 411.0).await;
+    eventually(
+        "the edge to serve the version written while it failed over",
+        async || (edge.get(path).await.header("etag") == Some(newest.as_str())).then_some(()),
+    )
+    .await;
+    eventually("the second origin to see the edge confirm it", async || {
+        second_control
+            .edges
+            .list()
+            .first()
+            .and_then(|status| (status.acked == Some(2)).then_some(()))
+    })
+    .await;
 }
