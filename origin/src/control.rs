@@ -76,6 +76,10 @@ impl Edges {
             .collect()
     }
 
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     fn update(&self, id: u64, change: impl FnOnce(&mut EdgeStatus)) {
         if let Some(status) = self.0.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&id) {
             change(status);
@@ -125,19 +129,23 @@ async fn accept(endpoint: Endpoint, settings: Arc<Settings>, state: AppState, ed
             let connection = match incoming.await {
                 Ok(connection) => connection,
                 Err(error) => {
+                    state.metrics.control_failures.inc();
                     tracing::warn!(%remote, %error, "control-plane handshake failed");
                     return;
                 }
             };
             let Some(identity) = identity(&connection) else {
+                state.metrics.control_failures.inc();
                 connection.close(0u32.into(), b"no edge identity");
                 return;
             };
             let result = serve(id, &connection, &identity, &settings, &state, &edges).await;
             edges.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            state.metrics.control_edges.set(edges.len() as i64);
             match result {
                 Ok(()) => tracing::info!(edge = %identity.uri(), "edge disconnected"),
                 Err(error) => {
+                    state.metrics.control_failures.inc();
                     tracing::warn!(edge = %identity.uri(), error = format!("{error:#}"), "edge connection ended");
                 }
             }
@@ -195,12 +203,20 @@ async fn serve(
             sent: hello.last_applied,
         },
     );
+    state.metrics.control_edges.set(edges.len() as i64);
     tracing::info!(edge = %identity.uri(), last_applied = ?hello.last_applied, "edge connected");
 
     let forecasts = &state.forecasts;
     let mut appended = forecasts.appended();
     let page = forecasts.invalidation_log(hello.last_applied, PAGE).await?;
     let (drop_all, mut sent) = resume_point(&hello, page.head, page.trimmed);
+    if let Some(reason) = drop_all {
+        state
+            .metrics
+            .control_drop_all
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
     writer
         .send(&OriginMessage::Welcome(Welcome {
             version,
@@ -261,11 +277,14 @@ async fn forward(writer: &mut Writer, state: &AppState, mut sent: Option<u64>) -
         let page = state.forecasts.invalidation_log(sent, PAGE).await?;
         if page.trimmed {
             if let Some(head) = page.head {
+                let reason = DropReason::Trimmed;
+                state
+                    .metrics
+                    .control_drop_all
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
                 writer
-                    .send(&OriginMessage::DropAll(DropAll {
-                        sequence: head,
-                        reason: DropReason::Trimmed,
-                    }))
+                    .send(&OriginMessage::DropAll(DropAll { sequence: head, reason }))
                     .await?;
             }
             return Ok(page.head);
@@ -275,6 +294,7 @@ async fn forward(writer: &mut Writer, state: &AppState, mut sent: Option<u64>) -
         };
         for record in page.records {
             writer.send(&OriginMessage::Invalidate(record)).await?;
+            state.metrics.control_sent.inc();
         }
         sent = Some(last);
     }

@@ -1,7 +1,8 @@
 //! The origin's Prometheus metrics. Labels are bounded: route templates, methods, status codes,
 //! operation and backend names, never raw paths or keys.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use shared::wire::DropReason;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -13,6 +14,14 @@ pub struct Metrics {
     pub l1_lookups: IntCounterVec,
     pub invalidations_appended: IntCounterVec,
     pub invalidation_log_head: IntGauge,
+    /// Edges connected to this origin's control plane.
+    pub control_edges: IntGauge,
+    /// Invalidations sent to edges (each edge counts), live or replayed.
+    pub control_sent: IntCounter,
+    /// Edges told to drop their whole cache, by reason: trimmed, log_reset.
+    pub control_drop_all: IntCounterVec,
+    /// Connections refused or ended by an error (handshake, certificate, protocol).
+    pub control_failures: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -71,6 +80,29 @@ impl Metrics {
             "The newest invalidation sequence this origin has appended or read",
         )
         .expect("valid metric");
+        let control_edges =
+            IntGauge::new("origin_control_edges", "Edges connected to the control plane").expect("valid metric");
+        let control_sent = IntCounter::new(
+            "origin_control_invalidations_sent_total",
+            "Invalidations sent to edges, live or replayed, each edge counted",
+        )
+        .expect("valid metric");
+        let control_drop_all = IntCounterVec::new(
+            Opts::new(
+                "origin_control_drop_all_total",
+                "Edges told to drop their whole cache: trimmed (behind retention), log_reset (ahead of the log)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let control_failures = IntCounter::new(
+            "origin_control_failures_total",
+            "Control-plane connections refused or ended by an error",
+        )
+        .expect("valid metric");
+        for reason in [DropReason::Trimmed, DropReason::LogReset] {
+            control_drop_all.with_label_values(&[reason.as_str()]);
+        }
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -79,6 +111,10 @@ impl Metrics {
             Box::new(l1_lookups.clone()),
             Box::new(invalidations_appended.clone()),
             Box::new(invalidation_log_head.clone()),
+            Box::new(control_edges.clone()),
+            Box::new(control_sent.clone()),
+            Box::new(control_drop_all.clone()),
+            Box::new(control_failures.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -91,6 +127,10 @@ impl Metrics {
             l1_lookups,
             invalidations_appended,
             invalidation_log_head,
+            control_edges,
+            control_sent,
+            control_drop_all,
+            control_failures,
         }
     }
 

@@ -325,6 +325,14 @@ async fn a_forecast_write_reaches_the_edge_through_the_real_origins_control_plan
     assert_eq!(listed["head"], 2, "{listed}");
     assert_eq!(listed["edges"][0]["name"], "edge-1", "{listed}");
     assert_eq!(listed["edges"][0]["acked"], 2, "{listed}");
+    let metrics = origin.get("/metrics").await;
+    for line in ["origin_control_edges 1", "origin_control_invalidations_sent_total 2"] {
+        assert!(
+            metrics.text().lines().any(|l| l == line),
+            "{line} not in\n{}",
+            metrics.text()
+        );
+    }
 }
 
 /// Two origins share one Redis log; the edge is attached to the first. When that origin goes away, the
