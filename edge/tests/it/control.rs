@@ -333,6 +333,45 @@ async fn a_forecast_write_reaches_the_edge_through_the_real_origins_control_plan
             metrics.text()
         );
     }
+
+    // A purge through the admin API reaches the edge the same way.
+    cached(&edge, path).await;
+    let body = serde_json::json!({"keys": [path]});
+    let accepted = origin.admin_post("/admin/v1/invalidations", &body).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    eventually("the edge to apply the purge sent through the admin API", async || {
+        control
+            .edges
+            .list()
+            .first()
+            .and_then(|status| (status.acked == Some(3)).then_some(()))
+    })
+    .await;
+    assert_miss(&edge.get(path).await, path);
+}
+
+/// Only certificates of the control plane's CA get in: an edge certificate from another CA is refused
+/// during the handshake, and never listed as an edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_refuses_an_edge_certificate_from_another_ca() {
+    let pki = Pki::new();
+    let origin = RealOrigin::with_control_plane(&pki).await;
+    let control = origin.control.as_ref().expect("started with a control plane");
+    let stranger = Pki::new();
+    let refused = stranger.try_control_handshake(control.addr).await;
+    assert!(refused.is_err(), "a foreign certificate was let in");
+    assert!(control.edges.list().is_empty());
+    eventually("the origin to count the refusal", async || {
+        let metrics = origin.get("/metrics").await;
+        metrics
+            .text()
+            .lines()
+            .any(|line| line == "origin_control_failures_total 1")
+            .then_some(())
+    })
+    .await;
+    let welcomed = pki.try_control_handshake(control.addr).await;
+    assert!(welcomed.is_ok(), "{welcomed:?}");
 }
 
 /// Two origins share one Redis log; the edge is attached to the first. When that origin goes away, the

@@ -58,6 +58,52 @@ impl Pki {
         }
     }
 
+    /// Dials a control plane at `addr` with this PKI's edge certificate and says `Hello`: `Ok` once the
+    /// origin answers `Welcome`, `Err` when the handshake or the conversation fails.
+    pub async fn try_control_handshake(&self, addr: SocketAddr) -> anyhow::Result<Welcome> {
+        let pem = TlsPem::read(
+            &self.path(CA_CERT_FILE),
+            &self.path(&edge_cert_file(&self.edge)),
+            &self.path(&edge_key_file(&self.edge)),
+        )?;
+        let tls = shared::tls::client_config(&pem, wire::ALPN)?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?;
+        let mut endpoint = Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conversation = async {
+            let connection = endpoint.connect(addr, "localhost")?.await?;
+            let (mut send, mut recv) = connection.open_bi().await?;
+            let hello = EdgeMessage::Hello(Hello {
+                versions: wire::SUPPORTED_VERSIONS.to_vec(),
+                last_applied: None,
+                instance_id: 1,
+                started_at_ms: 0,
+            });
+            let mut frame = Vec::new();
+            wire::encode_frame(&hello, &mut frame)?;
+            send.write_all(&frame).await?;
+            let mut buf = Vec::new();
+            loop {
+                if let Some((message, _)) = wire::decode_frame::<OriginMessage>(&buf)? {
+                    return match message {
+                        OriginMessage::Welcome(welcome) => Ok(welcome),
+                        other => Err(anyhow::anyhow!("expected a welcome, got {other:?}")),
+                    };
+                }
+                let chunk = recv
+                    .read_chunk(64 * 1024, true)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the origin closed the stream"))?;
+                buf.extend_from_slice(&chunk.bytes);
+            }
+        };
+        let result = tokio::time::timeout(crate::support::WAIT, conversation)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {:?}", crate::support::WAIT))?;
+        endpoint.close(0u32.into(), b"done");
+        result
+    }
+
     fn server_config(&self) -> quinn::ServerConfig {
         let pem = TlsPem::read(
             &self.path(CA_CERT_FILE),

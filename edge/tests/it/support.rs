@@ -528,6 +528,12 @@ impl RealOrigin {
     pub async fn admin_get(&self, path: &str) -> Fetched {
         fetch(self.client.get(format!("{}{path}", self.url)).bearer_auth(ADMIN_TOKEN)).await
     }
+
+    /// A JSON request to the admin API with the admin token.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> Fetched {
+        let request = self.client.post(format!("{}{path}", self.url));
+        fetch(request.bearer_auth(ADMIN_TOKEN).json(body)).await
+    }
 }
 
 impl Drop for RealOrigin {
