@@ -122,6 +122,22 @@ impl L1Cache {
         self.insert(&mut shard, key, entry);
     }
 
+    /// Drops `key`, for a change made through another origin; fills that started earlier are refused.
+    pub fn forget(&self, key: &ForecastKey) {
+        let mut shard = self.lock(self.shard_of(key));
+        shard.generation += 1;
+        shard.entries.remove(key);
+    }
+
+    /// Drops everything, for a change whose keys are not known here (a prefix, a model, everything).
+    pub fn clear(&self) {
+        for index in 0..self.shards.len() {
+            let mut shard = self.lock(index);
+            shard.generation += 1;
+            shard.entries.clear();
+        }
+    }
+
     fn insert(&self, shard: &mut Shard, key: &ForecastKey, entry: Entry) {
         if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(key) {
             // Evict some entry; the map's iteration order is as good as random here.

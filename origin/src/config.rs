@@ -97,6 +97,10 @@ pub struct CacheConfig {
     /// How long past `ttl` an entry may still be served while storage is unavailable.
     #[serde(with = "humantime_serde")]
     pub max_stale: Duration,
+    /// On Redis, how often the invalidation log is read for changes made through other origins, whose
+    /// entries are then dropped at once instead of after `ttl`.
+    #[serde(with = "humantime_serde")]
+    pub follow_interval: Duration,
 }
 
 impl Default for CacheConfig {
@@ -106,6 +110,7 @@ impl Default for CacheConfig {
             capacity: NonZeroUsize::new(100_000).expect("non-zero"),
             ttl: Duration::from_secs(5),
             max_stale: Duration::from_secs(600),
+            follow_interval: Duration::from_millis(20),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
-use shared::wire::Selector;
+use shared::wire::{Invalidate, Selector};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use utoipa::ToSchema;
@@ -380,6 +380,37 @@ impl Forecasts {
             newer
         });
         Ok(sequence)
+    }
+
+    /// Drops everything from the L1 cache.
+    pub fn clear_l1(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.clear();
+        }
+    }
+
+    /// Applies an invalidation (made through any origin) to the L1 cache: the forecast a tag names is
+    /// dropped; selectors whose forecasts are not known here (keys, prefixes, models, everything) drop
+    /// the whole cache.
+    pub fn apply_to_l1(&self, invalidation: &Invalidate) {
+        let Some(l1) = &self.l1 else {
+            return;
+        };
+        for selector in &invalidation.selectors {
+            match selector {
+                Selector::Tag(tag) => match tag.parse::<ForecastKey>() {
+                    Ok(key) => l1.forget(&key),
+                    Err(_) => {
+                        l1.clear();
+                        return;
+                    }
+                },
+                _ => {
+                    l1.clear();
+                    return;
+                }
+            }
+        }
     }
 
     /// The newest sequence appended through this origin, changing as appends are made: the control

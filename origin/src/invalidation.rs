@@ -4,13 +4,17 @@
 //! numbers are what edges acknowledge and resume from. This module holds the rules that need no
 //! storage: which selectors a request may name, the tag that covers a forecast, why one was issued.
 
+use std::num::NonZeroUsize;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 use shared::domain::{ForecastKey, ModelRef};
 use shared::wire::{Invalid, Invalidate, Selector};
 use utoipa::ToSchema;
+
+use crate::api::AppState;
 
 /// Why an invalidation was issued. Bounded, so it can be a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +185,40 @@ impl HeadGauge {
         }
     }
 }
+
+/// Keeps this origin's L1 cache in step with changes made through other origins sharing the log: reads
+/// the log every `interval` from its head at start, and applies each invalidation to the L1. Runs until
+/// the runtime stops; a failed read is retried at the next tick.
+pub async fn follow_into_l1(state: AppState, interval: Duration) {
+    let mut after = match state.forecasts.invalidation_log(None, NonZeroUsize::MIN).await {
+        Ok(page) => page.head,
+        Err(_) => None,
+    };
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let page = match state.forecasts.invalidation_log(after, FOLLOW_PAGE).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::debug!(%error, "invalidation log not readable; the L1 cache follows it at the next tick");
+                continue;
+            }
+        };
+        if page.trimmed {
+            // Invalidations were missed: nothing in the L1 cache can be trusted to be current.
+            state.forecasts.clear_l1();
+            after = page.head;
+            continue;
+        }
+        for record in &page.records {
+            state.forecasts.apply_to_l1(record);
+            after = Some(record.sequence);
+        }
+    }
+}
+
+/// Invalidations read at a time by [`follow_into_l1`].
+const FOLLOW_PAGE: NonZeroUsize = NonZeroUsize::new(1000).expect("non-zero");
 
 #[cfg(test)]
 mod tests {

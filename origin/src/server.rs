@@ -127,6 +127,13 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let state = build(config).await?;
     let addr = listener.local_addr()?;
+    if config.storage.redis_url.is_some() && config.cache.enabled {
+        // Other origins may write to the same Redis: follow their invalidations into the L1 cache.
+        tokio::spawn(crate::invalidation::follow_into_l1(
+            state.clone(),
+            config.cache.follow_interval,
+        ));
+    }
     let control = match config.quic.listen {
         Some(listen) => Some(control::start(&config.quic, &config.tls, listen, state.clone())?),
         None => None,

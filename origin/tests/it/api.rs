@@ -1231,3 +1231,43 @@ async fn invalidation_tokens_only_do_what_their_scopes_allow() {
     let audit = admin_get(&origin, "/admin/v1/audit?limit=1").await;
     assert_eq!(audit["entries"][0]["actor"], "purger");
 }
+
+/// Two origins share one Redis: a write through one reaches the other's L1 cache through the
+/// invalidation log within moments, not after the L1 TTL (a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_another_origin_drops_the_forecast_from_this_origins_l1() {
+    let redis = loadtest::launch::RedisServer::start().unwrap();
+    let start = |dir: &std::path::Path| {
+        let mut config = support::config(dir);
+        config.storage.redis_url = Some(redis.url());
+        config.cache.ttl = std::time::Duration::from_secs(60);
+        TestOrigin::start(config)
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let writer = start(dir_a.path()).await;
+    let reader = start(dir_b.path()).await;
+    writer.put("SHRD", "1h", &forecast(("m", "1"), 1.0)).await;
+    let etag_of = async |origin: &TestOrigin| {
+        let read = origin.get("/v1/forecasts/SHRD/1h").send().await.unwrap();
+        assert_eq!(read.status(), 200);
+        read.headers()["etag"].to_str().unwrap().to_owned()
+    };
+    let first = etag_of(&reader).await;
+    assert_eq!(etag_of(&reader).await, first, "served from the reader's L1");
+
+    let written = writer.put("SHRD", "1h", &forecast(("m", "1"), 2.0)).await;
+    assert_eq!(written["version"], 2);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let etag = etag_of(&reader).await;
+        if etag != first {
+            assert!(etag.starts_with("\"2-"), "{etag}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader kept serving version 1"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
