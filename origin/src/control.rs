@@ -293,6 +293,9 @@ async fn forward(writer: &mut Writer, state: &AppState, mut sent: Option<u64>) -
             return Ok(sent);
         };
         for record in page.records {
+            // The edge refetches from its origin right after applying this: this origin's L1 must not
+            // answer with what the invalidation replaced (it may come from another origin's write).
+            state.forecasts.apply_to_l1(&record);
             writer.send(&OriginMessage::Invalidate(record)).await?;
             state.metrics.control_sent.inc();
         }

@@ -425,3 +425,55 @@ async fn when_its_origin_dies_the_edge_fails_over_and_loses_no_invalidation() {
     })
     .await;
 }
+
+/// A write through another origin: the origin the edge is attached to (and fetches from) drops the
+/// forecast from its own L1 cache before it sends the invalidation, so the edge's refetch gets the new
+/// version even before that origin's periodic look at the log (an hour here) would have seen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_write_through_another_origin_the_edge_refetches_the_new_version() {
+    let redis = RedisServer::start().unwrap();
+    let pki = Pki::new();
+    let slow_follow = |config: &mut origin::config::OriginConfig| {
+        config.cache.ttl = std::time::Duration::from_secs(3600);
+        config.cache.follow_interval = std::time::Duration::from_secs(3600);
+    };
+    let attached = RealOrigin::with_control_plane_and(&pki, Some(redis.url()), slow_follow).await;
+    let writer = RealOrigin::with_control_plane_and(&pki, Some(redis.url()), slow_follow).await;
+    let control = attached.control.as_ref().expect("started with a control plane");
+    let mut env = pki.edge_env();
+    env.push(("EDGE_CONTROL__ORIGINS".into(), control.addr.to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let edge = Edge::start(&attached.url, &env).await;
+    eventually("the edge to attach", async || {
+        (!control.edges.list().is_empty()).then_some(())
+    })
+    .await;
+    let path = "/v1/forecasts/NVDA/4h";
+    writer.put_forecast("NVDA", "4h", 100.0).await;
+    eventually("the edge to apply the first write", async || {
+        control
+            .edges
+            .list()
+            .first()
+            .and_then(|status| (status.acked == Some(1)).then_some(()))
+    })
+    .await;
+    cached(&edge, path).await;
+
+    let newest = writer.put_forecast("NVDA", "4h", 101.0).await;
+    eventually("the edge to apply the second write", async || {
+        control
+            .edges
+            .list()
+            .first()
+            .and_then(|status| (status.acked == Some(2)).then_some(()))
+    })
+    .await;
+    let fetched = edge.get(path).await;
+    assert_eq!(
+        fetched.header("etag"),
+        Some(newest.as_str()),
+        "{}",
+        fetched.cache_status()
+    );
+}

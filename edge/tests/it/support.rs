@@ -466,12 +466,22 @@ impl RealOrigin {
 
     /// The same, storing in the Redis at `redis_url` when given (several origins can share it).
     pub async fn with_control_plane_on(pki: &crate::control_origin::Pki, redis_url: Option<String>) -> Self {
+        Self::with_control_plane_and(pki, redis_url, |_| {}).await
+    }
+
+    /// The same, with more settings.
+    pub async fn with_control_plane_and(
+        pki: &crate::control_origin::Pki,
+        redis_url: Option<String>,
+        adjust: impl FnOnce(&mut origin::config::OriginConfig),
+    ) -> Self {
         Self::start_with(|config| {
             config.quic.listen = Some("127.0.0.1:0".parse().unwrap());
             config.quic.heartbeat_interval = std::time::Duration::from_millis(200);
             config.quic.poll_interval = std::time::Duration::from_millis(20);
             config.tls = pki.origin_tls();
             config.storage.redis_url = redis_url;
+            adjust(config);
         })
         .await
     }
