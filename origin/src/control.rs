@@ -16,11 +16,13 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::rustls::pki_types::CertificateDer;
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::{Connection, Endpoint, SendStream};
 use serde::Serialize;
+use shared::framed::{FrameReader, FrameWriter};
 use shared::tls::{EdgeIdentity, TlsPem, server_config};
 use shared::wire::{
     self, Ack, DropAll, DropReason, EdgeMessage, Goodbye, GoodbyeCode, Heartbeat, Hello, OriginMessage, Welcome,
+    unix_ms,
 };
 use utoipa::ToSchema;
 
@@ -31,7 +33,6 @@ use crate::config::{QuicConfig, TlsConfig};
 const PAGE: NonZeroUsize = NonZeroUsize::new(1000).expect("non-zero");
 /// How long an edge may take to open its stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-const READ_CHUNK: usize = 64 * 1024;
 
 /// The running control plane.
 #[derive(Debug, Clone)]
@@ -174,8 +175,8 @@ async fn serve(
     let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
         .await
         .context("the edge opened no stream")??;
-    let mut writer = Writer { send };
-    let mut reader = Reader { recv, buf: Vec::new() };
+    let mut writer = FrameWriter::new(send);
+    let mut reader = FrameReader::new(recv);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.next())
         .await
         .context("no hello")??
@@ -184,12 +185,10 @@ async fn serve(
         other => bail!("expected hello, got {other:?}"),
     };
     let Some(version) = wire::choose_version(&hello.versions) else {
-        writer
-            .goodbye(
-                GoodbyeCode::UnsupportedVersion,
-                &format!("this origin speaks {:?}", wire::SUPPORTED_VERSIONS),
-            )
-            .await;
+        let message = format!("this origin speaks {:?}", wire::SUPPORTED_VERSIONS);
+        // The close follows whether or not this arrives.
+        let goodbye = OriginMessage::Goodbye(Goodbye::new(GoodbyeCode::UnsupportedVersion, &message));
+        let _ = writer.send(&goodbye).await;
         bail!("no common protocol version in {:?}", hello.versions);
     };
     edges.0.lock().unwrap_or_else(PoisonError::into_inner).insert(
@@ -211,11 +210,7 @@ async fn serve(
     let page = forecasts.invalidation_log(hello.last_applied, PAGE).await?;
     let (drop_all, mut sent) = resume_point(&hello, page.head, page.trimmed);
     if let Some(reason) = drop_all {
-        state
-            .metrics
-            .control_drop_all
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        count_drop_all(state, reason);
     }
     writer
         .send(&OriginMessage::Welcome(Welcome {
@@ -272,17 +267,13 @@ fn resume_point(hello: &Hello, head: Option<u64>, trimmed: bool) -> (Option<Drop
 
 /// Sends what the log holds after `sent`, in order; answers the new last sequence sent. A gap (the log
 /// was trimmed past what this connection sent) becomes a `DropAll`.
-async fn forward(writer: &mut Writer, state: &AppState, mut sent: Option<u64>) -> Result<Option<u64>> {
+async fn forward(writer: &mut FrameWriter<SendStream>, state: &AppState, mut sent: Option<u64>) -> Result<Option<u64>> {
     loop {
         let page = state.forecasts.invalidation_log(sent, PAGE).await?;
         if page.trimmed {
             if let Some(head) = page.head {
                 let reason = DropReason::Trimmed;
-                state
-                    .metrics
-                    .control_drop_all
-                    .with_label_values(&[reason.as_str()])
-                    .inc();
+                count_drop_all(state, reason);
                 writer
                     .send(&OriginMessage::DropAll(DropAll { sequence: head, reason }))
                     .await?;
@@ -303,56 +294,12 @@ async fn forward(writer: &mut Writer, state: &AppState, mut sent: Option<u64>) -
     }
 }
 
-struct Writer {
-    send: SendStream,
-}
-
-impl Writer {
-    async fn send(&mut self, message: &OriginMessage) -> Result<()> {
-        let mut frame = Vec::new();
-        wire::encode_frame(message, &mut frame)?;
-        self.send
-            .write_all(&frame)
-            .await
-            .context("cannot write to the control stream")
-    }
-
-    /// Says why the origin closes the connection; the close follows whether or not this arrives.
-    async fn goodbye(&mut self, code: GoodbyeCode, message: &str) {
-        let _ = self
-            .send(&OriginMessage::Goodbye(Goodbye {
-                code,
-                message: message.to_owned(),
-            }))
-            .await;
-    }
-}
-
-struct Reader {
-    recv: RecvStream,
-    buf: Vec<u8>,
-}
-
-impl Reader {
-    /// The next message; an error when the stream ends or breaks the protocol. Cancel-safe: bytes move
-    /// into the buffer only once a read completed.
-    async fn next(&mut self) -> Result<EdgeMessage> {
-        loop {
-            if let Some((message, consumed)) = wire::decode_frame(&self.buf)? {
-                self.buf.drain(..consumed);
-                return Ok(message);
-            }
-            match self.recv.read_chunk(READ_CHUNK, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None => bail!("the edge finished the control stream"),
-            }
-        }
-    }
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn count_drop_all(state: &AppState, reason: DropReason) {
+    state
+        .metrics
+        .control_drop_all
+        .with_label_values(&[reason.as_str()])
+        .inc();
 }
 
 #[cfg(test)]

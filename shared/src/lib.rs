@@ -7,12 +7,14 @@
 //! * [`tls`]: control-plane TLS: the development PKI (rcgen), the rustls configurations of origin and
 //!   edges (mutual TLS 1.3, ring), and the edge identity carried in a client certificate.
 //! * [`wire`]: the control-plane protocol between origin and edges: messages, versioned frames, limits.
+//! * [`framed`]: those frames read from and written to a byte stream (a QUIC stream on either side).
 //!
 //! Invariant: this crate opens no sockets and spawns no tasks.
 
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod framed;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;

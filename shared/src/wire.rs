@@ -63,6 +63,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::ModelRef;
 
+/// Milliseconds since the Unix epoch (0 for a clock before it): how times travel in messages.
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The ALPN protocol name of the control plane, so that a QUIC endpoint refuses anything else during
 /// the handshake. It carries no version: versions are negotiated by [`Hello`] and [`Welcome`].
 pub const ALPN: &[u8] = b"forecast-control";
@@ -407,6 +413,18 @@ pub struct Goodbye {
 }
 
 impl Goodbye {
+    /// A goodbye saying `message`, cut to [`MAX_MESSAGE_BYTES`] at a character boundary.
+    pub fn new(code: GoodbyeCode, message: &str) -> Self {
+        let mut end = MAX_MESSAGE_BYTES.min(message.len());
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            code,
+            message: message[..end].to_owned(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         check_len("goodbye message", self.message.len(), MAX_MESSAGE_BYTES)
     }

@@ -26,6 +26,7 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 use shared::crypto::Keyring;
+use shared::wire::unix_ms;
 
 use super::key::{fill_epoch, logical_key};
 use super::policy::stale_window;
@@ -736,11 +737,6 @@ fn usable_until_ms(meta: &CacheMeta) -> u64 {
     // Freshness is tracked in whole seconds; keep the entry a second longer so a response that is
     // exactly at its limit is still seen as the stale entry it is, not as a miss.
     until.saturating_add(1000)
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Cache-key hashes are already uniform: the first eight bytes are the map's hash.

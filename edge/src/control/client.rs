@@ -11,16 +11,16 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use quinn::crypto::rustls::QuicClientConfig;
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::{Connection, Endpoint, SendStream};
+use shared::framed::{FrameReader, FrameWriter};
 use shared::tls::{TlsPem, client_config};
 use shared::wire::{self, EdgeMessage, Goodbye, GoodbyeCode, Heartbeat, Hello, OriginMessage, Stats};
 
-use super::{ControlState, Protocol, unix_ms};
+use shared::wire::unix_ms;
+
+use super::{ControlState, Protocol};
 use crate::cache::{EncryptedStore, PurgeMode, Selector};
 use crate::metrics::Metrics;
-
-/// The largest stream read at once.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Where and how to connect, from `[control]` and `[tls]`.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ impl ControlClient {
     /// and stats until either side ends it.
     async fn converse(&self, connection: &Connection, protocol: &mut Protocol, welcomed: &mut bool) -> Result<()> {
         let (send, recv) = connection.open_bi().await.context("cannot open the control stream")?;
-        let (mut writer, mut reader) = (Writer { send }, Reader { recv, buf: Vec::new() });
+        let (mut writer, mut reader) = (FrameWriter::new(send), FrameReader::new(recv));
         writer
             .send(&EdgeMessage::Hello(Hello {
                 versions: wire::SUPPORTED_VERSIONS.to_vec(),
@@ -143,9 +143,7 @@ impl ControlClient {
                 goodbye.message
             ),
             _ => {
-                writer
-                    .goodbye(GoodbyeCode::ProtocolViolation, "expected a welcome")
-                    .await;
+                goodbye(&mut writer, GoodbyeCode::ProtocolViolation, "expected a welcome").await;
                 bail!("the origin sent something else than a welcome first");
             }
         };
@@ -170,7 +168,7 @@ impl ControlClient {
                     let answer = match protocol.receive(message, &mut purge) {
                         Ok(answer) => answer,
                         Err(error) => {
-                            writer.goodbye(GoodbyeCode::ProtocolViolation, &error.to_string()).await;
+                            goodbye(&mut writer, GoodbyeCode::ProtocolViolation, &error.to_string()).await;
                             return Err(error.into());
                         }
                     };
@@ -241,49 +239,7 @@ async fn resolve(origin: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{origin} resolves to no address"))
 }
 
-struct Writer {
-    send: SendStream,
-}
-
-impl Writer {
-    async fn send(&mut self, message: &EdgeMessage) -> Result<()> {
-        let mut frame = Vec::new();
-        wire::encode_frame(message, &mut frame)?;
-        self.send
-            .write_all(&frame)
-            .await
-            .context("cannot write to the control stream")
-    }
-
-    /// Says why the edge closes the connection; the close follows whether or not this arrives.
-    async fn goodbye(&mut self, code: GoodbyeCode, message: &str) {
-        let mut end = wire::MAX_MESSAGE_BYTES.min(message.len());
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let message = message[..end].to_owned();
-        let _ = self.send(&EdgeMessage::Goodbye(Goodbye { code, message })).await;
-    }
-}
-
-struct Reader {
-    recv: RecvStream,
-    buf: Vec<u8>,
-}
-
-impl Reader {
-    /// The next message; an error when the stream ends or breaks the protocol. Cancel-safe: bytes are
-    /// only moved into the buffer after a read completes.
-    async fn next(&mut self) -> Result<OriginMessage> {
-        loop {
-            if let Some((message, consumed)) = wire::decode_frame(&self.buf)? {
-                self.buf.drain(..consumed);
-                return Ok(message);
-            }
-            match self.recv.read_chunk(READ_CHUNK, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None => bail!("the origin finished the control stream"),
-            }
-        }
-    }
+/// Says why the edge closes the connection; the close follows whether or not this arrives.
+async fn goodbye(writer: &mut FrameWriter<SendStream>, code: GoodbyeCode, message: &str) {
+    let _ = writer.send(&EdgeMessage::Goodbye(Goodbye::new(code, message))).await;
 }

@@ -14,10 +14,11 @@
 mod client;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use shared::wire::{
     self, Ack, DropAll, EdgeMessage, GoodbyeCode, Heartbeat, Invalidate, OriginMessage, SUPPORTED_VERSIONS, Welcome,
+    unix_ms,
 };
 
 pub use client::{ClientSettings, ControlClient};
@@ -35,12 +36,6 @@ pub fn edge_selector(selector: &wire::Selector) -> Selector {
         wire::Selector::Model(model) => Selector::Tag(format!("model:{model}")),
         wire::Selector::All => Selector::All,
     }
-}
-
-/// Milliseconds since the Unix epoch (0 for a clock before it).
-pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What the proxy needs to know about the control plane, shared with the client.
@@ -426,7 +421,7 @@ mod tests {
 
     #[test]
     fn the_staleness_bound_runs_from_start_then_from_the_last_contact() {
-        let start = UNIX_EPOCH + Duration::from_secs(1_000);
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let state = ControlState::new(Duration::from_secs(30), start, Metrics::global());
         assert!(!state.cut_off(start + Duration::from_secs(30)));
         assert!(state.cut_off(start + Duration::from_secs(31)));

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, RecvStream, SendStream};
+use shared::framed::{FrameReader, FrameWriter, StreamError};
 use shared::tls::{
     CA_CERT_FILE, EdgeIdentity, ORIGIN_CERT_FILE, ORIGIN_KEY_FILE, TlsPem, edge_cert_file, edge_key_file,
     server_config, write_dev_pki,
@@ -72,29 +73,19 @@ impl Pki {
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
         let conversation = async {
             let connection = endpoint.connect(addr, "localhost")?.await?;
-            let (mut send, mut recv) = connection.open_bi().await?;
+            let (send, recv) = connection.open_bi().await?;
             let hello = EdgeMessage::Hello(Hello {
                 versions: wire::SUPPORTED_VERSIONS.to_vec(),
                 last_applied: None,
                 instance_id: 1,
                 started_at_ms: 0,
             });
-            let mut frame = Vec::new();
-            wire::encode_frame(&hello, &mut frame)?;
-            send.write_all(&frame).await?;
-            let mut buf = Vec::new();
-            loop {
-                if let Some((message, _)) = wire::decode_frame::<OriginMessage>(&buf)? {
-                    return match message {
-                        OriginMessage::Welcome(welcome) => Ok(welcome),
-                        other => Err(anyhow::anyhow!("expected a welcome, got {other:?}")),
-                    };
-                }
-                let chunk = recv
-                    .read_chunk(64 * 1024, true)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("the origin closed the stream"))?;
-                buf.extend_from_slice(&chunk.bytes);
+            // Kept open while the answer is read: a finished stream ends the conversation.
+            let mut writer = FrameWriter::new(send);
+            writer.send(&hello).await?;
+            match FrameReader::new(recv).next().await? {
+                OriginMessage::Welcome(welcome) => Ok(welcome),
+                other => Err(anyhow::anyhow!("expected a welcome, got {other:?}")),
             }
         };
         let result = tokio::time::timeout(crate::support::WAIT, conversation)
@@ -231,13 +222,13 @@ impl ControlOrigin {
 /// One conversation: Hello → Welcome, then queued messages out and Acks in, until a `Close` or
 /// the stream ends.
 async fn serve(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    send: SendStream,
+    recv: RecvStream,
     record: &Mutex<Record>,
     queued: &mut mpsc::UnboundedReceiver<Command>,
 ) {
-    let mut buf = Vec::new();
-    let Some(EdgeMessage::Hello(hello)) = read(&mut recv, &mut buf).await else {
+    let (mut writer, mut reader) = (FrameWriter::new(send), FrameReader::new(recv));
+    let Some(EdgeMessage::Hello(hello)) = read(&mut reader).await else {
         return;
     };
     let welcome = {
@@ -250,19 +241,19 @@ async fn serve(
             drop_all: record.drop_all,
         }
     };
-    if write(&mut send, &OriginMessage::Welcome(welcome)).await.is_err() {
+    if writer.send(&OriginMessage::Welcome(welcome)).await.is_err() {
         return;
     }
     loop {
         tokio::select! {
-            message = read(&mut recv, &mut buf) => match message {
+            message = read(&mut reader) => match message {
                 Some(EdgeMessage::Ack(ack)) => record.lock().unwrap().acks.push(ack.sequence),
                 Some(_) => {}
                 None => return,
             },
             command = queued.recv() => match command {
                 Some(Command::Send(message)) => {
-                    if write(&mut send, &message).await.is_err() {
+                    if writer.send(&message).await.is_err() {
                         return;
                     }
                 }
@@ -272,19 +263,11 @@ async fn serve(
     }
 }
 
-async fn read(recv: &mut RecvStream, buf: &mut Vec<u8>) -> Option<EdgeMessage> {
-    loop {
-        if let Some((message, consumed)) = wire::decode_frame(buf).unwrap() {
-            buf.drain(..consumed);
-            return Some(message);
-        }
-        let chunk = recv.read_chunk(64 * 1024, true).await.ok()??;
-        buf.extend_from_slice(&chunk.bytes);
+/// The edge's next message; `None` once the stream ends. The edge never sends a malformed frame.
+async fn read(reader: &mut FrameReader<RecvStream>) -> Option<EdgeMessage> {
+    match reader.next().await {
+        Ok(message) => Some(message),
+        Err(StreamError::Wire(error)) => panic!("the edge sent a malformed frame: {error}"),
+        Err(_) => None,
     }
-}
-
-async fn write(send: &mut SendStream, message: &OriginMessage) -> Result<(), quinn::WriteError> {
-    let mut frame = Vec::new();
-    wire::encode_frame(message, &mut frame).unwrap();
-    send.write_all(&frame).await
 }
