@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shared::telemetry::LogFormat;
+use shared::tls::{EdgeIdentity, TlsFiles};
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
     pub http: HttpConfig,
@@ -19,7 +20,25 @@ pub struct EdgeConfig {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub control: ControlConfig,
-    pub tls: TlsConfig,
+    /// PEM files of the control plane's mutual TLS, read only when `control.origins` is set: the CA
+    /// bundle the origin's certificate must chain to, this edge's certificate (its identity) and key.
+    pub tls: TlsFiles,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        let edge = EdgeIdentity::new("edge-1", "local").expect("a valid edge identity");
+        Self {
+            http: HttpConfig::default(),
+            upstream: UpstreamConfig::default(),
+            cache: CacheConfig::default(),
+            metrics: MetricsConfig::default(),
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            control: ControlConfig::default(),
+            tls: TlsFiles::edge(Path::new("certs"), &edge),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,27 +222,6 @@ impl Default for ControlConfig {
             staleness_bound: Duration::from_secs(30),
             stats_interval: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// PEM files of the control plane's mutual TLS, read only when `control.origins` is set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// CA certificate(s) the origin's certificate must chain to.
-    pub ca: PathBuf,
-    /// This edge's certificate (its identity) and private key.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        Self {
-            ca: PathBuf::from("certs/ca.pem"),
-            cert: PathBuf::from("certs/edge-edge-1.pem"),
-            key: PathBuf::from("certs/edge-edge-1.key"),
         }
     }
 }

@@ -322,11 +322,7 @@ impl InProcessOrigin {
         config.storage.data_dir = data_dir.path().to_owned();
         config.auth.bootstrap_token = Some(token.to_owned());
         config.quic.listen = Some(loopback);
-        config.tls = ::origin::config::TlsConfig {
-            ca: files.ca,
-            cert: files.cert,
-            key: files.key,
-        };
+        config.tls = files;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("origin")

@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shared::telemetry::LogFormat;
+use shared::tls::TlsFiles;
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginConfig {
     pub http: HttpConfig,
@@ -18,9 +19,27 @@ pub struct OriginConfig {
     pub caching: CachingConfig,
     pub invalidation: InvalidationConfig,
     pub quic: QuicConfig,
-    pub tls: TlsConfig,
+    /// Mutual TLS of the control plane: the CA bundle edges' certificates must chain to, and the
+    /// origin's own certificate and key (PEM).
+    pub tls: TlsFiles,
     pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            http: HttpConfig::default(),
+            storage: StorageConfig::default(),
+            cache: CacheConfig::default(),
+            caching: CachingConfig::default(),
+            invalidation: InvalidationConfig::default(),
+            quic: QuicConfig::default(),
+            tls: TlsFiles::origin(Path::new("certs")),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,26 +202,6 @@ impl Default for QuicConfig {
             listen: None,
             poll_interval: Duration::from_millis(50),
             heartbeat_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Mutual TLS of the control plane: the CA bundle edges' certificates must chain to, and the origin's
-/// own certificate and key (PEM).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        Self {
-            ca: PathBuf::from("certs/ca.pem"),
-            cert: PathBuf::from("certs/origin.pem"),
-            key: PathBuf::from("certs/origin.key"),
         }
     }
 }

@@ -19,7 +19,7 @@ use quinn::rustls::pki_types::CertificateDer;
 use quinn::{Connection, Endpoint, SendStream};
 use serde::Serialize;
 use shared::framed::{FrameReader, FrameWriter};
-use shared::tls::{EdgeIdentity, TlsPem, server_config};
+use shared::tls::{EdgeIdentity, TlsFiles, server_config};
 use shared::wire::{
     self, Ack, DropAll, DropReason, EdgeMessage, Goodbye, GoodbyeCode, Heartbeat, Hello, OriginMessage, Welcome,
     unix_ms,
@@ -27,7 +27,7 @@ use shared::wire::{
 use utoipa::ToSchema;
 
 use crate::api::AppState;
-use crate::config::{QuicConfig, TlsConfig};
+use crate::config::QuicConfig;
 
 /// Invalidations read from the log at a time, during replay and while following it.
 const PAGE: NonZeroUsize = NonZeroUsize::new(1000).expect("non-zero");
@@ -90,8 +90,8 @@ impl Edges {
 
 /// Binds the control plane's UDP socket and starts accepting edges. TLS files are checked here, so a
 /// wrong file stops the origin at start with its name.
-pub fn start(quic: &QuicConfig, tls: &TlsConfig, listen: SocketAddr, state: AppState) -> Result<ControlPlane> {
-    let pem = TlsPem::read(&tls.ca, &tls.cert, &tls.key).context("control-plane TLS ([tls])")?;
+pub fn start(quic: &QuicConfig, tls: &TlsFiles, listen: SocketAddr, state: AppState) -> Result<ControlPlane> {
+    let pem = tls.read().context("control-plane TLS ([tls])")?;
     let tls = server_config(&pem, wire::ALPN).context("control-plane TLS ([tls])")?;
     let crypto = QuicServerConfig::try_from(Arc::new(tls)).context("control-plane TLS for QUIC")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

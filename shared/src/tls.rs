@@ -47,6 +47,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
 use rustls::{CertificateError, ClientConfig, InconsistentKeys, RootCertStore, ServerConfig};
+use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 
@@ -539,6 +540,42 @@ pub enum TlsError {
     Config(String),
 }
 
+/// The PEM files of one side of the control plane's mutual TLS, as configuration names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA bundle the other side's certificate must chain to.
+    pub ca: PathBuf,
+    /// This side's certificate (for an edge, its identity) and private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The origin's files in the development PKI folder `dir` (see [`write_dev_pki`]).
+    pub fn origin(dir: &Path) -> Self {
+        Self {
+            ca: dir.join(CA_CERT_FILE),
+            cert: dir.join(ORIGIN_CERT_FILE),
+            key: dir.join(ORIGIN_KEY_FILE),
+        }
+    }
+
+    /// The files of `edge` in the development PKI folder `dir`.
+    pub fn edge(dir: &Path, edge: &EdgeIdentity) -> Self {
+        Self {
+            ca: dir.join(CA_CERT_FILE),
+            cert: dir.join(edge_cert_file(edge)),
+            key: dir.join(edge_key_file(edge)),
+        }
+    }
+
+    /// Reads and checks the three files.
+    pub fn read(&self) -> Result<TlsPem, TlsError> {
+        TlsPem::read(&self.ca, &self.cert, &self.key)
+    }
+}
+
 /// The PEM inputs of one end of the control plane: the CA bundle it trusts, its certificate (chain,
 /// end-entity first) and its private key, each with where it came from, which errors name.
 ///
@@ -754,6 +791,28 @@ mod tests {
     use rustls::{ClientConnection, ServerConnection};
 
     use super::*;
+
+    #[test]
+    fn names_the_files_of_the_development_pki() {
+        let dir = Path::new("/w/certs");
+        assert_eq!(
+            TlsFiles::origin(dir),
+            TlsFiles {
+                ca: PathBuf::from("/w/certs/ca.pem"),
+                cert: PathBuf::from("/w/certs/origin.pem"),
+                key: PathBuf::from("/w/certs/origin.key"),
+            }
+        );
+        let edge = EdgeIdentity::new("edge-1", "local").unwrap();
+        assert_eq!(
+            TlsFiles::edge(dir, &edge),
+            TlsFiles {
+                ca: PathBuf::from("/w/certs/ca.pem"),
+                cert: PathBuf::from("/w/certs/edge-edge-1.pem"),
+                key: PathBuf::from("/w/certs/edge-edge-1.key"),
+            }
+        );
+    }
     use crate::wire::ALPN;
 
     struct Pki {

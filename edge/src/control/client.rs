@@ -2,7 +2,6 @@
 //! one of the configured origins, taken in turn, with a doubling back-off between failures.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +12,7 @@ use pingora::services::background::BackgroundService;
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, Endpoint, SendStream};
 use shared::framed::{FrameReader, FrameWriter};
-use shared::tls::{TlsPem, client_config};
+use shared::tls::{TlsFiles, client_config};
 use shared::wire::{self, EdgeMessage, Goodbye, GoodbyeCode, Heartbeat, Hello, OriginMessage, Stats};
 
 use shared::wire::unix_ms;
@@ -32,16 +31,14 @@ pub struct ClientSettings {
     pub max_reconnect_delay: Duration,
     pub stats_interval: Duration,
     pub heartbeat_interval: Duration,
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub tls: TlsFiles,
 }
 
 impl ClientSettings {
     /// The QUIC client configuration, from the PEM files as they are now (so a rotation is picked up
     /// on the next connection). Errors name the file.
     pub fn quic_config(&self) -> Result<quinn::ClientConfig> {
-        let pem = TlsPem::read(&self.ca, &self.cert, &self.key)?;
+        let pem = self.tls.read()?;
         let tls = client_config(&pem, wire::ALPN)?;
         let crypto = QuicClientConfig::try_from(Arc::new(tls)).context("the TLS configuration does not suit QUIC")?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));

@@ -9,10 +9,7 @@ use std::sync::{Arc, Mutex};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, RecvStream, SendStream};
 use shared::framed::{FrameReader, FrameWriter, StreamError};
-use shared::tls::{
-    CA_CERT_FILE, EdgeIdentity, ORIGIN_CERT_FILE, ORIGIN_KEY_FILE, TlsPem, edge_cert_file, edge_key_file,
-    server_config, write_dev_pki,
-};
+use shared::tls::{EdgeIdentity, TlsFiles, server_config, write_dev_pki};
 use shared::wire::{self, DropReason, EdgeMessage, Hello, OriginMessage, Welcome};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -40,33 +37,30 @@ impl Pki {
 
     /// The `EDGE_TLS__*` variables of the edge's certificate.
     pub fn edge_env(&self) -> Vec<(String, String)> {
+        let files = self.edge_tls();
         [
-            ("EDGE_TLS__CA", CA_CERT_FILE.to_owned()),
-            ("EDGE_TLS__CERT", edge_cert_file(&self.edge)),
-            ("EDGE_TLS__KEY", edge_key_file(&self.edge)),
+            ("EDGE_TLS__CA", files.ca),
+            ("EDGE_TLS__CERT", files.cert),
+            ("EDGE_TLS__KEY", files.key),
         ]
         .into_iter()
-        .map(|(name, file)| (name.to_owned(), self.path(&file).display().to_string()))
+        .map(|(name, file)| (name.to_owned(), file.display().to_string()))
         .collect()
     }
 
     /// The real origin's `[tls]` section for this PKI.
-    pub fn origin_tls(&self) -> origin::config::TlsConfig {
-        origin::config::TlsConfig {
-            ca: self.path(CA_CERT_FILE),
-            cert: self.path(ORIGIN_CERT_FILE),
-            key: self.path(ORIGIN_KEY_FILE),
-        }
+    pub fn origin_tls(&self) -> TlsFiles {
+        TlsFiles::origin(self.dir.path())
+    }
+
+    fn edge_tls(&self) -> TlsFiles {
+        TlsFiles::edge(self.dir.path(), &self.edge)
     }
 
     /// Dials a control plane at `addr` with this PKI's edge certificate and says `Hello`: `Ok` once the
     /// origin answers `Welcome`, `Err` when the handshake or the conversation fails.
     pub async fn try_control_handshake(&self, addr: SocketAddr) -> anyhow::Result<Welcome> {
-        let pem = TlsPem::read(
-            &self.path(CA_CERT_FILE),
-            &self.path(&edge_cert_file(&self.edge)),
-            &self.path(&edge_key_file(&self.edge)),
-        )?;
+        let pem = self.edge_tls().read()?;
         let tls = shared::tls::client_config(&pem, wire::ALPN)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?;
         let mut endpoint = Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
@@ -96,12 +90,7 @@ impl Pki {
     }
 
     fn server_config(&self) -> quinn::ServerConfig {
-        let pem = TlsPem::read(
-            &self.path(CA_CERT_FILE),
-            &self.path(ORIGIN_CERT_FILE),
-            &self.path(ORIGIN_KEY_FILE),
-        )
-        .unwrap();
+        let pem = self.origin_tls().read().unwrap();
         let tls = server_config(&pem, wire::ALPN).unwrap();
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(Arc::new(tls)).unwrap()))
     }
