@@ -24,6 +24,9 @@ use super::{
     StorageError, Store, VersionRecord, missing_version,
 };
 
+/// Bounds (ms) of the cluster client's jittered pause between retries of a request.
+const RETRY_WAIT_MS: std::ops::Range<u64> = 10..250;
+
 /// Appends a version atomically: assigns the number, checks the precondition, updates the current pointer
 /// and trims old versions. KEYS[1] the forecast hash; ARGV: expect mode, expected version, record tail,
 /// versions kept. Returns `{"ok", n}` or `{"conflict", current or ""}`.
@@ -172,6 +175,11 @@ impl RedisStore {
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(2)
+                // The client's default pause before a retry is at least 1.28 s, longer than a whole
+                // operation may take: a request caught by a slot refresh would time out instead of
+                // being answered by the masters still up.
+                .min_retry_wait(RETRY_WAIT_MS.start)
+                .max_retry_wait(RETRY_WAIT_MS.end)
                 .build()
                 .map_err(StorageError::unavailable)?;
             let connection = client.get_async_connection().await.map_err(StorageError::unavailable)?;
