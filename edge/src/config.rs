@@ -210,6 +210,10 @@ pub struct ControlConfig {
     /// How often a heartbeat is sent to the origin; three missed intervals end the connection.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Hosts (`Host` header values, such as `edge.example.com` or `127.0.0.1:8081`), comma-separated,
+    /// under which responses the origin pushes are stored; empty: pushes are not stored.
+    #[serde(with = "comma_list")]
+    pub warm_hosts: Vec<String>,
 }
 
 impl Default for ControlConfig {
@@ -222,6 +226,7 @@ impl Default for ControlConfig {
             staleness_bound: Duration::from_secs(30),
             stats_interval: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
+            warm_hosts: Vec::new(),
         }
     }
 }

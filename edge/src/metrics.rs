@@ -44,7 +44,9 @@ pub struct Metrics {
     pub control_invalidations_applied: IntCounter,
     /// Control-plane connections lost or failed, each followed by a new attempt.
     pub control_reconnects: IntCounter,
-    /// Warm pushes received and not stored (not supported yet).
+    /// Pushed responses stored ahead of reads.
+    pub control_warm_stored: IntCounter,
+    /// Pushed responses not stored: no `control.warm_hosts`, not cacheable, Vary, or out of order.
     pub control_warm_ignored: IntCounter,
 }
 
@@ -129,9 +131,13 @@ impl Metrics {
                 "edge_control_reconnects_total",
                 "Control-plane connections lost or failed"
             )?,
+            control_warm_stored: register_int_counter!(
+                "edge_control_warm_stored_total",
+                "Responses pushed by the origin and stored ahead of reads"
+            )?,
             control_warm_ignored: register_int_counter!(
                 "edge_control_warm_ignored_total",
-                "Warm pushes received and not stored"
+                "Responses pushed by the origin and not stored (no warm_hosts, not cacheable, Vary)"
             )?,
         };
         for status in STATUSES {

@@ -168,6 +168,9 @@ impl ProxyHttp for EdgeProxy {
 
     fn cache_key_callback(&self, session: &Session, _ctx: &mut Self::CTX) -> Result<CacheKey> {
         let request = session.req_header();
+        if let Some(control) = &self.control {
+            control.hot_keys.record(path_and_query(request));
+        }
         Ok(key::cache_key(
             path_and_query(request),
             host(request),

@@ -141,6 +141,7 @@ fn control_settings(config: &EdgeConfig) -> Result<Option<ClientSettings>> {
         max_reconnect_delay: control.max_reconnect_delay.max(control.reconnect_delay),
         stats_interval: control.stats_interval,
         heartbeat_interval: control.heartbeat_interval,
+        warm_hosts: control.warm_hosts.clone(),
         tls: config.tls.clone(),
     };
     settings

@@ -19,6 +19,7 @@ pub struct OriginConfig {
     pub caching: CachingConfig,
     pub invalidation: InvalidationConfig,
     pub quic: QuicConfig,
+    pub warming: WarmingConfig,
     /// Mutual TLS of the control plane: the CA bundle edges' certificates must chain to, and the
     /// origin's own certificate and key (PEM).
     pub tls: TlsFiles,
@@ -35,6 +36,7 @@ impl Default for OriginConfig {
             caching: CachingConfig::default(),
             invalidation: InvalidationConfig::default(),
             quic: QuicConfig::default(),
+            warming: WarmingConfig::default(),
             tls: TlsFiles::origin(Path::new("certs")),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
@@ -202,6 +204,106 @@ impl Default for QuicConfig {
             listen: None,
             poll_interval: Duration::from_millis(50),
             heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Responses pushed to edges before they are read, so the next read is a hit (see [`crate::warming`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmingConfig {
+    /// Paths (path and query) pushed to every edge after each change of a forecast they include.
+    pub hot_keys: Vec<String>,
+    /// Also push the paths edges report among their hottest.
+    pub edge_hot_keys: bool,
+    /// Warming at fixed times (UTC), such as before a session opens.
+    pub schedule: Vec<WarmSchedule>,
+}
+
+impl Default for WarmingConfig {
+    fn default() -> Self {
+        Self {
+            hot_keys: Vec::new(),
+            edge_hot_keys: true,
+            schedule: Vec::new(),
+        }
+    }
+}
+
+/// One scheduled warming: `at` (`HH:MM`, UTC) on each of `days` (`mon`…`sun`), the `keys` and
+/// `prefixes` of `POST /admin/v1/warm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "WarmScheduleFields", into = "WarmScheduleFields")]
+pub struct WarmSchedule {
+    pub at: String,
+    time: time::Time,
+    pub days: Vec<time::Weekday>,
+    day_names: Vec<String>,
+    pub keys: Vec<String>,
+    pub prefixes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmScheduleFields {
+    at: String,
+    days: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    prefixes: Vec<String>,
+}
+
+impl WarmSchedule {
+    pub fn parse(at: &str, days: &[&str], keys: Vec<String>, prefixes: Vec<String>) -> Result<Self, String> {
+        let format = time::macros::format_description!("[hour]:[minute]");
+        let time = time::Time::parse(at, format)
+            .map_err(|_| format!("warming.schedule: at = {at:?} is not HH:MM (UTC), such as \"13:25\""))?;
+        if days.is_empty() {
+            return Err("warming.schedule: days names no day".into());
+        }
+        let weekdays = days
+            .iter()
+            .map(|day| {
+                crate::warming::weekday(day)
+                    .ok_or_else(|| format!("warming.schedule: day {day:?} is not one of mon tue wed thu fri sat sun"))
+            })
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() && prefixes.is_empty() {
+            return Err("warming.schedule: an entry needs keys or prefixes to warm".into());
+        }
+        Ok(Self {
+            at: at.to_owned(),
+            time,
+            days: weekdays,
+            day_names: days.iter().map(|day| (*day).to_owned()).collect(),
+            keys,
+            prefixes,
+        })
+    }
+
+    /// The time of day it is due, UTC.
+    pub fn time(&self) -> time::Time {
+        self.time
+    }
+}
+
+impl TryFrom<WarmScheduleFields> for WarmSchedule {
+    type Error = String;
+
+    fn try_from(fields: WarmScheduleFields) -> Result<Self, String> {
+        let days: Vec<&str> = fields.days.iter().map(String::as_str).collect();
+        Self::parse(&fields.at, &days, fields.keys, fields.prefixes)
+    }
+}
+
+impl From<WarmSchedule> for WarmScheduleFields {
+    fn from(schedule: WarmSchedule) -> Self {
+        Self {
+            at: schedule.at,
+            days: schedule.day_names,
+            keys: schedule.keys,
+            prefixes: schedule.prefixes,
         }
     }
 }

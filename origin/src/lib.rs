@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod representation;
 pub mod server;
 pub mod storage;
+pub mod warming;

@@ -22,11 +22,20 @@ pub struct Metrics {
     pub control_drop_all: IntCounterVec,
     /// Connections refused or ended by an error (handshake, certificate, protocol).
     pub control_failures: IntCounter,
+    /// Invalidations sent to edges catching up after they (re)connected, each edge counted.
+    pub control_replayed: IntCounter,
+    /// From the origin accepting an invalidation to an edge acknowledging it, by edge name.
+    pub control_propagation: HistogramVec,
+    /// Responses pushed to edges ahead of their reads, each edge counted.
+    pub control_warm_sent: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+
+/// Propagation is timed on millisecond clocks (the log's `issued_at_ms`): finer buckets would be noise.
+const PROPAGATION_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -100,6 +109,25 @@ impl Metrics {
             "Control-plane connections refused or ended by an error",
         )
         .expect("valid metric");
+        let control_replayed = IntCounter::new(
+            "origin_control_invalidations_replayed_total",
+            "Invalidations sent to edges catching up after a (re)connect, each edge counted",
+        )
+        .expect("valid metric");
+        let control_propagation = HistogramVec::new(
+            HistogramOpts::new(
+                "origin_control_propagation_seconds",
+                "From accepting an invalidation to an edge acknowledging it, by edge (millisecond clock)",
+            )
+            .buckets(PROPAGATION_BUCKETS.to_vec()),
+            &["edge"],
+        )
+        .expect("valid metric");
+        let control_warm_sent = IntCounter::new(
+            "origin_control_warm_sent_total",
+            "Responses pushed to edges ahead of their reads, each edge counted",
+        )
+        .expect("valid metric");
         for reason in [DropReason::Trimmed, DropReason::LogReset] {
             control_drop_all.with_label_values(&[reason.as_str()]);
         }
@@ -115,6 +143,9 @@ impl Metrics {
             Box::new(control_sent.clone()),
             Box::new(control_drop_all.clone()),
             Box::new(control_failures.clone()),
+            Box::new(control_replayed.clone()),
+            Box::new(control_propagation.clone()),
+            Box::new(control_warm_sent.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -131,6 +162,9 @@ impl Metrics {
             control_sent,
             control_drop_all,
             control_failures,
+            control_replayed,
+            control_propagation,
+            control_warm_sent,
         }
     }
 

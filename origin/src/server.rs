@@ -19,6 +19,7 @@ use crate::representation::CachePolicy;
 use crate::storage::embedded::EmbeddedStore;
 use crate::storage::redis::{RedisSettings, RedisStore};
 use crate::storage::{Retention, SharedStore};
+use crate::warming::{self, Warming};
 
 /// Opens the configured store.
 pub fn open_store(config: &OriginConfig) -> anyhow::Result<SharedStore> {
@@ -93,6 +94,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     Ok(Arc::new(Inner {
         forecasts: Forecasts::new(store, l1, metrics.clone()),
         edges: Edges::default(),
+        warming: Warming::new(&config.warming),
         auth,
         policy: CachePolicy::new(
             config.caching.browser_max_age,
@@ -138,6 +140,7 @@ pub async fn start(
         Some(listen) => Some(control::start(&config.quic, &config.tls, listen, state.clone())?),
         None => None,
     };
+    tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
     let app = api::router(state.clone());
     let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
     tracing::info!(%addr, storage = state.forecasts.store().backend(), "origin listening");

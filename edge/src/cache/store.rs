@@ -17,19 +17,21 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::cache::eviction::CacheEntryKey;
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
 };
-use pingora::cache::trace::SpanHandle;
-use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta, Storage};
+use pingora::cache::trace::{Span, SpanHandle};
+use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta, RespCacheable, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use shared::crypto::Keyring;
 use shared::wire::unix_ms;
 
-use super::key::{fill_epoch, logical_key};
-use super::policy::stale_window;
+use super::key::{cache_key, fill_epoch, logical_key};
+use super::policy::{response_cacheability, stale_window};
 use super::purge::{PurgeLog, PurgeMode, Selector};
 use super::sealed::{CHUNK_BYTES, Part, associated_data, decode_meta, encode_meta};
 use crate::metrics::Metrics;
@@ -163,6 +165,45 @@ impl EncryptedStore {
         self.metrics.purged.with_label_values(&[cause]).inc_by(affected as u64);
         self.publish_size();
         affected
+    }
+
+    /// Stores a response the origin pushed ahead of reads, as if `GET path` on each of `hosts` had just
+    /// fetched it: only when a fetch would have stored it, and never with Vary (a push has no request
+    /// to key a variant by). Returns under how many hosts it was stored.
+    pub async fn store_pushed(
+        &'static self,
+        path: &str,
+        hosts: &[String],
+        response: ResponseHeader,
+        body: Bytes,
+    ) -> usize {
+        let meta = match response_cacheability(&response, false, &[]) {
+            RespCacheable::Cacheable(meta) => meta,
+            RespCacheable::Uncacheable(_) => return 0,
+        };
+        let mut stored = 0;
+        for host in hosts {
+            let key = cache_key(path, host, self.fill_epoch());
+            let Ok(mut miss) = self.get_miss_handler(&key, &meta, &Span::inactive().handle()).await else {
+                continue;
+            };
+            if miss.write_body(body.clone(), true).await.is_err() {
+                continue;
+            }
+            let Ok(MissFinishType::Created(weight)) = miss.finish().await else {
+                continue;
+            };
+            stored += 1;
+            let entry = CacheEntryKey::from_entry_id(key.to_compact(), None);
+            for evicted in self.eviction.admit(entry, weight, meta.fresh_until()) {
+                let mut index = self.index();
+                if self.remove_locked(&mut index, &evicted.key().combined_bin()).is_some() {
+                    self.metrics.evictions.inc();
+                }
+            }
+        }
+        self.publish_size();
+        stored
     }
 
     /// Removes entries past their last usable instant (freshness plus stale windows). Returns how many.

@@ -7,13 +7,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, Endpoint, SendStream};
 use shared::framed::{FrameReader, FrameWriter};
 use shared::tls::{TlsFiles, client_config};
-use shared::wire::{self, EdgeMessage, Goodbye, GoodbyeCode, Heartbeat, Hello, OriginMessage, Stats};
+use shared::wire::{self, EdgeMessage, Goodbye, GoodbyeCode, Heartbeat, Hello, OriginMessage, Stats, Warm};
 
 use shared::wire::unix_ms;
 
@@ -31,6 +33,8 @@ pub struct ClientSettings {
     pub max_reconnect_delay: Duration,
     pub stats_interval: Duration,
     pub heartbeat_interval: Duration,
+    /// Hosts (`Host` header values) pushed responses are stored under; none: pushes are not stored.
+    pub warm_hosts: Vec<String>,
     pub tls: TlsFiles,
 }
 
@@ -162,6 +166,10 @@ impl ControlClient {
             tokio::select! {
                 message = reader.next() => {
                     let message = message?;
+                    if let OriginMessage::Warm(warm) = message {
+                        self.store_pushed(protocol, warm).await;
+                        continue;
+                    }
                     let answer = match protocol.receive(message, &mut purge) {
                         Ok(answer) => answer,
                         Err(error) => {
@@ -197,9 +205,37 @@ impl ControlClient {
             memory_bytes: u64::try_from(self.metrics.memory_used.get()).unwrap_or(0),
             hits: count("hit") + count("stale") + count("revalidated"),
             misses: count("miss") + count("expired") + count("uncacheable"),
-            hottest: Vec::new(),
+            hottest: self.state.hot_keys.take_hottest(wire::MAX_HOT_KEYS),
         }
     }
+
+    /// Stores a response the origin pushed, under each configured host.
+    async fn store_pushed(&self, protocol: &Protocol, warm: Warm) {
+        let stored = match pushed_response(&warm) {
+            Some(response) if protocol.admits(&warm) && !self.settings.warm_hosts.is_empty() => {
+                let body = Bytes::from(warm.body);
+                self.store
+                    .store_pushed(&warm.key, &self.settings.warm_hosts, response, body)
+                    .await
+            }
+            _ => 0,
+        };
+        if stored == 0 {
+            self.metrics.control_warm_ignored.inc();
+        } else {
+            self.metrics.control_warm_stored.inc();
+        }
+    }
+}
+
+/// The response header of a push; `None` when a field is not valid HTTP.
+fn pushed_response(warm: &Warm) -> Option<ResponseHeader> {
+    let mut response = ResponseHeader::build(warm.status, Some(warm.headers.len())).ok()?;
+    for (name, value) in &warm.headers {
+        let value = http::HeaderValue::from_bytes(value).ok()?;
+        response.append_header(name.clone(), value).ok()?;
+    }
+    Some(response)
 }
 
 #[async_trait]

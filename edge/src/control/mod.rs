@@ -13,12 +13,14 @@
 
 mod client;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use shared::wire::{
-    self, Ack, DropAll, EdgeMessage, GoodbyeCode, Heartbeat, Invalidate, OriginMessage, SUPPORTED_VERSIONS, Welcome,
-    unix_ms,
+    self, Ack, DropAll, EdgeMessage, GoodbyeCode, Heartbeat, HotKey, Invalidate, OriginMessage, SUPPORTED_VERSIONS,
+    Warm, Welcome, unix_ms,
 };
 
 pub use client::{ClientSettings, ControlClient};
@@ -38,8 +40,51 @@ pub fn edge_selector(selector: &wire::Selector) -> Selector {
     }
 }
 
+/// Distinct keys counted between two stats reports; reads of further keys are not counted.
+const HOT_KEYS_TRACKED: usize = 4096;
+
+/// Reads per logical key since the last stats report: the origin warms the hottest after changes.
+#[derive(Default)]
+pub struct HotKeys {
+    counts: Mutex<HashMap<Box<str>, u64>>,
+}
+
+impl HotKeys {
+    pub fn record(&self, key: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(reads) = counts.get_mut(key) {
+            *reads += 1;
+        } else if counts.len() < HOT_KEYS_TRACKED && key.len() <= wire::MAX_KEY_BYTES {
+            counts.insert(key.into(), 1);
+        }
+    }
+
+    /// The `n` most-read keys, hottest first. Counts halve at each call, so a key stays hot for a few
+    /// reports after its reads stop, and a new favourite overtakes an old one quickly.
+    pub fn take_hottest(&self, n: usize) -> Vec<HotKey> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut hottest: Vec<HotKey> = counts
+            .iter()
+            .map(|(key, &reads)| HotKey {
+                key: key.to_string(),
+                reads,
+            })
+            .collect();
+        counts.retain(|_, reads| {
+            *reads /= 2;
+            *reads > 0
+        });
+        drop(counts);
+        hottest.sort_unstable_by(|a, b| b.reads.cmp(&a.reads).then_with(|| a.key.cmp(&b.key)));
+        hottest.truncate(n);
+        hottest
+    }
+}
+
 /// What the proxy needs to know about the control plane, shared with the client.
 pub struct ControlState {
+    /// Reads per key, for the next stats report.
+    pub hot_keys: HotKeys,
     staleness_bound_ms: u64,
     /// When the process started or, once caught up with an origin, the last frame received from it
     /// (unix ms): the staleness bound runs from here.
@@ -50,6 +95,7 @@ pub struct ControlState {
 impl ControlState {
     pub fn new(staleness_bound: Duration, now: SystemTime, metrics: &'static Metrics) -> Self {
         Self {
+            hot_keys: HotKeys::default(),
             staleness_bound_ms: u64::try_from(staleness_bound.as_millis()).unwrap_or(u64::MAX),
             last_contact_ms: AtomicU64::new(unix_ms(now)),
             metrics,
@@ -96,6 +142,12 @@ impl Protocol {
     /// The last sequence applied, for the next `Hello`.
     pub fn last_applied(&self) -> Option<u64> {
         self.last_applied
+    }
+
+    /// Whether a pushed response may be stored now: the origin sends it after the invalidations it
+    /// follows, so one ahead of what is applied breaks the protocol's order and is not stored.
+    pub fn admits(&self, warm: &Warm) -> bool {
+        warm.sequence.is_none_or(|sequence| Some(sequence) <= self.last_applied)
     }
 
     /// Applies a `Welcome`; returns the sequence the edge is caught up once it has applied (`None`:
@@ -146,12 +198,8 @@ impl Protocol {
                 ..heartbeat
             }))),
             OriginMessage::Heartbeat(_) => Ok(None),
-            // Not stored yet: the cache key includes the request's Host, which a push does not carry;
-            // storing one needs the host(s) the edge is reached under in its configuration.
-            OriginMessage::Warm(_) => {
-                Metrics::global().control_warm_ignored.inc();
-                Ok(None)
-            }
+            // Stored by the client, which holds the cache (see `admits`); nothing to answer.
+            OriginMessage::Warm(_) => Ok(None),
             OriginMessage::Goodbye(goodbye) => Err(ProtocolError::Goodbye {
                 code: goodbye.code,
                 message: goodbye.message,
@@ -417,6 +465,37 @@ mod tests {
             Err(ProtocolError::Version(99))
         );
         assert!(purged.is_empty());
+    }
+
+    #[test]
+    fn a_push_is_stored_only_once_the_invalidation_it_follows_is_applied() {
+        let mut protocol = Protocol::default();
+        let warm = |sequence| Warm {
+            sequence,
+            key: "/a".into(),
+            status: 200,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        assert!(!protocol.admits(&warm(Some(1))));
+        assert!(protocol.admits(&warm(None)));
+        protocol.welcome(&welcome(Some(3), None), &mut |_, _| {}).unwrap();
+        assert!(protocol.admits(&warm(Some(3))));
+        assert!(!protocol.admits(&warm(Some(4))));
+    }
+
+    #[test]
+    fn the_hottest_keys_come_first_and_cool_down_report_by_report() {
+        let hot = HotKeys::default();
+        for (key, reads) in [("/a", 1), ("/b", 4), ("/c", 2)] {
+            (0..reads).for_each(|_| hot.record(key));
+        }
+        let keys = |hottest: Vec<HotKey>| hottest.into_iter().map(|h| (h.key, h.reads)).collect::<Vec<_>>();
+        assert_eq!(keys(hot.take_hottest(2)), [("/b".into(), 4), ("/c".into(), 2)]);
+        assert_eq!(keys(hot.take_hottest(5)), [("/b".into(), 2), ("/c".into(), 1)]);
+        hot.record("/a");
+        assert_eq!(keys(hot.take_hottest(5)), [("/a".into(), 1), ("/b".into(), 1)]);
+        assert_eq!(keys(hot.take_hottest(5)), []);
     }
 
     #[test]

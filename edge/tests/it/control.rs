@@ -348,6 +348,121 @@ async fn a_forecast_write_reaches_the_edge_through_the_real_origins_control_plan
     })
     .await;
     assert_miss(&edge.get(path).await, path);
+
+    // With ?wait=, the answer comes once every connected edge applied it, and says how long each took.
+    let waited = origin.admin_post("/admin/v1/invalidations?wait=5s", &body).await;
+    assert_eq!(waited.status, 200, "{}", waited.text());
+    let waited: serde_json::Value = serde_json::from_str(waited.text()).unwrap();
+    assert_eq!(
+        (waited["id"].clone(), waited["seq"].clone()),
+        (4.into(), 4.into()),
+        "{waited}"
+    );
+    let propagation = &waited["propagation"];
+    assert_eq!(propagation["complete"], true, "{waited}");
+    assert_eq!(propagation["pending"], serde_json::json!([]), "{waited}");
+    assert_eq!(propagation["applied"][0]["name"], "edge-1", "{waited}");
+    assert!(propagation["applied"][0]["took_ms"].is_u64(), "{waited}");
+    let shown = origin.admin_get("/admin/v1/invalidations/4").await;
+    let shown: serde_json::Value = serde_json::from_str(shown.text()).unwrap();
+    assert_eq!(shown["keys"], serde_json::json!([path]), "{shown}");
+    assert_eq!(shown["applied"][0]["applied"], true, "{shown}");
+    assert_eq!(origin.admin_get("/admin/v1/invalidations/99").await.status, 404);
+    assert_eq!(origin.admin_get("/admin/v1/invalidations/x").await.status, 400);
+    let listed = origin.admin_get("/admin/v1/edges").await;
+    let listed: serde_json::Value = serde_json::from_str(listed.text()).unwrap();
+    assert_eq!(listed["edges"][0]["lag"], 0, "{listed}");
+    assert!(
+        listed["edges"][0]["origin"].as_str().unwrap().starts_with("origin@"),
+        "{listed}"
+    );
+}
+
+/// A read through the edge under the host pushed responses are stored for.
+async fn warm_read(edge: &Edge, path: &str) -> crate::support::Fetched {
+    crate::support::fetch(edge.request(reqwest::Method::GET, path).header("host", WARM_HOST)).await
+}
+
+const WARM_HOST: &str = "warm.test";
+
+/// Warming: after a write the origin pushes the new response of a configured hot key, and of a key
+/// the edge reported among its most read; `POST /admin/v1/warm` pushes on demand. Each time the
+/// edge's next read is a hit with the new version, never fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_hot_keys_are_pushed_so_the_next_read_is_a_hit() {
+    let pki = Pki::new();
+    let configured = "/v1/forecasts/AAPL/1h";
+    let origin = RealOrigin::with_control_plane_and(&pki, None, |config| {
+        config.warming.hot_keys = vec![configured.to_owned()];
+    })
+    .await;
+    let control = origin.control.as_ref().expect("started with a control plane");
+    let mut env = pki.edge_env();
+    env.push(("EDGE_CONTROL__ORIGINS".into(), control.addr.to_string()));
+    env.push(("EDGE_CONTROL__WARM_HOSTS".into(), WARM_HOST.into()));
+    env.push(("EDGE_CONTROL__STATS_INTERVAL".into(), "100ms".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let edge = Edge::start(&origin.url, &env).await;
+    eventually("the edge to connect", async || {
+        (!control.edges.list().is_empty()).then_some(())
+    })
+    .await;
+
+    // A configured hot key: even its first read is a hit, and so is the read after each new version.
+    for (point, pushes) in [(1.0, 1), (2.0, 2)] {
+        let etag = origin.put_forecast("AAPL", "1h", point).await;
+        pushes_stored(&edge, pushes).await;
+        let read = warm_read(&edge, configured).await;
+        assert!(read.is_hit(), "{}", read.cache_status());
+        assert_eq!(read.header("etag"), Some(etag.as_str()));
+    }
+
+    // A key the edge reads most, reported in its stats.
+    let reported = "/v1/forecasts/MSFT/1d";
+    origin.put_forecast("MSFT", "1d", 1.0).await;
+    eventually("the edge to report its hottest key", async || {
+        warm_read(&edge, reported).await;
+        let listed = origin.admin_get("/admin/v1/edges").await;
+        listed.text().contains(reported).then_some(())
+    })
+    .await;
+    let etag = origin.put_forecast("MSFT", "1d", 2.0).await;
+    pushes_stored(&edge, 3).await;
+    let read = warm_read(&edge, reported).await;
+    assert!(read.is_hit(), "{}", read.cache_status());
+    assert_eq!(read.header("etag"), Some(etag.as_str()));
+
+    // On demand: an instrument's prefix pushes its list and each forecast it has.
+    let etag = origin.put_forecast("TSLA", "4h", 1.0).await;
+    let body = serde_json::json!({"prefixes": ["/v1/forecasts/TSLA"]});
+    let warmed = origin.admin_post("/admin/v1/warm", &body).await;
+    assert_eq!(warmed.status, 200, "{}", warmed.text());
+    let warmed: serde_json::Value = serde_json::from_str(warmed.text()).unwrap();
+    let pushed: Vec<&str> = warmed["warmed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["pushed"] == true)
+        .map(|w| w["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(pushed, ["/v1/forecasts/TSLA", "/v1/forecasts/TSLA/4h"], "{warmed}");
+    pushes_stored(&edge, 5).await;
+    let read = warm_read(&edge, "/v1/forecasts/TSLA/4h").await;
+    assert!(read.is_hit(), "{}", read.cache_status());
+    assert_eq!(read.header("etag"), Some(etag.as_str()));
+    let refused = origin
+        .admin_post("/admin/v1/warm", &serde_json::json!({"keys": ["no-slash"]}))
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+}
+
+/// Waits until the edge has stored `count` pushed responses in all.
+async fn pushes_stored(edge: &Edge, count: u64) {
+    let line = format!("edge_control_warm_stored_total {count}");
+    eventually(&format!("{count} pushed responses to be stored"), async || {
+        edge.metrics().await.lines().any(|l| l == line).then_some(())
+    })
+    .await;
 }
 
 /// Only certificates of the control plane's CA get in: an edge certificate from another CA is refused

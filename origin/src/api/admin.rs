@@ -19,6 +19,7 @@ use super::{AppState, Inner};
 use crate::forecasts::{ModelForecast, ModelRollbackResult};
 use crate::representation::Rendered;
 use crate::storage::{AuditEntry, Expect, StorageError, VersionRecord};
+use crate::warming;
 
 /// How many writes of one batch run at once.
 const BATCH_CONCURRENCY: usize = 32;
@@ -156,6 +157,7 @@ pub async fn put_forecast(
     let (record, rendered) = state
         .changed(&principal, "forecast.write", key.to_string(), outcome)
         .await?;
+    warming::after_change(&state, std::slice::from_ref(&key));
     let response = written(&record, &rendered);
     let detail = serde_json::json!({"version": record.version, "model": record.forecast.model.to_string()});
     state
@@ -266,6 +268,12 @@ pub async fn batch_write(
         .collect()
         .await;
     let written = results.iter().filter(|r| r.version.is_some()).count();
+    let changed: Vec<ForecastKey> = results
+        .iter()
+        .filter(|r| r.error.is_none())
+        .filter_map(|r| r.key.clone())
+        .collect();
+    warming::after_change(&state, &changed);
     // Written too, though answered 503: their edges were not told (each message names the version).
     let not_invalidated = results
         .iter()
@@ -329,6 +337,7 @@ pub async fn delete_forecast(
     let deleted = state
         .changed(&principal, "forecast.delete", key.to_string(), outcome)
         .await?;
+    warming::after_change(&state, std::slice::from_ref(&key));
     let Some(deleted_version) = deleted else {
         return Err(ApiError::not_found(format!("no forecast for {key}")));
     };
@@ -455,6 +464,7 @@ pub async fn rollback(
     let (record, rendered) = state
         .changed(&principal, "forecast.rollback", key.to_string(), outcome)
         .await?;
+    warming::after_change(&state, std::slice::from_ref(&key));
     let mut response = written(&record, &rendered);
     *response.status_mut() = StatusCode::OK;
     let detail = serde_json::json!({"to_version": request.to_version, "new_version": record.version});
@@ -528,6 +538,8 @@ pub async fn model_rollback(
     let results = state
         .changed(&principal, "model.rollback", model.to_string(), outcome)
         .await?;
+    let changed: Vec<ForecastKey> = results.iter().map(|result| result.key.clone()).collect();
+    warming::after_change(&state, &changed);
     let detail = serde_json::to_value(&results).unwrap_or_default();
     state
         .audit(&principal, "model.rollback", model.to_string(), StatusCode::OK, detail)

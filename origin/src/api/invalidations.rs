@@ -1,41 +1,90 @@
-//! The invalidation log in the admin API: append purges for every edge to apply in order, and list them.
+//! The control plane in the admin API: append purges for every edge to apply in order, list them, see
+//! where each stands at the edges, and push responses to edges ahead of their reads.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use shared::wire::Invalidate;
+use shared::wire::{Invalidate, MAX_KEY_BYTES};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Scope;
 use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
-use super::extract::{ApiQuery, JsonBody, page_limit};
-use crate::control::EdgeStatus;
+use super::extract::{ApiPath, ApiQuery, JsonBody, MAX_PAGE, page_limit};
+use crate::control::{Application, EdgeStatus};
 use crate::invalidation::{Cause, InvalidationBody};
+use crate::warming::{self, Warmed};
+
+/// The longest `?wait=` of `POST /admin/v1/invalidations`.
+const MAX_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
-    /// The invalidation's place in the log: edges apply, acknowledge and resume by it.
+    /// The invalidation's id, for `GET /admin/v1/invalidations/{id}`: its place in the log.
     #[schema(example = 42)]
-    sequence: u64,
+    id: u64,
+    /// Its sequence in the log: edges apply, acknowledge and resume by it (the same number as `id`).
+    #[schema(example = 42)]
+    seq: u64,
     /// How many selectors it holds (`all` stands alone).
     #[schema(example = 4)]
     selectors: usize,
+    /// With `?wait=`: which edges connected to this origin applied it within the wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    propagation: Option<Propagation>,
+}
+
+/// Where an invalidation stands at the edges connected to this origin.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Propagation {
+    /// Every connected edge has applied it.
+    complete: bool,
+    applied: Vec<Application>,
+    pending: Vec<Application>,
+}
+
+impl Propagation {
+    fn of(edges: &crate::control::Edges, sequence: u64) -> Self {
+        let (applied, pending) = edges.applications(sequence).into_iter().partition(|a| a.applied);
+        let pending: Vec<Application> = pending;
+        Self {
+            complete: pending.is_empty(),
+            applied,
+            pending,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    /// Answer only once every edge connected to this origin has applied it, or this long (such as
+    /// `250ms`, at most 30s) has passed; the answer says which edges have not.
+    #[serde(default, with = "humantime_serde")]
+    #[param(value_type = Option<String>, example = "250ms")]
+    wait: Option<Duration>,
 }
 
 /// Appends an invalidation to the durable log, for every edge to apply in order. Answered once it is
-/// durable, before edges have applied it.
+/// durable (202), or with `?wait=` once every connected edge has applied it (200) or the wait is over
+/// (202, naming the edges still pending).
 #[utoipa::path(
     post,
     path = "/admin/v1/invalidations",
     tag = "admin",
     security(("bearer" = ["invalidations:write"])),
+    params(CreateQuery),
     request_body = InvalidationBody,
     responses(
+        (status = 200, description = "Logged, and applied by every edge connected to this origin (with ?wait=)", body = Accepted),
         (status = 202, description = "Logged; edges apply it in sequence order", body = Accepted),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or wait", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "No selector, an invalid one, or more than 1000", body = ErrorBody),
@@ -44,10 +93,17 @@ pub struct Accepted {
 )]
 pub async fn create(
     State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<CreateQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<InvalidationBody>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let principal = state.principal(&headers, Scope::InvalidationsWrite)?;
+    if query.wait.is_some_and(|wait| wait > MAX_WAIT) {
+        return Err(ApiError::bad_request(
+            "invalid_wait",
+            format!("wait must be at most {}s", MAX_WAIT.as_secs()),
+        ));
+    }
     let selectors = body
         .selectors()
         .map_err(|error| ApiError::unprocessable(error.to_string()))?;
@@ -63,11 +119,24 @@ pub async fn create(
             detail,
         )
         .await;
+    let mut status = StatusCode::ACCEPTED;
+    let propagation = match query.wait {
+        Some(wait) => {
+            let deadline = tokio::time::Instant::now() + wait;
+            if state.edges.wait_applied(sequence, deadline).await {
+                status = StatusCode::OK;
+            }
+            Some(Propagation::of(&state.edges, sequence))
+        }
+        None => None,
+    };
     Ok((
-        StatusCode::ACCEPTED,
+        status,
         Json(Accepted {
-            sequence,
+            id: sequence,
+            seq: sequence,
             selectors: count,
+            propagation,
         }),
     ))
 }
@@ -143,6 +212,65 @@ pub async fn list(
     }))
 }
 
+/// One invalidation and where it stands at each edge connected to this origin.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvalidationStatus {
+    id: u64,
+    #[serde(flatten)]
+    invalidation: LoggedInvalidation,
+    #[serde(flatten)]
+    propagation: Propagation,
+}
+
+/// An invalidation from the log, and which of the edges connected to this origin have applied it
+/// (with the time each took, for those acknowledged on their current connection).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/invalidations/{id}",
+    tag = "admin",
+    security(("bearer" = ["invalidations:read"])),
+    params(("id" = u64, Path, description = "The id (sequence) `POST /admin/v1/invalidations` answered", example = 42)),
+    responses(
+        (status = 200, description = "The invalidation, the edges that applied it and those still pending", body = InvalidationStatus),
+        (status = 400, description = "The id is not a positive integer", body = ErrorBody),
+        (status = 404, description = "No such invalidation in the log", body = ErrorBody),
+        (status = 410, description = "Trimmed from the log (retention)", body = ErrorBody),
+        AdminErrors,
+    )
+)]
+pub async fn show(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<InvalidationStatus>> {
+    state.principal(&headers, Scope::InvalidationsRead)?;
+    let id = raw.parse::<u64>().ok().filter(|&id| id > 0).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("invalidation id {raw:?} must be a positive integer"),
+        )
+    })?;
+    let page = state
+        .forecasts
+        .invalidation_log(Some(id - 1), NonZeroUsize::MIN)
+        .await?;
+    let Some(record) = page.records.first().filter(|record| record.sequence == id) else {
+        if page.trimmed {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "invalidation_trimmed",
+                format!("invalidation {id} was trimmed from the log"),
+            ));
+        }
+        return Err(ApiError::not_found(format!("no invalidation {id} in the log")));
+    };
+    Ok(Json(InvalidationStatus {
+        id,
+        invalidation: LoggedInvalidation::from(record),
+        propagation: Propagation::of(&state.edges, id),
+    }))
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EdgeList {
     /// The edges connected to this origin over the control plane now.
@@ -151,8 +279,9 @@ pub struct EdgeList {
     head: Option<u64>,
 }
 
-/// The edges connected to this origin's control plane, and the last invalidation each confirmed: an
-/// invalidation is applied everywhere once every edge's `acked` has reached its sequence.
+/// The edges connected to this origin's control plane: identity, the last invalidation each confirmed
+/// and its lag behind the log, round-trip time, and its cache summary. An invalidation is applied
+/// everywhere once every edge's `acked` has reached its sequence.
 #[utoipa::path(
     get,
     path = "/admin/v1/edges",
@@ -165,13 +294,82 @@ pub struct EdgeList {
 )]
 pub async fn edges(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<EdgeList>> {
     state.principal(&headers, Scope::InvalidationsRead)?;
-    let head = state
-        .forecasts
-        .invalidation_log(None, std::num::NonZeroUsize::MIN)
-        .await?
-        .head;
+    let head = state.forecasts.invalidation_log(None, NonZeroUsize::MIN).await?.head;
     Ok(Json(EdgeList {
-        edges: state.edges.list(),
+        edges: state.edges.list_at(head),
         head,
     }))
+}
+
+/// What to push to edges now.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"keys": ["/v1/forecasts/AAPL/1h"], "prefixes": ["/v1/forecasts/MSFT"]}))]
+pub struct WarmBody {
+    /// Paths (path and query) to push, such as `/v1/forecasts/AAPL/1h`.
+    #[serde(default)]
+    keys: Vec<String>,
+    /// Every hot path (configured, or reported by edges) under each of these; a prefix naming an
+    /// instrument (`/v1/forecasts/MSFT`) also pushes its list and each of its forecasts.
+    #[serde(default)]
+    prefixes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WarmReport {
+    /// Each path rendered, and whether it was pushed (200 responses only).
+    warmed: Vec<Warmed>,
+    /// Edges connected to this origin, each sent every push.
+    edges: usize,
+}
+
+/// Renders paths as a read would and pushes the responses to every edge connected to this origin,
+/// so that their next reads are hits.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/warm",
+    tag = "admin",
+    security(("bearer" = ["invalidations:write"])),
+    request_body = WarmBody,
+    responses(
+        (status = 200, description = "What was rendered and pushed", body = WarmReport),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "No key or prefix, one that is not a path, or more than 1000", body = ErrorBody),
+        AdminErrors,
+    )
+)]
+pub async fn warm(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<WarmBody>,
+) -> ApiResult<Json<WarmReport>> {
+    state.principal(&headers, Scope::InvalidationsWrite)?;
+    if body.keys.is_empty() && body.prefixes.is_empty() {
+        return Err(ApiError::unprocessable(
+            "warming needs at least one of keys or prefixes",
+        ));
+    }
+    if body.keys.len() + body.prefixes.len() > MAX_PAGE {
+        return Err(ApiError::unprocessable(format!(
+            "at most {MAX_PAGE} keys and prefixes together"
+        )));
+    }
+    for (field, paths) in [("keys", &body.keys), ("prefixes", &body.prefixes)] {
+        if let Some(index) = paths.iter().position(|p| !is_request_path(p)) {
+            return Err(ApiError::unprocessable(format!(
+                "{field}[{index}] must start with / and hold only visible ASCII, at most {MAX_KEY_BYTES} bytes"
+            )));
+        }
+    }
+    let warmed = warming::on_demand(&state, &body.keys, &body.prefixes).await?;
+    Ok(Json(WarmReport {
+        warmed,
+        edges: state.edges.list().len(),
+    }))
+}
+
+/// A path and query as a client requests it.
+fn is_request_path(path: &str) -> bool {
+    path.starts_with('/') && path.len() <= MAX_KEY_BYTES && path.bytes().all(|b| b.is_ascii_graphic())
 }

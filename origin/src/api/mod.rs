@@ -27,6 +27,7 @@ use crate::control::Edges;
 use crate::forecasts::Forecasts;
 use crate::metrics::Metrics;
 use crate::representation::{CachePolicy, Representation};
+use crate::warming::Warming;
 
 /// Limits the API enforces, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,7 @@ pub struct Inner {
     pub forecasts: Forecasts,
     /// Edges connected to the control plane (none while it is off).
     pub edges: Edges,
+    pub warming: Warming,
     pub auth: Authenticator,
     pub policy: CachePolicy,
     pub limits: Limits,
@@ -109,7 +111,9 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/invalidations",
             post(invalidations::create).get(invalidations::list),
         )
+        .route("/admin/v1/invalidations/{id}", get(invalidations::show))
         .route("/admin/v1/edges", get(invalidations::edges))
+        .route("/admin/v1/warm", post(invalidations::warm))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

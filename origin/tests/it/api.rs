@@ -989,6 +989,68 @@ async fn metric(origin: &TestOrigin, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {sample} in {text}"))
 }
 
+/// Waiting for edges, looking an invalidation up and warming refuse what they cannot use; with no edge
+/// connected, a wait is over at once and complete.
+#[tokio::test]
+async fn waits_lookups_and_warming_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = TestOrigin::start(support::config(dir.path())).await;
+    let tags = json!({"tags": ["AAPL"]});
+    for (query, code) in [("wait=soon", "invalid_query"), ("wait=31s", "invalid_wait")] {
+        let path = format!("/admin/v1/invalidations?{query}");
+        let response = origin.admin(Method::POST, &path).json(&tags).send().await.unwrap();
+        expect_error(response, 400, code).await;
+    }
+    let path = "/admin/v1/invalidations?wait=2s";
+    let waited = origin.admin(Method::POST, path).json(&tags).send().await.unwrap();
+    assert_eq!(waited.status(), 200);
+    let waited: Value = waited.json().await.unwrap();
+    assert_eq!(
+        waited["propagation"],
+        json!({"complete": true, "applied": [], "pending": []})
+    );
+    let shown = admin_get(&origin, "/admin/v1/invalidations/1").await;
+    assert_eq!(
+        (shown["id"].clone(), shown["tags"].clone()),
+        (json!(1), json!(["AAPL"]))
+    );
+    for (path, status, code) in [
+        ("/admin/v1/invalidations/0", 400, "invalid_id"),
+        ("/admin/v1/invalidations/2", 404, "not_found"),
+    ] {
+        let response = origin.admin(Method::GET, path).send().await.unwrap();
+        expect_error(response, status, code).await;
+    }
+    for body in [json!({}), json!({"keys": ["x"]}), json!({"prefixes": ["/a b"]})] {
+        let response = origin
+            .admin(Method::POST, "/admin/v1/warm")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, 422, "invalid_body").await;
+    }
+    origin.put("AAPL", "1h", &forecast(("m", "1"), 1.0)).await;
+    let body = json!({"keys": ["/v1/forecasts/AAPL/1h", "/v1/forecasts/AAPL/1d"]});
+    let warmed: Value = origin
+        .admin(Method::POST, "/admin/v1/warm")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(warmed["edges"], 0);
+    let statuses: Vec<(Value, Value)> = warmed["warmed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["status"].clone(), w["pushed"].clone()))
+        .collect();
+    assert_eq!(statuses, [(json!(200), json!(true)), (json!(404), json!(false))]);
+}
+
 #[tokio::test]
 async fn invalidations_are_numbered_logged_and_listed() {
     let origin = TestOrigin::embedded().await;
@@ -1002,11 +1064,11 @@ async fn invalidations_are_numbered_logged_and_listed() {
     assert_eq!(first.status(), 202);
     assert_eq!(
         first.json::<Value>().await.unwrap(),
-        json!({"sequence": 1, "selectors": 4})
+        json!({"id": 1, "seq": 1, "selectors": 4})
     );
     let second = invalidate(&origin, &json!({"all": true, "tags": ["AAPL"], "soft": true})).await;
-    assert_eq!(second, json!({"sequence": 2, "selectors": 1}), "all stands alone");
-    assert_eq!(invalidate(&origin, &json!({"tags": ["MSFT:1d"]})).await["sequence"], 3);
+    assert_eq!(second, json!({"id": 2, "seq": 2, "selectors": 1}), "all stands alone");
+    assert_eq!(invalidate(&origin, &json!({"tags": ["MSFT:1d"]})).await["seq"], 3);
 
     let log = admin_get(&origin, "/admin/v1/invalidations").await;
     assert_eq!((log["head"].clone(), log["trimmed"].clone()), (json!(3), json!(false)));
@@ -1175,10 +1237,7 @@ async fn a_trimmed_part_of_the_log_is_reported() {
     config.invalidation.retention_entries = NonZeroUsize::new(2).unwrap();
     let origin = TestOrigin::start(config).await;
     for i in 1..=4 {
-        assert_eq!(
-            invalidate(&origin, &json!({"tags": [format!("T{i}")]})).await["sequence"],
-            i
-        );
+        assert_eq!(invalidate(&origin, &json!({"tags": [format!("T{i}")]})).await["seq"], i);
     }
     let sequences = |log: &Value| {
         log["invalidations"]

@@ -266,7 +266,7 @@ async fn the_purge_a_failed_invalidation_names_can_be_sent_once_the_log_is_back(
     let purge = admin_json(&origin, Method::POST, "/admin/v1/invalidations", Some(tags), 202).await;
     assert_eq!(
         purge,
-        json!({"sequence": 2, "selectors": 2}),
+        json!({"id": 2, "seq": 2, "selectors": 2}),
         "the failed appends left no trace"
     );
     origin.put("LOG", "1h", &forecast(("m", "1"), 4.0)).await;
