@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use shared::telemetry::LogFormat;
 use shared::tls::{EdgeIdentity, TlsFiles};
 
@@ -78,7 +78,7 @@ impl Default for HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Origin URL(s), `http://host:port` or `https://host:port`, comma-separated for several.
-    #[serde(with = "comma_list")]
+    #[serde(with = "shared::config::comma_list")]
     pub url: Vec<String>,
     /// Upper bound of establishing a connection to the upstream.
     #[serde(with = "humantime_serde")]
@@ -192,7 +192,7 @@ impl Default for ServerConfig {
 pub struct ControlConfig {
     /// Origin control endpoints, `host:port` (UDP), comma-separated, tried in turn; empty: standalone,
     /// no control plane and no staleness bound.
-    #[serde(with = "comma_list")]
+    #[serde(with = "shared::config::comma_list")]
     pub origins: Vec<String>,
     /// Name the origin's certificate must hold.
     pub server_name: String,
@@ -212,7 +212,7 @@ pub struct ControlConfig {
     pub heartbeat_interval: Duration,
     /// Hosts (`Host` header values, such as `edge.example.com` or `127.0.0.1:8081`), comma-separated,
     /// under which responses the origin pushes are stored; empty: pushes are not stored.
-    #[serde(with = "comma_list")]
+    #[serde(with = "shared::config::comma_list")]
     pub warm_hosts: Vec<String>,
 }
 
@@ -236,25 +236,6 @@ impl Default for ControlConfig {
 pub struct LogConfig {
     /// `plain` or `json`; the level comes from `RUST_LOG`.
     pub format: LogFormat,
-}
-
-/// A list written as one comma-separated string, as environment variables carry it.
-mod comma_list {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(list: &[String], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&list.join(","))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Ok(text
-            .split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-            .map(String::from)
-            .collect())
-    }
 }
 
 #[cfg(test)]

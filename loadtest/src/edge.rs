@@ -767,7 +767,8 @@ fn start_edge(program: &Path, listen: SocketAddr, origin: SocketAddr, cpu: Optio
 
 /// Sets the environment of the edge `command`: it listens on `listen` for readers and on `metrics`
 /// for `/metrics` and `/healthz`, in front of the origin at `origin`. With `control`, it follows
-/// the origin's control plane there; without, it runs standalone.
+/// the origin's control plane there and stores the responses it pushes for the hosts readers use
+/// (`listen` and `localhost` on its port); without, it runs standalone.
 pub fn configure(
     command: &mut Command,
     listen: SocketAddr,
@@ -784,7 +785,11 @@ pub fn configure(
             .env("EDGE_CONTROL__ORIGINS", address.to_string())
             .env("EDGE_TLS__CA", &tls.ca)
             .env("EDGE_TLS__CERT", &tls.cert)
-            .env("EDGE_TLS__KEY", &tls.key),
+            .env("EDGE_TLS__KEY", &tls.key)
+            .env(
+                "EDGE_CONTROL__WARM_HOSTS",
+                format!("{listen},localhost:{}", listen.port()),
+            ),
         // Empty: standalone.
         None => command.env("EDGE_CONTROL__ORIGINS", ""),
     };

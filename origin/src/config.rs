@@ -212,7 +212,9 @@ impl Default for QuicConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarmingConfig {
-    /// Paths (path and query) pushed to every edge after each change of a forecast they include.
+    /// Paths (path and query) pushed to every edge after each change of a forecast they include,
+    /// comma-separated.
+    #[serde(with = "shared::config::comma_list")]
     pub hot_keys: Vec<String>,
     /// Also push the paths edges report among their hottest.
     pub edge_hot_keys: bool,

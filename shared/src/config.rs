@@ -50,6 +50,25 @@ pub mod empty_as_none {
     }
 }
 
+/// A list written as one comma-separated string, as environment variables carry it.
+pub mod comma_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&list.join(","))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(String::from)
+            .collect())
+    }
+}
+
 /// An address that may be left empty (`""` means none), as environment variables carry it.
 pub mod optional_address {
     use std::net::SocketAddr;
