@@ -23,6 +23,8 @@ const QUICK_EDGE_DURATION: Duration = Duration::from_secs(1);
 /// Settings of `loadtest invalidation --quick`.
 const QUICK_INVALIDATION_ROUNDS: u32 = 20;
 const QUICK_INVALIDATION_EDGES: usize = 1;
+const QUICK_INVALIDATION_RATE: u32 = 100;
+const QUICK_HIT_RATIO_DURATION: Duration = Duration::from_secs(6);
 
 /// Arguments of every measurement: how the load is run and where the figures go.
 #[derive(Debug, Clone, clap::Args)]
@@ -171,12 +173,27 @@ pub struct InvalidationArgs {
     /// Rounds, each timing one write until every edge applied it and one until edge-0 serves it
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rounds: u32,
+    /// Then, invalidations per second issued through the admin API, comma-separated, each rate for
+    /// `--rate-duration`: accepted → applied by every edge
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    pub rates: Vec<u32>,
+    /// How long each rate lasts
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub rate_duration: Duration,
+    /// Then, twice (warming off, on): Zipf reads at one edge while forecasts are rewritten 50 times a
+    /// second, for this long each; the share of hits
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub hit_ratio_duration: Duration,
+    /// One-way delay added between the origin and each edge (datagrams toward the edge are held this
+    /// long by a relay), such as `40ms` [default: none]
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
     /// Where to write all figures as JSON [default: `loadtest/invalidation.json` in the target
     /// directory]
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// A fast smoke run: 20 rounds, one edge
-    #[arg(long, conflicts_with_all = ["edges", "rounds"])]
+    /// A fast smoke run: 20 rounds, one edge, 100/s for one second, hit ratios for 6 s each
+    #[arg(long, conflicts_with_all = ["edges", "rounds", "rates", "rate_duration", "hit_ratio_duration"])]
     pub quick: bool,
 }
 
@@ -184,15 +201,31 @@ impl InvalidationArgs {
     /// The settings of this run; the default edge is in `exe_dir`, the directory of the running
     /// executable (such as `target/release`).
     pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> invalidation::Settings {
-        let (edges, rounds) = if self.quick {
-            (QUICK_INVALIDATION_EDGES, QUICK_INVALIDATION_ROUNDS)
+        let (edges, rounds, rates, rate_duration, hit_ratio_duration) = if self.quick {
+            (
+                QUICK_INVALIDATION_EDGES,
+                QUICK_INVALIDATION_ROUNDS,
+                vec![QUICK_INVALIDATION_RATE],
+                Duration::from_secs(1),
+                QUICK_HIT_RATIO_DURATION,
+            )
         } else {
-            (usize::from(self.edges), self.rounds)
+            (
+                usize::from(self.edges),
+                self.rounds,
+                self.rates.clone(),
+                self.rate_duration,
+                self.hit_ratio_duration,
+            )
         };
         invalidation::Settings {
             edge_bin: self.edge_bin.clone().unwrap_or_else(|| exe_dir.join("edge")),
             edges,
             rounds,
+            rates,
+            rate_duration,
+            delay: self.delay.unwrap_or_default(),
+            hit_ratio_duration,
             pinning,
         }
     }
@@ -410,6 +443,14 @@ mod tests {
         let cli = InvalidationCli::try_parse_from(["loadtest", "--edges", "16", "--rounds", "5"]).unwrap();
         let settings = cli.invalidation.settings(exe_dir, None);
         assert_eq!((settings.edges, settings.rounds), (16, 5));
+        assert_eq!(settings.rates, [1, 100, 1000]);
+        assert_eq!(settings.delay, Duration::ZERO);
+        let cli = InvalidationCli::try_parse_from(["loadtest", "--rates", "10,20", "--delay", "40ms"]).unwrap();
+        let settings = cli.invalidation.settings(exe_dir, None);
+        assert_eq!(
+            (settings.rates, settings.delay),
+            (vec![10, 20], Duration::from_millis(40))
+        );
 
         assert!(InvalidationCli::try_parse_from(["loadtest", "--quick", "--edges", "2"]).is_err());
         assert!(InvalidationCli::try_parse_from(["loadtest", "--edges", "0"]).is_err());

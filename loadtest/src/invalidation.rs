@@ -39,6 +39,7 @@ use crate::control::{self, Control, TlsFiles};
 use crate::http::{self, Body, Connection};
 use crate::launch::{self, ChildProcess, Pinning};
 use crate::measure::Machine;
+use crate::relay::DelayRelay;
 use crate::{edge, origin as origin_server};
 
 /// How often the acknowledgements the origin recorded are looked at.
@@ -63,6 +64,13 @@ pub struct Settings {
     pub edge_bin: PathBuf,
     pub edges: usize,
     pub rounds: u32,
+    /// Invalidations per second of the rate phases, after the rounds.
+    pub rates: Vec<u32>,
+    pub rate_duration: Duration,
+    /// One-way delay toward each edge.
+    pub delay: Duration,
+    /// How long each hit-ratio run lasts (warming off, then on); zero: none.
+    pub hit_ratio_duration: Duration,
     pub pinning: Option<Pinning>,
 }
 
@@ -81,6 +89,10 @@ pub struct Report {
     pub sent_applied_all: Summary,
     /// PUT sent → a GET at edge-0 returns the new version.
     pub visible: Summary,
+    /// Each rate phase: invalidations issued through the admin API at a fixed rate.
+    pub rates: Vec<RateSummary>,
+    /// Zipf-distributed reads at one edge while forecasts are rewritten, warming off and on.
+    pub hit_ratios: Vec<HitRatio>,
     /// The newest sequence of the invalidation log at the end.
     pub log_head: u64,
     /// The last sequence each edge acknowledged at the end.
@@ -94,6 +106,9 @@ pub struct SettingsRecord {
     pub edge_bin: PathBuf,
     pub edges: usize,
     pub rounds: u32,
+    pub rate_duration_s: f64,
+    /// One-way delay added toward each edge, in milliseconds.
+    pub delay_ms: f64,
     pub origin: &'static str,
     pub ack_poll_interval_us: u64,
     /// The mean time between two looks at the acknowledgements, as achieved.
@@ -130,6 +145,34 @@ impl Summary {
             min_ms: millis(min),
         })
     }
+}
+
+/// Reads at one edge during a write-heavy run.
+#[derive(Debug, Clone, Serialize)]
+pub struct HitRatio {
+    /// Whether the origin pushed the keys the edge reported hottest after each write.
+    pub warming: bool,
+    /// Reads counted (after the warm-up), and how many were hits.
+    pub reads: u64,
+    pub hits: u64,
+    pub ratio: f64,
+    /// Forecast writes during the counted reads.
+    pub writes: u64,
+}
+
+/// One rate phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateSummary {
+    /// Invalidations per second asked for.
+    pub rate: u32,
+    /// Invalidations per second achieved (each is sent when the previous one is answered).
+    pub achieved: f64,
+    /// Admin API answered (accepted, durable) → acknowledged by the last edge.
+    pub accepted_applied_all: Summary,
+    /// Sent to the admin API → acknowledged by the last edge: an upper bound of the same.
+    pub sent_applied_all: Summary,
+    /// Every sample of `accepted_applied_all`, in microseconds.
+    pub accepted_applied_all_us: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,15 +219,24 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
     tls::write_dev_pki(pki.path(), &identities).context("write the development PKI")?;
 
     let token = origin_server::random_token();
-    let origin = InProcessOrigin::start(pki.path(), &token).await?;
+    let origin = InProcessOrigin::start(pki.path(), &token, true).await?;
     eprintln!(
         "origin: in this process, http://{}, control plane on udp {}",
         origin.address, origin.control.addr
     );
     let mut edges = Vec::new();
+    let mut relays = Vec::new();
     for identity in &identities {
         let cpu = Pinning::server_cpu(settings.pinning);
-        edges.push(EdgeServer::start(&settings.edge_bin, identity, pki.path(), &origin, cpu).await?);
+        let control = if settings.delay.is_zero() {
+            origin.control.addr
+        } else {
+            let relay = DelayRelay::start(origin.control.addr, settings.delay).await?;
+            let address = relay.address;
+            relays.push(relay);
+            address
+        };
+        edges.push(EdgeServer::start(&settings.edge_bin, identity, pki.path(), &origin, control, cpu).await?);
         eprintln!("{}: connected to the control plane", identity.name());
     }
 
@@ -241,28 +293,57 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
             eprintln!("round {round}/{}", settings.rounds);
         }
     }
+    let mut rates = Vec::new();
+    for &rate in &settings.rates {
+        let phase = rate_phase(&mut writer, &watch, &edges, rate, settings.rate_duration).await?;
+        head = phase.head;
+        eprintln!(
+            "{rate}/s: accepted → applied by all {} edges p50 {:.2} ms, p99 {:.2} ms",
+            edges.len(),
+            phase.summary.accepted_applied_all.p50_ms,
+            phase.summary.accepted_applied_all.p99_ms
+        );
+        rates.push(phase.summary);
+    }
+    drop(relays);
     let ack_poll_period_us = watch.stop();
     let acks = origin.control.edges.list();
-    let final_acks = edges
+    // The edges are killed as they are dropped: the hit-ratio runs have the machine to themselves.
+    drop((edges, writer, origin));
+    let mut hit_ratios = Vec::new();
+    if !settings.hit_ratio_duration.is_zero() {
+        for warming in [false, true] {
+            let measured = hit_ratio(settings, pki.path(), &identities[0], warming).await?;
+            eprintln!(
+                "warming {}: {:.1}% hits of {} reads, {} writes",
+                if warming { "on" } else { "off" },
+                measured.ratio * 100.0,
+                measured.reads,
+                measured.writes
+            );
+            hit_ratios.push(measured);
+        }
+    }
+    let final_acks = identities
         .iter()
-        .map(|edge| FinalAck {
-            edge: edge.name.clone(),
+        .map(|identity| FinalAck {
+            edge: identity.name().to_owned(),
             acked: acks
                 .iter()
-                .filter(|status| status.name == edge.name)
+                .filter(|status| status.name == identity.name())
                 .filter_map(|status| status.acked)
                 .max(),
         })
         .collect();
 
     let summary = |micros: &[i64], what: &str| Summary::of(micros).with_context(|| format!("no sample of {what}"));
-    let applied = edges
+    let applied = identities
         .iter()
         .zip(&samples.applied_us)
-        .map(|(edge, micros)| {
+        .map(|(identity, micros)| {
             Ok(EdgeSummary {
-                edge: edge.name.clone(),
-                summary: summary(micros, &edge.name)?,
+                edge: identity.name().to_owned(),
+                summary: summary(micros, identity.name())?,
             })
         })
         .collect::<Result<_>>()?;
@@ -272,6 +353,8 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
             edge_bin: settings.edge_bin.clone(),
             edges: settings.edges,
             rounds: settings.rounds,
+            rate_duration_s: settings.rate_duration.as_secs_f64(),
+            delay_ms: settings.delay.as_secs_f64() * 1000.0,
             origin: "in-process",
             ack_poll_interval_us: ACK_POLL_INTERVAL.as_micros() as u64,
             ack_poll_period_us,
@@ -282,9 +365,165 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
         applied_all: summary(&samples.applied_all_us, "every edge")?,
         sent_applied_all: summary(&samples.sent_applied_all_us, "every edge from the PUT")?,
         visible: summary(&samples.visible_us, "GET at edge-0")?,
+        rates,
+        hit_ratios,
         log_head: head,
         final_acks,
         samples,
+    })
+}
+
+/// Forecasts of a hit-ratio run, read with Zipf-distributed popularity.
+const HIT_RATIO_KEYS: usize = 200;
+/// Forecast writes per second during a hit-ratio run, their keys Zipf-distributed too.
+const HIT_RATIO_WRITES_PER_S: u32 = 50;
+/// Reads before this are not counted: the edge fills, and reports its hottest keys once.
+const HIT_RATIO_WARM_UP: Duration = Duration::from_secs(3);
+/// The edges' stats interval: how soon the origin learns their hottest keys.
+const STATS_INTERVAL: &str = "1s";
+
+/// Popularity by rank, P(k) ∝ 1/k (Zipf with exponent 1), sampled by inverse CDF.
+struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize) -> Self {
+        let weights: Vec<f64> = (1..=n).map(|rank| 1.0 / rank as f64).collect();
+        let total: f64 = weights.iter().sum();
+        let mut sum = 0.0;
+        let cumulative = weights
+            .iter()
+            .map(|weight| {
+                sum += weight / total;
+                sum
+            })
+            .collect();
+        Self { cumulative }
+    }
+
+    fn sample(&self, rng: &mut impl rand::Rng) -> usize {
+        let u: f64 = rng.random();
+        self.cumulative
+            .partition_point(|&c| c < u)
+            .min(self.cumulative.len() - 1)
+    }
+}
+
+fn hit_ratio_key(rank: usize) -> String {
+    format!("Z{rank:03}/1h")
+}
+
+/// One origin and one edge: reads of Zipf-popular forecasts, back to back on one connection, while
+/// a writer rewrites forecasts (also Zipf-popular) at a fixed rate; the share of reads that hit.
+async fn hit_ratio(settings: &Settings, pki: &Path, identity: &EdgeIdentity, warming: bool) -> Result<HitRatio> {
+    let token = origin_server::random_token();
+    let origin = InProcessOrigin::start(pki, &token, warming).await?;
+    let cpu = Pinning::server_cpu(settings.pinning);
+    let mut edge = EdgeServer::start(&settings.edge_bin, identity, pki, &origin, origin.control.addr, cpu).await?;
+    let body = origin_server::forecast_body(time::Duration::HOUR, 0).context("build the forecast body")?;
+    let mut writer = Writer::open(origin.address, &token, body).await?;
+    for rank in 0..HIT_RATIO_KEYS {
+        writer.put_key(&hit_ratio_key(rank)).await?;
+    }
+    let zipf = Zipf::new(HIT_RATIO_KEYS);
+    let started = Instant::now();
+    let counted_from = started + HIT_RATIO_WARM_UP;
+    let deadline = started + settings.hit_ratio_duration.max(HIT_RATIO_WARM_UP * 2);
+    let write = async {
+        let mut rng = rand::rng();
+        let interval = Duration::from_secs(1) / HIT_RATIO_WRITES_PER_S;
+        let mut writes = 0u64;
+        let mut due = started;
+        while due < deadline {
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            writer.put_key(&hit_ratio_key(zipf.sample(&mut rng))).await?;
+            if due >= counted_from {
+                writes += 1;
+            }
+            due += interval;
+        }
+        anyhow::Ok(writes)
+    };
+    let read = async {
+        let mut rng = rand::rng();
+        let (mut reads, mut hits) = (0u64, 0u64);
+        while Instant::now() < deadline {
+            let path = format!("/v1/forecasts/{}", hit_ratio_key(zipf.sample(&mut rng)));
+            let response = edge.get_path(&path).await?;
+            if Instant::now() >= counted_from {
+                reads += 1;
+                hits += u64::from(edge::is_hit(response.headers()));
+            }
+        }
+        anyhow::Ok((reads, hits))
+    };
+    let (writes, read) = tokio::join!(write, read);
+    let (writes, (reads, hits)) = (writes?, read?);
+    edge.ensure_running()?;
+    Ok(HitRatio {
+        warming,
+        reads,
+        hits,
+        ratio: if reads == 0 { 0.0 } else { hits as f64 / reads as f64 },
+        writes,
+    })
+}
+
+struct Phase {
+    summary: RateSummary,
+    head: u64,
+}
+
+/// Issues invalidations through the admin API at `rate` per second for `duration` (each one sent
+/// when it is due, or as soon as the previous one is answered when behind), waits until every edge
+/// applied the last, and times each from its answer to the last edge's acknowledgement.
+async fn rate_phase(
+    writer: &mut Writer,
+    watch: &AckWatch,
+    edges: &[EdgeServer],
+    rate: u32,
+    duration: Duration,
+) -> Result<Phase> {
+    ensure!(rate > 0, "a rate of 0 invalidations per second");
+    let interval = Duration::from_secs(1) / rate;
+    let count = (duration.as_secs_f64() * f64::from(rate)).ceil().max(1.0) as u32;
+    let started = Instant::now();
+    let mut accepted = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let due = started + interval * index;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let sent = Instant::now();
+        let (sequence, answered) = writer.invalidate().await?;
+        accepted.push((sequence, sent, answered));
+    }
+    let achieved = f64::from(count) / started.elapsed().as_secs_f64();
+    let head = accepted.last().map_or(0, |&(sequence, ..)| sequence);
+    watch.wait_applied(edges, head).await?;
+    let (mut from_answer, mut from_sending) = (Vec::new(), Vec::new());
+    for &(sequence, sent, answered) in &accepted {
+        let last = edges
+            .iter()
+            .map(|edge| watch.applied_at(&edge.name, sequence))
+            .collect::<Option<Vec<Instant>>>()
+            .and_then(|times| times.into_iter().max())
+            .context("an acknowledgement was not recorded")?;
+        from_answer.push(micros_between(answered, last));
+        from_sending.push(micros_between(sent, last));
+    }
+    Ok(Phase {
+        summary: RateSummary {
+            rate,
+            achieved,
+            accepted_applied_all: Summary::of(&from_answer).context("no invalidation issued")?,
+            sent_applied_all: Summary::of(&from_sending).context("no invalidation issued")?,
+            accepted_applied_all_us: from_answer,
+        },
+        head,
     })
 }
 
@@ -309,7 +548,8 @@ struct InProcessOrigin {
 impl InProcessOrigin {
     /// Starts the origin with its embedded store in a temporary directory, `token` as its admin
     /// token, and its control plane on a free UDP port with the origin's files in `pki`.
-    async fn start(pki: &Path, token: &str) -> Result<Self> {
+    /// With `warming`, the origin pushes the keys edges report hottest after each write.
+    async fn start(pki: &Path, token: &str, warming: bool) -> Result<Self> {
         let data_dir = tempfile::Builder::new()
             .prefix("loadtest-origin-")
             .tempdir()
@@ -322,6 +562,7 @@ impl InProcessOrigin {
         config.storage.data_dir = data_dir.path().to_owned();
         config.auth.bootstrap_token = Some(token.to_owned());
         config.quic.listen = Some(loopback);
+        config.warming.edge_hot_keys = warming;
         config.tls = files;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -380,6 +621,7 @@ impl EdgeServer {
         identity: &EdgeIdentity,
         pki: &Path,
         origin: &InProcessOrigin,
+        control_address: SocketAddr,
         cpu: Option<usize>,
     ) -> Result<Self> {
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, launch::free_port()?));
@@ -388,11 +630,13 @@ impl EdgeServer {
         let mut command = launch::command_on_cpu(bin, cpu);
         launch::remove_env_prefixed(&mut command, "EDGE_");
         let control = Control {
-            address: origin.control.addr,
+            address: control_address,
             tls: &tls,
         };
         edge::configure(&mut command, listen, metrics, origin.address, Some(control));
-        command.env("RUST_LOG", "warn");
+        command
+            .env("EDGE_CONTROL__STATS_INTERVAL", STATS_INTERVAL)
+            .env("RUST_LOG", "warn");
         let name = identity.name().to_owned();
         let mut process = ChildProcess::spawn(&name, command)?;
         launch::wait_listening(&mut process, listen, READY_TIMEOUT).await?;
@@ -407,17 +651,20 @@ impl EdgeServer {
     }
 
     async fn get(&mut self) -> Result<Response<Bytes>> {
+        self.get_path(&read_path()).await
+    }
+
+    async fn get_path(&mut self, path: &str) -> Result<Response<Bytes>> {
         let response = self
             .connection
-            .send(http::get(&read_path())?)
+            .send(http::get(path)?)
             .await
-            .with_context(|| format!("GET {} at {}", read_path(), self.name))?;
+            .with_context(|| format!("GET {path} at {}", self.name))?;
         ensure!(
             response.status() == StatusCode::OK,
-            "{} answered {} to GET {}{}",
+            "{} answered {} to GET {path}{}",
             self.name,
             response.status(),
-            read_path(),
             self.process.log_excerpt()
         );
         Ok(response)
@@ -497,7 +744,12 @@ impl Writer {
 
     /// Writes a new version of the forecast: its ETag, and when the PUT was sent and answered.
     async fn put(&mut self) -> Result<(String, Put)> {
-        let request = self.request(Method::PUT, &format!("/admin/v1/forecasts/{KEY}"), self.body.clone())?;
+        self.put_key(KEY).await
+    }
+
+    /// Writes a new version of `key` (`INSTRUMENT/TIMEFRAME`).
+    async fn put_key(&mut self, key: &str) -> Result<(String, Put)> {
+        let request = self.request(Method::PUT, &format!("/admin/v1/forecasts/{key}"), self.body.clone())?;
         let sent = Instant::now();
         let response = self.connection.send(request).await.context("PUT the forecast")?;
         let answered = Instant::now();
@@ -511,6 +763,23 @@ impl Writer {
     }
 
     /// The newest sequence of the invalidation log.
+    /// Posts an invalidation of a tag nothing carries; answers its sequence and when it was accepted.
+    async fn invalidate(&mut self) -> Result<(u64, Instant)> {
+        let body = Bytes::from_static(br#"{"tags":["loadtest-rate"]}"#);
+        let request = self.request(Method::POST, "/admin/v1/invalidations", body)?;
+        let response = self.connection.send(request).await.context("POST an invalidation")?;
+        let answered = Instant::now();
+        ensure!(
+            response.status() == StatusCode::ACCEPTED,
+            "POST /admin/v1/invalidations answered {}: {}",
+            response.status(),
+            String::from_utf8_lossy(response.body())
+        );
+        let accepted: serde_json::Value = serde_json::from_slice(response.body()).context("parse the answer")?;
+        let sequence = accepted["seq"].as_u64().context("no seq in the answer")?;
+        Ok((sequence, answered))
+    }
+
     async fn log_head(&mut self) -> Result<u64> {
         let request = self.request(Method::GET, "/admin/v1/invalidations?limit=1", Bytes::new())?;
         let response = self
@@ -554,12 +823,12 @@ impl AckWatch {
             let (seen, stop, polls) = (Arc::clone(&seen), Arc::clone(&stop), Arc::clone(&polls));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let statuses = edges.list();
+                    let acks = edges.acks();
                     let now = Instant::now();
                     let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-                    for status in statuses {
-                        let Some(acked) = status.acked else { continue };
-                        let history = seen.entry(status.name).or_default();
+                    for (name, acked) in acks {
+                        let Some(acked) = acked else { continue };
+                        let history = seen.entry(name).or_default();
                         if history.last().is_none_or(|&(last, _)| acked > last) {
                             history.push((acked, now));
                         }
@@ -582,10 +851,10 @@ impl AckWatch {
     /// When `edge` was first seen to have acknowledged `sequence` or a later one.
     fn applied_at(&self, edge: &str, sequence: u64) -> Option<Instant> {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.get(edge)?
-            .iter()
-            .find(|&&(acked, _)| acked >= sequence)
-            .map(|&(_, at)| at)
+        // Acknowledgements only move up: the first at or past `sequence` is found by bisection.
+        let history = seen.get(edge)?;
+        let first = history.partition_point(|&(acked, _)| acked < sequence);
+        history.get(first).map(|&(_, at)| at)
     }
 
     /// Waits until every edge of `edges` has acknowledged `sequence`: when each was seen to.

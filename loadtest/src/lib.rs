@@ -30,4 +30,5 @@ pub mod measure;
 pub mod median;
 pub mod origin;
 pub mod peers;
+pub mod relay;
 pub mod report;

@@ -255,13 +255,13 @@ pub fn print_edge_table(report: &edge::Report) {
 pub fn print_invalidation_table(report: &invalidation::Report) {
     let row = |figure: &str, summary: &Summary| {
         println!(
-            "{figure:<40}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>9}",
+            "{figure:<46}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>9}",
             summary.p50_ms, summary.p99_ms, summary.max_ms, summary.min_ms, summary.samples
         );
     };
     println!();
     println!(
-        "{:<40}{:>10}{:>10}{:>10}{:>10}{:>9}",
+        "{:<46}{:>10}{:>10}{:>10}{:>10}{:>9}",
         "figure", "p50 ms", "p99 ms", "max ms", "min ms", "samples"
     );
     row("PUT sent → answered", &report.put);
@@ -271,6 +271,11 @@ pub fn print_invalidation_table(report: &invalidation::Report) {
     row("PUT answered → applied at every edge", &report.applied_all);
     row("PUT sent → applied at every edge", &report.sent_applied_all);
     row("PUT sent → GET at edge-0 serves it", &report.visible);
+    for phase in &report.rates {
+        let rate = format!("{}/s ({:.0} achieved)", phase.rate, phase.achieved);
+        row(&format!("{rate}: answered → every edge"), &phase.accepted_applied_all);
+        row(&format!("{rate}: sent → every edge"), &phase.sent_applied_all);
+    }
 
     let settings = &report.settings;
     println!();
@@ -290,6 +295,25 @@ pub fn print_invalidation_table(report: &invalidation::Report) {
         settings.ack_poll_interval_us, settings.ack_poll_period_us
     );
     println!("up to one look; below 0 when the ack was recorded before the PUT's answer reached the client");
+    println!(
+        "N/s: POST /admin/v1/invalidations at that rate for {} s, timed from each answer to the last edge's ack",
+        settings.rate_duration_s
+    );
+    for measured in &report.hit_ratios {
+        println!(
+            "warming {}: {} of {} Zipf reads at one edge were hits, while {} writes rewrote forecasts",
+            if measured.warming { "on " } else { "off" },
+            percent(measured.ratio),
+            measured.reads,
+            measured.writes
+        );
+    }
+    if settings.delay_ms > 0.0 {
+        println!(
+            "delay: a relay holds every datagram toward each edge {} ms (acks return undelayed), so the figures include it",
+            settings.delay_ms
+        );
+    }
     println!(
         "origin: in this process on a runtime of its own (the same code as the origin executable, without its mimalloc),"
     );

@@ -153,6 +153,14 @@ impl Edges {
             .collect()
     }
 
+    /// Each connected edge's name and the last sequence it confirmed: a cheap look, for polling.
+    pub fn acks(&self) -> Vec<(String, Option<u64>)> {
+        self.lock()
+            .values()
+            .map(|tracked| (tracked.status.name.clone(), tracked.status.acked))
+            .collect()
+    }
+
     /// Every connected edge's state with respect to `sequence`.
     pub fn applications(&self, sequence: u64) -> Vec<Application> {
         self.lock()
