@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
     // pingora-cache warns that its header compression has no dictionary; the edge stores headers in its
     // own format and never uses that compression for them.
     shared::telemetry::init(config.log.format, "info,pingora_cache::meta=error");
+    shared::process::disable_transparent_huge_pages_or_warn();
     let edge = edge::server::build(&config)?;
     tracing::info!(
         listen = %config.http.listen,

@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     }
     let config: OriginConfig = shared::config::load("ORIGIN_", cli.config.as_deref())?;
     shared::telemetry::init(config.log.format, "info");
+    shared::process::disable_transparent_huge_pages_or_warn();
     tokio::runtime::Runtime::new()
         .context("starting the runtime")?
         .block_on(serve(config))

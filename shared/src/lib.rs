@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod framed;
+pub mod process;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;
