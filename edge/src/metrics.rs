@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Histogram, IntCounter, IntCounterVec, IntGauge, register_histogram, register_int_counter, register_int_counter_vec,
-    register_int_gauge,
+    Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, register_gauge, register_histogram, register_int_counter,
+    register_int_counter_vec, register_int_gauge,
 };
 
 pub struct Metrics {
@@ -39,6 +39,10 @@ pub struct Metrics {
     pub control_connected: IntGauge,
     /// The last invalidation sequence applied (0: none).
     pub control_last_applied: IntGauge,
+    /// Invalidations the origin has announced (its log head at the welcome, or sent) not applied yet.
+    pub control_lag: IntGauge,
+    /// Unix time (seconds) of the last frame from an origin the edge was caught up with.
+    pub control_last_contact: Gauge,
     /// 1 while the staleness bound is exceeded and every hit is revalidated.
     pub control_stale_serving: IntGauge,
     pub control_invalidations_applied: IntCounter,
@@ -118,6 +122,14 @@ impl Metrics {
             control_last_applied: register_int_gauge!(
                 "edge_control_last_applied",
                 "Last invalidation sequence applied"
+            )?,
+            control_lag: register_int_gauge!(
+                "edge_control_lag",
+                "Invalidations announced by the origin and not applied yet"
+            )?,
+            control_last_contact: register_gauge!(
+                "edge_control_last_contact_timestamp_seconds",
+                "Unix time of the last contact with an origin while caught up with its log"
             )?,
             control_stale_serving: register_int_gauge!(
                 "edge_control_stale_serving",

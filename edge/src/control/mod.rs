@@ -104,7 +104,9 @@ impl ControlState {
 
     /// Records contact with an origin the edge is caught up with.
     pub fn touch(&self, now: SystemTime) {
-        self.last_contact_ms.fetch_max(unix_ms(now), Ordering::Relaxed);
+        let previous = self.last_contact_ms.fetch_max(unix_ms(now), Ordering::Relaxed);
+        let latest = previous.max(unix_ms(now));
+        self.metrics.control_last_contact.set(latest as f64 / 1000.0);
         self.metrics.control_stale_serving.set(0);
     }
 
@@ -136,6 +138,8 @@ pub enum ProtocolError {
 #[derive(Debug, Default)]
 pub struct Protocol {
     last_applied: Option<u64>,
+    /// The newest sequence the origin announced: its head at the welcome, or the last one it sent.
+    newest_known: Option<u64>,
 }
 
 impl Protocol {
@@ -160,6 +164,8 @@ impl Protocol {
         if !SUPPORTED_VERSIONS.contains(&welcome.version) {
             return Err(ProtocolError::Version(welcome.version));
         }
+        // A new connection, possibly to an origin of a reset log: what it says replaces what was known.
+        self.newest_known = welcome.head;
         if let Some(reason) = welcome.drop_all {
             tracing::warn!(reason = reason.as_str(), head = ?welcome.head, "the origin asks to drop the whole cache");
             purge(&Selector::All, PurgeMode::Hard);
@@ -170,6 +176,7 @@ impl Protocol {
             // (0 for an empty log), so that after a reconnect it is replayed what came since.
             self.set_applied(Some(welcome.head.unwrap_or(0)));
         }
+        self.publish();
         Ok(welcome.head.filter(|head| Some(*head) > self.last_applied))
     }
 
@@ -181,7 +188,10 @@ impl Protocol {
     ) -> Result<Option<EdgeMessage>, ProtocolError> {
         match message {
             OriginMessage::Welcome(_) => Err(ProtocolError::UnexpectedWelcome),
-            OriginMessage::Invalidate(invalidate) => self.invalidate(&invalidate, purge),
+            OriginMessage::Invalidate(invalidate) => {
+                self.newest_known = self.newest_known.max(Some(invalidate.sequence));
+                self.invalidate(&invalidate, purge)
+            }
             OriginMessage::DropAll(DropAll { sequence, reason }) => {
                 tracing::warn!(
                     reason = reason.as_str(),
@@ -189,6 +199,7 @@ impl Protocol {
                     "the origin asks to drop the whole cache"
                 );
                 purge(&Selector::All, PurgeMode::Hard);
+                self.newest_known = self.newest_known.max(Some(sequence));
                 self.set_applied(Some(sequence));
                 Metrics::global().control_invalidations_applied.inc();
                 Ok(Some(EdgeMessage::Ack(Ack { sequence })))
@@ -237,11 +248,23 @@ impl Protocol {
         Ok(Some(EdgeMessage::Ack(Ack { sequence })))
     }
 
+    /// Invalidations announced and not applied yet.
+    pub fn lag(&self) -> u64 {
+        self.newest_known
+            .unwrap_or(0)
+            .saturating_sub(self.last_applied.unwrap_or(0))
+    }
+
     fn set_applied(&mut self, sequence: Option<u64>) {
         self.last_applied = sequence;
-        Metrics::global()
-            .control_last_applied
-            .set(sequence.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)));
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let metrics = Metrics::global();
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.control_last_applied.set(self.last_applied.map_or(0, gauge));
+        metrics.control_lag.set(gauge(self.lag()));
     }
 }
 
@@ -363,6 +386,36 @@ mod tests {
             protocol.welcome(&welcome(Some(2), None), &mut recorder(&mut purged)),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn the_lag_is_what_the_origin_announced_and_is_not_applied_yet() {
+        let mut protocol = Protocol::default();
+        let mut purged = Purged::new();
+        protocol
+            .welcome(&welcome(None, None), &mut recorder(&mut purged))
+            .unwrap();
+        assert_eq!(
+            protocol.welcome(&welcome(Some(3), None), &mut recorder(&mut purged)),
+            Ok(Some(3))
+        );
+        assert_eq!(protocol.lag(), 3);
+        protocol
+            .receive(
+                invalidate(1, vec![wire::Selector::All], false),
+                &mut recorder(&mut purged),
+            )
+            .unwrap();
+        assert_eq!(protocol.lag(), 2);
+        for sequence in [2, 3] {
+            protocol
+                .receive(
+                    invalidate(sequence, vec![wire::Selector::All], false),
+                    &mut recorder(&mut purged),
+                )
+                .unwrap();
+        }
+        assert_eq!(protocol.lag(), 0);
     }
 
     #[test]

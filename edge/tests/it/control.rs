@@ -378,6 +378,58 @@ async fn a_forecast_write_reaches_the_edge_through_the_real_origins_control_plan
     );
 }
 
+/// Three edges follow one origin: a write is purged at all three, each confirms it, and each serves
+/// the new version as a fresh miss; their metrics say where they stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_purged_at_three_edges_and_each_refetches_it() {
+    let pki = Pki::new();
+    let origin = RealOrigin::with_control_plane(&pki).await;
+    let control = origin.control.as_ref().expect("started with a control plane");
+    let mut edges = Vec::new();
+    for index in 0..3 {
+        let mut env = pki.edge_env_of(index);
+        env.push(("EDGE_CONTROL__ORIGINS".into(), control.addr.to_string()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        edges.push(Edge::start(&origin.url, &env).await);
+    }
+    eventually("three edges to connect", async || {
+        let mut names: Vec<String> = control.edges.list().into_iter().map(|status| status.name).collect();
+        names.sort();
+        (names == ["edge-1", "edge-2", "edge-3"]).then_some(())
+    })
+    .await;
+    let path = "/v1/forecasts/ES.F/15m";
+    origin.put_forecast("ES.F", "15m", 5000.0).await;
+    for edge in &edges {
+        cached(edge, path).await;
+    }
+    let newest = origin.put_forecast("ES.F", "15m", 5001.0).await;
+    eventually("every edge to confirm the write's invalidation", async || {
+        let acked: Vec<Option<u64>> = control.edges.list().iter().map(|status| status.acked).collect();
+        (acked == [Some(2); 3]).then_some(())
+    })
+    .await;
+    for edge in &edges {
+        let fetched = edge.get(path).await;
+        assert_miss(&fetched, path);
+        assert_eq!(fetched.header("etag"), Some(newest.as_str()));
+        let metrics = edge.metrics().await;
+        for line in [
+            "edge_control_connected 1",
+            "edge_control_last_applied 2",
+            "edge_control_lag 0",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+        }
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("edge_control_last_contact_timestamp_seconds 1")),
+            "{metrics}"
+        );
+    }
+}
+
 /// A read through the edge under the host pushed responses are stored for.
 async fn warm_read(edge: &Edge, path: &str) -> crate::support::Fetched {
     crate::support::fetch(edge.request(reqwest::Method::GET, path).header("host", WARM_HOST)).await

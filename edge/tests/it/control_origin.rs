@@ -17,27 +17,35 @@ use tokio::task::JoinHandle;
 
 use crate::support::eventually;
 
-/// A CA, an origin certificate and one edge certificate in a temporary folder.
+/// A CA, an origin certificate and three edge certificates (`edge-1`…`edge-3`, region `test`) in a
+/// temporary folder.
 pub struct Pki {
     pub dir: TempDir,
-    edge: EdgeIdentity,
+    edges: Vec<EdgeIdentity>,
 }
 
 impl Pki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let edge = EdgeIdentity::new("edge-1", "test").unwrap();
-        write_dev_pki(dir.path(), std::slice::from_ref(&edge)).unwrap();
-        Self { dir, edge }
+        let edges: Vec<EdgeIdentity> = (1..=3)
+            .map(|n| EdgeIdentity::new(format!("edge-{n}"), "test").unwrap())
+            .collect();
+        write_dev_pki(dir.path(), &edges).unwrap();
+        Self { dir, edges }
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
 
-    /// The `EDGE_TLS__*` variables of the edge's certificate.
+    /// The `EDGE_TLS__*` variables of `edge-1`'s certificate.
     pub fn edge_env(&self) -> Vec<(String, String)> {
-        let files = self.edge_tls();
+        self.edge_env_of(0)
+    }
+
+    /// The `EDGE_TLS__*` variables of the certificate of edge `index` (0 is `edge-1`).
+    pub fn edge_env_of(&self, index: usize) -> Vec<(String, String)> {
+        let files = TlsFiles::edge(self.dir.path(), &self.edges[index]);
         [
             ("EDGE_TLS__CA", files.ca),
             ("EDGE_TLS__CERT", files.cert),
@@ -54,7 +62,7 @@ impl Pki {
     }
 
     fn edge_tls(&self) -> TlsFiles {
-        TlsFiles::edge(self.dir.path(), &self.edge)
+        TlsFiles::edge(self.dir.path(), &self.edges[0])
     }
 
     /// Dials a control plane at `addr` with this PKI's edge certificate and says `Hello`: `Ok` once the
