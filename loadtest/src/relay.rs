@@ -6,10 +6,13 @@
 //! arrival order. Only the origin → edge direction is delayed, so the time from the origin sending an
 //! invalidation to it reading the acknowledgement is the one-way delay plus the edge's own work.
 //! Tokio's timers have a resolution of one millisecond: a datagram is held up to a millisecond longer.
+//!
+//! The relay can also be cut: datagrams are then dropped both ways, as by a network partition.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -28,6 +31,7 @@ type Held = VecDeque<(Instant, Vec<u8>)>;
 pub struct DelayRelay {
     /// Where the edge sends.
     pub address: SocketAddr,
+    cut: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -50,12 +54,17 @@ impl DelayRelay {
         let edge: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let held: Arc<std::sync::Mutex<Held>> = Arc::default();
         let arrived = Arc::new(Notify::new());
+        let cut = Arc::new(AtomicBool::new(false));
 
         let toward_origin = {
-            let (edge_side, origin_side, edge) = (edge_side.clone(), origin_side.clone(), edge.clone());
+            let (edge_side, origin_side, edge, cut) =
+                (edge_side.clone(), origin_side.clone(), edge.clone(), cut.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0; MAX_DATAGRAM];
                 while let Ok((len, from)) = edge_side.recv_from(&mut buffer).await {
+                    if cut.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     *edge.lock().await = Some(from);
                     // A lost datagram is what UDP allows; QUIC resends.
                     let _ = origin_side.send(&buffer[..len]).await;
@@ -63,10 +72,13 @@ impl DelayRelay {
             })
         };
         let hold = {
-            let (origin_side, held, arrived) = (origin_side.clone(), held.clone(), arrived.clone());
+            let (origin_side, held, arrived, cut) = (origin_side.clone(), held.clone(), arrived.clone(), cut.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0; MAX_DATAGRAM];
                 while let Ok(len) = origin_side.recv(&mut buffer).await {
+                    if cut.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     let due = Instant::now() + delay;
                     held.lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -93,8 +105,14 @@ impl DelayRelay {
         });
         Ok(Self {
             address,
+            cut,
             tasks: vec![toward_origin, hold, toward_edge],
         })
+    }
+
+    /// Drops every datagram from now on (`true`), or relays them again (`false`).
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
     }
 }
 
@@ -129,5 +147,12 @@ mod tests {
             assert_eq!(&buffer[..len], expected);
         }
         assert!(sent.elapsed() >= delay, "answered after {:?}", sent.elapsed());
+
+        relay.set_cut(true);
+        edge.send_to(b"lost", relay.address).await.unwrap();
+        relay.set_cut(false);
+        edge.send_to(b"kept", relay.address).await.unwrap();
+        let len = origin.recv(&mut buffer).await.unwrap();
+        assert_eq!(&buffer[..len], b"kept", "a datagram sent while cut went through");
     }
 }

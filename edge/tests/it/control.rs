@@ -430,6 +430,141 @@ async fn a_write_is_purged_at_three_edges_and_each_refetches_it() {
     }
 }
 
+/// An edge whose control traffic to a real origin goes through a relay the test can cut, with its
+/// forecasts cached, and the origin keeping `retention` invalidations.
+struct Partitioned {
+    origin: RealOrigin,
+    relay: loadtest::relay::DelayRelay,
+    edge: Edge,
+    _pki: Pki,
+}
+
+const PARTITIONED_KEYS: [&str; 5] = ["P0", "P1", "P2", "P3", "P4"];
+/// Cached, and written only before the partition.
+const BYSTANDER: &str = "/v1/forecasts/QUIET/1h";
+
+async fn partitioned(retention: usize) -> Partitioned {
+    let pki = Pki::new();
+    let origin = RealOrigin::with_control_plane_and(&pki, None, |config| {
+        config.invalidation.retention_entries = std::num::NonZeroUsize::new(retention).unwrap();
+    })
+    .await;
+    let control = origin.control.as_ref().expect("started with a control plane");
+    let relay = loadtest::relay::DelayRelay::start(control.addr, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let mut env = pki.edge_env();
+    env.push(("EDGE_CONTROL__ORIGINS".into(), relay.address.to_string()));
+    env.push(("EDGE_CONTROL__RECONNECT_DELAY".into(), "50ms".into()));
+    env.push(("EDGE_CONTROL__MAX_RECONNECT_DELAY".into(), "200ms".into()));
+    env.push(("EDGE_CONTROL__HEARTBEAT_INTERVAL".into(), "200ms".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let edge = Edge::start(&origin.url, &env).await;
+    for key in PARTITIONED_KEYS.into_iter().chain(["QUIET"]) {
+        origin.put_forecast(key, "1h", 1.0).await;
+    }
+    let written = PARTITIONED_KEYS.len() as u64 + 1;
+    eventually("the edge to apply the first writes", async || {
+        (edge.metric("edge_control_last_applied").await == written as f64).then_some(())
+    })
+    .await;
+    for key in PARTITIONED_KEYS {
+        cached(&edge, &format!("/v1/forecasts/{key}/1h")).await;
+    }
+    cached(&edge, BYSTANDER).await;
+    Partitioned {
+        origin,
+        relay,
+        edge,
+        _pki: pki,
+    }
+}
+
+impl Partitioned {
+    /// Cuts the control plane until the edge has noticed, writes each key ten times (50
+    /// invalidations), and mends it; answers the newest ETag of each key.
+    async fn write_while_cut_off(&self) -> Vec<String> {
+        self.relay.set_cut(true);
+        eventually("the edge to notice it is cut off", async || {
+            (self.edge.metric("edge_control_connected").await == 0.0).then_some(())
+        })
+        .await;
+        let mut newest = Vec::new();
+        for round in 0..10 {
+            newest.clear();
+            for key in PARTITIONED_KEYS {
+                newest.push(self.origin.put_forecast(key, "1h", f64::from(round) + 2.0).await);
+            }
+        }
+        self.relay.set_cut(false);
+        let head = (PARTITIONED_KEYS.len() * 11 + 1) as f64;
+        eventually("the edge to catch up with the log", async || {
+            (self.edge.metric("edge_control_last_applied").await == head).then_some(())
+        })
+        .await;
+        newest
+    }
+
+    async fn assert_serves(&self, newest: &[String]) {
+        for (key, etag) in PARTITIONED_KEYS.iter().zip(newest) {
+            let path = format!("/v1/forecasts/{key}/1h");
+            let fetched = self.edge.get(&path).await;
+            assert_miss(&fetched, &path);
+            assert_eq!(fetched.header("etag"), Some(etag.as_str()), "{path}");
+        }
+    }
+
+    async fn origin_metric(&self, series: &str) -> String {
+        let metrics = self.origin.get("/metrics").await;
+        metrics
+            .text()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// Cut off from its origin during 50 invalidations, an edge is replayed every one of them when it
+/// comes back, and serves none of the versions they replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_cut_off_during_50_invalidations_is_replayed_them() {
+    let setup = partitioned(100_000).await;
+    let newest = setup.write_while_cut_off().await;
+    setup.assert_serves(&newest).await;
+    let untouched = setup.edge.get(BYSTANDER).await;
+    assert!(
+        untouched.is_hit(),
+        "replay purged more than it named: {}",
+        untouched.cache_status()
+    );
+    let replayed: u64 = setup
+        .origin_metric("origin_control_invalidations_replayed_total")
+        .await
+        .parse()
+        .unwrap();
+    assert!(replayed >= 50, "{replayed} replayed");
+    assert_eq!(
+        setup
+            .origin_metric("origin_control_drop_all_total{reason=\"trimmed\"}")
+            .await,
+        "0"
+    );
+}
+
+/// When the invalidations an edge missed were trimmed from the log, it is told to drop everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_missed_trimmed_invalidations_drops_its_cache() {
+    let setup = partitioned(5).await;
+    let newest = setup.write_while_cut_off().await;
+    setup.assert_serves(&newest).await;
+    assert_eq!(
+        setup
+            .origin_metric("origin_control_drop_all_total{reason=\"trimmed\"}")
+            .await,
+        "1"
+    );
+}
+
 /// A read through the edge under the host pushed responses are stored for.
 async fn warm_read(edge: &Edge, path: &str) -> crate::support::Fetched {
     crate::support::fetch(edge.request(reqwest::Method::GET, path).header("host", WARM_HOST)).await
