@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -32,6 +32,7 @@ pub struct DelayRelay {
     /// Where the edge sends.
     pub address: SocketAddr,
     cut: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -55,14 +56,16 @@ impl DelayRelay {
         let held: Arc<std::sync::Mutex<Held>> = Arc::default();
         let arrived = Arc::new(Notify::new());
         let cut = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
 
         let toward_origin = {
-            let (edge_side, origin_side, edge, cut) =
-                (edge_side.clone(), origin_side.clone(), edge.clone(), cut.clone());
+            let (edge_side, origin_side, edge) = (edge_side.clone(), origin_side.clone(), edge.clone());
+            let (cut, dropped) = (cut.clone(), dropped.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0; MAX_DATAGRAM];
                 while let Ok((len, from)) = edge_side.recv_from(&mut buffer).await {
                     if cut.load(Ordering::Relaxed) {
+                        dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     *edge.lock().await = Some(from);
@@ -72,11 +75,13 @@ impl DelayRelay {
             })
         };
         let hold = {
-            let (origin_side, held, arrived, cut) = (origin_side.clone(), held.clone(), arrived.clone(), cut.clone());
+            let (origin_side, held, arrived) = (origin_side.clone(), held.clone(), arrived.clone());
+            let (cut, dropped) = (cut.clone(), dropped.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0; MAX_DATAGRAM];
                 while let Ok(len) = origin_side.recv(&mut buffer).await {
                     if cut.load(Ordering::Relaxed) {
+                        dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let due = Instant::now() + delay;
@@ -106,6 +111,7 @@ impl DelayRelay {
         Ok(Self {
             address,
             cut,
+            dropped,
             tasks: vec![toward_origin, hold, toward_edge],
         })
     }
@@ -113,6 +119,11 @@ impl DelayRelay {
     /// Drops every datagram from now on (`true`), or relays them again (`false`).
     pub fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::Relaxed);
+    }
+
+    /// Datagrams dropped while cut, both ways.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -150,6 +161,14 @@ mod tests {
 
         relay.set_cut(true);
         edge.send_to(b"lost", relay.address).await.unwrap();
+        // Mended only once the relay has read (and dropped) it.
+        for _ in 0..1000 {
+            if relay.dropped() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(relay.dropped(), 1);
         relay.set_cut(false);
         edge.send_to(b"kept", relay.address).await.unwrap();
         let len = origin.recv(&mut buffer).await.unwrap();
