@@ -18,6 +18,7 @@ pub struct OriginConfig {
     pub cache: CacheConfig,
     pub caching: CachingConfig,
     pub invalidation: InvalidationConfig,
+    pub events: EventsConfig,
     pub quic: QuicConfig,
     pub warming: WarmingConfig,
     /// Mutual TLS of the control plane: the CA bundle edges' certificates must chain to, and the
@@ -35,6 +36,7 @@ impl Default for OriginConfig {
             cache: CacheConfig::default(),
             caching: CachingConfig::default(),
             invalidation: InvalidationConfig::default(),
+            events: EventsConfig::default(),
             quic: QuicConfig::default(),
             warming: WarmingConfig::default(),
             tls: TlsFiles::origin(Path::new("certs")),
@@ -178,6 +180,54 @@ impl Default for InvalidationConfig {
         Self {
             retention_entries: NonZeroUsize::new(100_000).expect("non-zero"),
             retention_age: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// Analysis events: the durable event log and the SSE streams that follow it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Most events kept for replay; the oldest are trimmed.
+    pub retention_entries: NonZeroUsize,
+    /// Events older than this are trimmed when a newer one is appended; the newest is always kept.
+    #[serde(with = "humantime_serde")]
+    pub retention_age: Duration,
+    /// Topic patterns (comma-separated) on which events of other types than the known ones are
+    /// accepted, with any JSON object as payload, such as `custom.**`.
+    #[serde(with = "shared::config::comma_list")]
+    pub free_form_topics: Vec<String>,
+    /// Topic patterns (comma-separated) anyone may subscribe to without a token, such as `summaries.**`.
+    #[serde(with = "shared::config::comma_list")]
+    pub anonymous_topics: Vec<String>,
+    /// Most events in one `POST /admin/v1/events:batch`.
+    pub max_batch: NonZeroUsize,
+    /// Events a subscriber's connection may have waiting; beyond, it is closed with `event: overflow`.
+    pub queue_events: NonZeroUsize,
+    /// How often an idle stream gets a comment, so proxies and clients know it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// The reconnection delay streams suggest to clients (`retry:`).
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    /// How often the log is read for events published through other origins sharing it; events
+    /// published through this origin are sent at once.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_entries: NonZeroUsize::new(1_000_000).expect("non-zero"),
+            retention_age: Duration::from_secs(24 * 60 * 60),
+            free_form_topics: Vec::new(),
+            anonymous_topics: Vec::new(),
+            max_batch: NonZeroUsize::new(1000).expect("non-zero"),
+            queue_events: NonZeroUsize::new(1024).expect("non-zero"),
+            heartbeat_interval: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(20),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::representation::CachePolicy;
 use crate::storage::embedded::EmbeddedStore;
 use crate::storage::redis::{RedisSettings, RedisStore};
-use crate::storage::{Retention, SharedStore};
+use crate::storage::{LogRetention, Retention, SharedStore};
 use crate::warming::{self, Warming};
 
 /// Opens the configured store.
@@ -27,8 +27,14 @@ pub fn open_store(config: &OriginConfig) -> anyhow::Result<SharedStore> {
     let retention = Retention {
         versions_kept: storage.versions_kept.get() as u64,
         audit_kept: storage.audit_kept.get() as u64,
-        invalidations_kept: config.invalidation.retention_entries.get() as u64,
-        invalidation_max_age: config.invalidation.retention_age,
+        invalidations: LogRetention {
+            kept: config.invalidation.retention_entries.get() as u64,
+            max_age: config.invalidation.retention_age,
+        },
+        events: LogRetention {
+            kept: config.events.retention_entries.get() as u64,
+            max_age: config.events.retention_age,
+        },
     };
     Ok(match &storage.redis_url {
         Some(urls) => Arc::new(RedisStore::new(RedisSettings {

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod events;
 pub mod framed;
 pub mod process;
 pub mod telemetry;

@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use super::{
-    AuditEntry, Expect, History, InvalidationPage, NewInvalidation, NewVersion, Result, Retention, StorageError, Store,
-    VersionRecord, check_expect, missing_version,
+    AuditEntry, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation, NewVersion,
+    Result, Retention, StorageError, Store, StoredEvent, StoredEventAt, VersionRecord, check_expect, missing_version,
 };
 
 /// `AAPL:1h` → [`KeyState`] as JSON.
@@ -31,6 +31,8 @@ const MODELS: TableDefinition<(&str, &str), ()> = TableDefinition::new("models")
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Sequence → [`NewInvalidation`] as JSON: the invalidation log.
 const INVALIDATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("invalidations");
+/// Id → [`StoredEvent`] as JSON: the event log.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Name → value, for single settings such as the generated admin token's hash.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ADMIN_TOKEN: &str = "admin-token";
@@ -66,6 +68,10 @@ enum Command {
     },
     Invalidate {
         new: NewInvalidation,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    AppendEvents {
+        events: Vec<StoredEvent>,
         reply: oneshot::Sender<Result<u64>>,
     },
 }
@@ -107,6 +113,7 @@ impl EmbeddedStore {
             txn.open_table(AUDIT).map_err(fail)?;
             txn.open_table(META).map_err(fail)?;
             txn.open_table(INVALIDATIONS).map_err(fail)?;
+            txn.open_table(EVENTS).map_err(fail)?;
         }
         txn.commit().map_err(fail)?;
         let db = Arc::new(db);
@@ -235,27 +242,23 @@ impl Group<'_> {
         Ok(())
     }
 
-    /// Appends after the newest entry, which trimming never removes, then trims by count and by age.
     fn invalidate(&self, new: &NewInvalidation) -> Result<u64> {
         let mut log = self.txn.open_table(INVALIDATIONS).map_err(fail)?;
-        let sequence = log.last().map_err(fail)?.map_or(1, |(newest, _)| newest.value() + 1);
-        log.insert(sequence, new.encode()?.as_bytes()).map_err(fail)?;
-        let mut len = log.len().map_err(fail)?;
-        let cutoff = self.retention.invalidation_cutoff_ms(OffsetDateTime::now_utc());
-        loop {
-            let expired = match log.first().map_err(fail)? {
-                Some((oldest, record)) => {
-                    oldest.value() != sequence && NewInvalidation::decode(record.value())?.issued_at_ms < cutoff
-                }
-                None => break,
-            };
-            if len <= self.retention.invalidations_kept && !expired {
-                break;
-            }
-            log.pop_first().map_err(fail)?;
-            len -= 1;
-        }
-        Ok(sequence)
+        let record = new.encode()?;
+        append_numbered(&mut log, &[record.into_bytes()], self.retention.invalidations, |raw| {
+            Ok(NewInvalidation::decode(raw)?.issued_at_ms)
+        })
+    }
+
+    fn append_events(&self, events: &[StoredEvent]) -> Result<u64> {
+        let mut log = self.txn.open_table(EVENTS).map_err(fail)?;
+        let records = events
+            .iter()
+            .map(|event| event.encode().map(String::into_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        append_numbered(&mut log, &records, self.retention.events, |raw| {
+            Ok(StoredEvent::decode(raw)?.appended_at_ms)
+        })
     }
 
     fn admin_token(&self, candidate: &str) -> Result<String> {
@@ -266,6 +269,55 @@ impl Group<'_> {
         meta.insert(ADMIN_TOKEN, candidate).map_err(fail)?;
         Ok(candidate.to_owned())
     }
+}
+
+/// Appends `records` after the newest entry of a numbered log (which trimming never removes, so numbers
+/// continue from it), then trims the oldest past `retention`'s count or age (`appended_at` reads a
+/// record's time). Answers the number of the first record appended.
+fn append_numbered(
+    log: &mut redb::Table<u64, &[u8]>,
+    records: &[Vec<u8>],
+    retention: LogRetention,
+    appended_at: impl Fn(&[u8]) -> Result<u64>,
+) -> Result<u64> {
+    let first = log.last().map_err(fail)?.map_or(1, |(newest, _)| newest.value() + 1);
+    let mut newest = first;
+    for (offset, record) in records.iter().enumerate() {
+        newest = first + offset as u64;
+        log.insert(newest, record.as_slice()).map_err(fail)?;
+    }
+    let mut len = log.len().map_err(fail)?;
+    let cutoff = retention.cutoff_ms(OffsetDateTime::now_utc());
+    loop {
+        let expired = match log.first().map_err(fail)? {
+            Some((oldest, record)) => oldest.value() != newest && appended_at(record.value())? < cutoff,
+            None => break,
+        };
+        if len <= retention.kept && !expired {
+            break;
+        }
+        log.pop_first().map_err(fail)?;
+        len -= 1;
+    }
+    Ok(first)
+}
+
+/// The newest number of a numbered log, and up to `limit` records after `after`, as stored.
+fn read_numbered(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<u64, &[u8]>,
+    after: Option<u64>,
+    limit: NonZeroUsize,
+) -> Result<LogRead> {
+    let log = txn.open_table(table).map_err(fail)?;
+    let head = log.last().map_err(fail)?.map(|(newest, _)| newest.value());
+    let start = after.map_or(0, |after| after.saturating_add(1));
+    let mut records = Vec::new();
+    for entry in log.range(start..).map_err(fail)?.take(limit.get()) {
+        let (number, raw) = entry.map_err(fail)?;
+        records.push((number.value(), raw.value().to_vec()));
+    }
+    Ok(LogRead { head, records })
 }
 
 /// A reply that is sent only once the transaction it belongs to is durable.
@@ -292,6 +344,7 @@ fn apply(group: &Group<'_>, command: Command) -> Result<PendingReply> {
         Command::Audit { entry, reply } => pending(reply, group.audit(&entry)),
         Command::AdminToken { candidate, reply } => pending(reply, group.admin_token(&candidate)),
         Command::Invalidate { new, reply } => pending(reply, group.invalidate(&new)),
+        Command::AppendEvents { events, reply } => pending(reply, group.append_events(&events)),
     })
 }
 
@@ -451,15 +504,33 @@ impl Store for EmbeddedStore {
 
     async fn read_invalidations(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<InvalidationPage> {
         self.read(|txn| {
-            let log = txn.open_table(INVALIDATIONS).map_err(fail)?;
-            let head = log.last().map_err(fail)?.map(|(newest, _)| newest.value());
-            let start = after.map_or(0, |after| after.saturating_add(1));
-            let mut records = Vec::new();
-            for entry in log.range(start..).map_err(fail)?.take(limit.get()) {
-                let (sequence, raw) = entry.map_err(fail)?;
-                records.push(NewInvalidation::decode(raw.value())?.into_record(sequence.value()));
-            }
+            let LogRead { head, records: raw } = read_numbered(txn, INVALIDATIONS, after, limit)?;
+            let records = raw
+                .iter()
+                .map(|(sequence, record)| Ok(NewInvalidation::decode(record)?.into_record(*sequence)))
+                .collect::<Result<_>>()?;
             Ok(InvalidationPage::new(after, head, records))
+        })
+    }
+
+    async fn append_events(&self, events: &[StoredEvent]) -> Result<u64> {
+        let events = events.to_vec();
+        self.submit(|reply| Command::AppendEvents { events, reply }).await
+    }
+
+    async fn read_events(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<EventPage> {
+        self.read(|txn| {
+            let LogRead { head, records: raw } = read_numbered(txn, EVENTS, after, limit)?;
+            let events = raw
+                .iter()
+                .map(|(id, record)| {
+                    Ok(StoredEventAt {
+                        id: *id,
+                        stored: StoredEvent::decode(record)?,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            Ok(EventPage { events, head })
         })
     }
 }

@@ -10,10 +10,12 @@
 //! | `audit` | stream | field `e`: one audit entry as JSON |
 //! | `auth:admin-token` | string | SHA-256 (hex) of the token generated at first start |
 //! | `invalidations:{inv}` | stream | the invalidation log: entry ID `<sequence>-0`, field `t` issued at (unix ms, for trimming by age), field `e` the invalidation as JSON |
+//! | `events:{ev}` | stream | the event log: entry ID `<id>-0`, field `t` appended at (unix ms), field `e` the event as JSON |
 //!
-//! The invalidation log is one key, so one script appends to it atomically and every origin sharing the
-//! Redis numbers invalidations alike; its fixed `{inv}` hash tag names its Cluster slot, and keeps any
-//! key added beside it later in that slot.
+//! Each numbered log is one key, so one script appends to it atomically and every origin sharing the
+//! Redis numbers its records alike; the fixed hash tags (`{inv}`, `{ev}`) name their Cluster slots,
+//! and keep any key added beside them later in the same slot. One key is one partition: the event
+//! log is ordered globally.
 
 use shared::domain::{ForecastKey, ModelRef};
 
@@ -39,7 +41,9 @@ pub const AUDIT: &str = "audit";
 pub const AUDIT_FIELD: &str = "e";
 pub const ADMIN_TOKEN: &str = "auth:admin-token";
 pub const INVALIDATIONS: &str = "invalidations:{inv}";
-pub const INVALIDATION_FIELD: &str = "e";
+pub const EVENTS: &str = "events:{ev}";
+/// The field of a numbered log's entry that holds the record.
+pub const LOG_RECORD_FIELD: &str = "e";
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
+use shared::events::NewEvent;
 use shared::wire::{Invalidate, Selector};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -273,6 +274,46 @@ impl InvalidationPage {
     }
 }
 
+/// What a read of a numbered log found, as stored: its newest number, and records with their numbers.
+pub(crate) struct LogRead {
+    pub head: Option<u64>,
+    pub records: Vec<(u64, Vec<u8>)>,
+}
+
+/// An analysis event as the log stores it: when it was appended (trimming by age) and the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub appended_at_ms: u64,
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+impl StoredEvent {
+    pub fn encode(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(StorageError::corrupt)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(StorageError::corrupt)
+    }
+}
+
+/// Part of the event log, as [`Store::read_events`] found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    /// The events after the requested position, oldest first.
+    pub events: Vec<StoredEventAt>,
+    /// The newest id in the log; `None` while nothing was ever appended.
+    pub head: Option<u64>,
+}
+
+/// A stored event and its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEventAt {
+    pub id: u64,
+    pub stored: StoredEvent,
+}
+
 /// Milliseconds since the unix epoch (0 before it).
 pub fn unix_millis(at: OffsetDateTime) -> u64 {
     u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
@@ -321,6 +362,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn read_invalidations(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<InvalidationPage>;
 
     /// The newest sequence in the invalidation log; `None` while it never held one.
+    /// Appends events to the event log, in order, in one atomic step; answers the id of the first (the
+    /// others follow it). The answer comes once they are durable.
+    async fn append_events(&self, events: &[StoredEvent]) -> Result<u64>;
+
+    /// Events after `after` (from the oldest kept when `None`), oldest first, and the newest id.
+    async fn read_events(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<EventPage>;
+
     async fn invalidation_head(&self) -> Result<Option<u64>> {
         Ok(self.read_invalidations(None, NonZeroUsize::MIN).await?.head)
     }
@@ -333,16 +381,23 @@ pub struct Retention {
     pub versions_kept: u64,
     /// How many audit entries are kept.
     pub audit_kept: u64,
-    /// How many invalidations are kept (at least 1).
-    pub invalidations_kept: u64,
-    /// Invalidations older than this are trimmed when a newer one is appended.
-    pub invalidation_max_age: Duration,
+    pub invalidations: LogRetention,
+    pub events: LogRetention,
 }
 
-impl Retention {
-    /// Invalidations issued before this instant (unix milliseconds) are past their age.
-    pub fn invalidation_cutoff_ms(&self, now: OffsetDateTime) -> u64 {
-        let max_age = u64::try_from(self.invalidation_max_age.as_millis()).unwrap_or(u64::MAX);
+/// What a numbered log (invalidations, events) keeps: at most `kept` records (at least 1), and none
+/// older than `max_age` once a newer one is appended. The newest record is always kept, so numbering
+/// continues from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRetention {
+    pub kept: u64,
+    pub max_age: Duration,
+}
+
+impl LogRetention {
+    /// Records appended before this instant (unix milliseconds) are past their age.
+    pub fn cutoff_ms(&self, now: OffsetDateTime) -> u64 {
+        let max_age = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
         unix_millis(now).saturating_sub(max_age)
     }
 }

@@ -14,14 +14,13 @@ use redis::cluster_async::ClusterConnection;
 use redis::streams::StreamId;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use shared::domain::{ForecastKey, ModelRef};
-use shared::wire::Invalidate;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
 use super::keys;
 use super::{
-    AuditEntry, Current, Expect, History, InvalidationPage, NewInvalidation, NewVersion, Result, Retention,
-    StorageError, Store, VersionRecord, missing_version,
+    AuditEntry, Current, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation,
+    NewVersion, Result, Retention, StorageError, Store, StoredEvent, StoredEventAt, VersionRecord, missing_version,
 };
 
 /// Bounds (ms) of the cluster client's jittered pause between retries of a request.
@@ -49,31 +48,34 @@ redis.call('HSET', k, 'lo', lo)
 return {'ok', n}
 "#;
 
-/// Appends to the invalidation log atomically, so origins appending at once get consecutive sequences:
-/// the next sequence follows the newest entry's (trimming never removes it), and is the entry's ID
-/// `<sequence>-0`. Then trims: to `keep` entries, and the oldest entries issued before `cutoff`, at most
-/// 64 per append and never the new one. KEYS[1] the log; ARGV: record JSON, issued at (ms), entries
-/// kept, cutoff (ms). Returns the sequence.
-const APPEND_INVALIDATION_SCRIPT: &str = r#"
+/// Appends records to a numbered log (invalidations, events) atomically, so origins appending at once
+/// get consecutive numbers: the first follows the newest entry's (trimming never removes it), and each
+/// is its entry's ID `<number>-0`. Then trims: to `keep` entries, and the oldest entries appended before
+/// `cutoff`, at most 64 per append and never the newest. KEYS[1] the log; ARGV: appended at (ms),
+/// entries kept, cutoff (ms), then the records. Returns the first number.
+const APPEND_LOG_SCRIPT: &str = r#"
 local k = KEYS[1]
-local record, issued, keep, cutoff = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local at, keep, cutoff = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local newest = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)[1]
-local n = 1
-if newest then n = tonumber(string.match(newest[1], '^%d+')) + 1 end
-local id = string.format('%d-0', n)
-redis.call('XADD', k, 'MAXLEN', keep, id, 't', issued, 'e', record)
+local first = 1
+if newest then first = tonumber(string.match(newest[1], '^%d+')) + 1 end
+local last
+for i = 4, #ARGV do
+  last = string.format('%d-0', first + i - 4)
+  redis.call('XADD', k, 'MAXLEN', keep, last, 't', at, 'e', ARGV[i])
+end
 local expired = 0
 for _, entry in ipairs(redis.call('XRANGE', k, '-', '+', 'COUNT', 64)) do
-  if entry[1] == id or tonumber(entry[2][2]) >= cutoff then break end
+  if entry[1] == last or tonumber(entry[2][2]) >= cutoff then break end
   expired = expired + 1
 end
 if expired > 0 then redis.call('XTRIM', k, 'MAXLEN', redis.call('XLEN', k) - expired) end
-return n
+return first
 "#;
 
-/// Reads the invalidation log's head (the newest entry's ID, or false) and up to ARGV[2] entries from
-/// ID ARGV[1] on, at one instant. KEYS[1] the log.
-const READ_INVALIDATIONS_SCRIPT: &str = r#"
+/// Reads a numbered log's head (the newest entry's ID, or false) and up to ARGV[2] entries from ID
+/// ARGV[1] on, at one instant. KEYS[1] the log.
+const READ_LOG_SCRIPT: &str = r#"
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local head = false
 if newest then head = newest[1] end
@@ -135,8 +137,8 @@ pub struct RedisStore {
     connection: OnceCell<Connection>,
     write_script: Script,
     delete_script: Script,
-    append_invalidation_script: Script,
-    read_invalidations_script: Script,
+    append_log_script: Script,
+    read_log_script: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -163,8 +165,8 @@ impl RedisStore {
             connection: OnceCell::new(),
             write_script: Script::new(WRITE_SCRIPT),
             delete_script: Script::new(DELETE_SCRIPT),
-            append_invalidation_script: Script::new(APPEND_INVALIDATION_SCRIPT),
-            read_invalidations_script: Script::new(READ_INVALIDATIONS_SCRIPT),
+            append_log_script: Script::new(APPEND_LOG_SCRIPT),
+            read_log_script: Script::new(READ_LOG_SCRIPT),
         })
     }
 
@@ -243,14 +245,44 @@ fn sequence_of(id: &str) -> Result<u64> {
         .ok_or_else(|| StorageError::corrupt(format!("invalidation log entry id {id:?} is not <sequence>-0")))
 }
 
-fn invalidation_record(entry: &StreamId) -> Result<Invalidate> {
-    let json: Vec<u8> = entry
-        .get(keys::INVALIDATION_FIELD)
-        .ok_or_else(|| StorageError::corrupt("invalidation log entry without its field"))?;
-    Ok(NewInvalidation::decode(&json)?.into_record(sequence_of(&entry.id)?))
+/// The number and the record of a numbered log's entry.
+fn log_entry(entry: &StreamId) -> Result<(u64, Vec<u8>)> {
+    let record: Vec<u8> = entry
+        .get(keys::LOG_RECORD_FIELD)
+        .ok_or_else(|| StorageError::corrupt("log entry without its record"))?;
+    Ok((sequence_of(&entry.id)?, record))
 }
 
 impl RedisStore {
+    /// Appends `records` to the numbered log at `key`; answers the first one's number.
+    async fn append_log(&self, key: &str, at_ms: u64, retention: LogRetention, records: &[String]) -> Result<u64> {
+        let cutoff = retention.cutoff_ms(OffsetDateTime::now_utc());
+        self.run(|mut c| {
+            let mut invocation = self.append_log_script.key(key);
+            invocation.arg(at_ms).arg(retention.kept).arg(cutoff);
+            for record in records {
+                invocation.arg(record);
+            }
+            async move { invocation.invoke_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// The head of the numbered log at `key` and up to `limit` records after `after`.
+    async fn read_log(&self, key: &str, after: Option<u64>, limit: NonZeroUsize) -> Result<LogRead> {
+        let start = after.map_or_else(|| "-".to_owned(), |after| after.saturating_add(1).to_string());
+        let (head, entries): (Option<String>, redis::streams::StreamRangeReply) = self
+            .run(|mut c| {
+                let mut invocation = self.read_log_script.key(key);
+                invocation.arg(&start).arg(limit.get());
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
+        let records = entries.ids.iter().map(log_entry).collect::<Result<_>>()?;
+        let head = head.as_deref().map(sequence_of).transpose()?;
+        Ok(LogRead { head, records })
+    }
+
     /// Current records of `keys` in one pipeline (on a cluster, the keys must share a slot).
     async fn current_pipelined(&self, keys: &[ForecastKey]) -> Result<Vec<Option<VersionRecord>>> {
         if keys.is_empty() {
@@ -489,43 +521,38 @@ impl Store for RedisStore {
 
     async fn append_invalidation(&self, new: &NewInvalidation) -> Result<u64> {
         let record = new.encode()?;
-        let retention = self.settings.retention;
-        let cutoff = retention.invalidation_cutoff_ms(OffsetDateTime::now_utc());
-        self.run(|mut c| {
-            let script = &self.append_invalidation_script;
-            let record = &record;
-            async move {
-                script
-                    .key(keys::INVALIDATIONS)
-                    .arg(record)
-                    .arg(new.issued_at_ms)
-                    .arg(retention.invalidations_kept)
-                    .arg(cutoff)
-                    .invoke_async(&mut c)
-                    .await
-            }
-        })
-        .await
+        let retention = self.settings.retention.invalidations;
+        self.append_log(keys::INVALIDATIONS, new.issued_at_ms, retention, &[record])
+            .await
     }
 
     async fn read_invalidations(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<InvalidationPage> {
-        let start = after.map_or_else(|| "-".to_owned(), |after| after.saturating_add(1).to_string());
-        let (head, entries): (Option<String>, redis::streams::StreamRangeReply) = self
-            .run(|mut c| {
-                let script = &self.read_invalidations_script;
-                let start = &start;
-                async move {
-                    script
-                        .key(keys::INVALIDATIONS)
-                        .arg(start)
-                        .arg(limit.get())
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        let records = entries.ids.iter().map(invalidation_record).collect::<Result<_>>()?;
-        let head = head.as_deref().map(sequence_of).transpose()?;
+        let LogRead { head, records: entries } = self.read_log(keys::INVALIDATIONS, after, limit).await?;
+        let records = entries
+            .into_iter()
+            .map(|(sequence, record)| Ok(NewInvalidation::decode(&record)?.into_record(sequence)))
+            .collect::<Result<_>>()?;
         Ok(InvalidationPage::new(after, head, records))
+    }
+
+    async fn append_events(&self, events: &[StoredEvent]) -> Result<u64> {
+        let records = events.iter().map(StoredEvent::encode).collect::<Result<Vec<_>>>()?;
+        let at = events.first().map_or(0, |event| event.appended_at_ms);
+        self.append_log(keys::EVENTS, at, self.settings.retention.events, &records)
+            .await
+    }
+
+    async fn read_events(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<EventPage> {
+        let LogRead { head, records: entries } = self.read_log(keys::EVENTS, after, limit).await?;
+        let events = entries
+            .into_iter()
+            .map(|(id, record)| {
+                Ok(StoredEventAt {
+                    id,
+                    stored: StoredEvent::decode(&record)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(EventPage { events, head })
     }
 }

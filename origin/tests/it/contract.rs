@@ -10,10 +10,11 @@ use loadtest::launch::{RedisCluster, RedisServer};
 use origin::storage::embedded::EmbeddedStore;
 use origin::storage::redis::{RedisSettings, RedisStore};
 use origin::storage::{
-    AuditEntry, Expect, InvalidationPage, NewInvalidation, NewVersion, Retention, SharedStore, StorageError,
-    unix_millis,
+    AuditEntry, Expect, InvalidationPage, LogRetention, NewInvalidation, NewVersion, Retention, SharedStore,
+    StorageError, StoredEvent, unix_millis,
 };
 use shared::domain::{Forecast, ForecastKey, ModelRef};
+use shared::events::NewEvent;
 use shared::wire::Selector;
 use time::OffsetDateTime;
 
@@ -22,8 +23,14 @@ use crate::support::{forecast, unique_instrument};
 const RETENTION: Retention = Retention {
     versions_kept: 3,
     audit_kept: 1000,
-    invalidations_kept: 100,
-    invalidation_max_age: Duration::from_secs(3600),
+    invalidations: LogRetention {
+        kept: 100,
+        max_age: Duration::from_secs(3600),
+    },
+    events: LogRetention {
+        kept: 50,
+        max_age: Duration::from_secs(3600),
+    },
 };
 
 /// More than the log keeps: every read sees the whole log.
@@ -250,7 +257,7 @@ async fn invalidations_expire_by_age_but_the_newest_stays(store: &SharedStore) {
     let empty = store.read_invalidations(Some(0), WHOLE_LOG).await.unwrap();
     assert_eq!(empty, InvalidationPage::new(Some(0), None, Vec::new()));
     assert!(!empty.trimmed);
-    let long_ago = now_ms() - 2 * RETENTION.invalidation_max_age.as_millis() as u64;
+    let long_ago = now_ms() - 2 * RETENTION.invalidations.max_age.as_millis() as u64;
     assert_eq!(store.append_invalidation(&tagged("OLD", long_ago)).await.unwrap(), 1);
     let alone = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
     assert_eq!(sequences(&alone), [1], "the newest entry was trimmed");
@@ -331,7 +338,7 @@ async fn concurrent_appends_get_consecutive_sequences(store: &SharedStore) {
 /// After the cases above, the log holds more than it keeps.
 async fn trimmed_positions_are_reported(store: &SharedStore) {
     let head = store.invalidation_head().await.unwrap().unwrap();
-    let kept = RETENTION.invalidations_kept;
+    let kept = RETENTION.invalidations.kept;
     assert!(head > kept + 1);
     let oldest = head - kept + 1;
     let whole = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
@@ -345,6 +352,70 @@ async fn trimmed_positions_are_reported(store: &SharedStore) {
     let from_oldest = store.read_invalidations(Some(oldest - 1), WHOLE_LOG).await.unwrap();
     assert!(!from_oldest.trimmed);
     assert_eq!(from_oldest.records, whole.records);
+}
+
+fn event(topic: &str, n: usize) -> StoredEvent {
+    let publish = serde_json::from_value(serde_json::json!({
+        "topic": topic, "type": "AnalysisSummary", "instrument": "AAPL",
+        "payload": {"summary": format!("summary {n}")}
+    }))
+    .unwrap();
+    StoredEvent {
+        appended_at_ms: now_ms(),
+        event: NewEvent::check(publish, &[], OffsetDateTime::now_utc()).unwrap(),
+    }
+}
+
+/// Runs on an empty event log: batches get consecutive ids, in order; reads page through them.
+async fn events_are_numbered_in_batches_and_read_in_order(store: &SharedStore) {
+    let empty = store.read_events(None, WHOLE_LOG).await.unwrap();
+    assert_eq!(
+        (empty.events.len(), empty.head),
+        (0, None),
+        "the event log must start empty"
+    );
+    let batch: Vec<StoredEvent> = (0..3).map(|n| event("summaries.AAPL", n)).collect();
+    assert_eq!(store.append_events(&batch).await.unwrap(), 1);
+    assert_eq!(store.append_events(&[event("summaries.MSFT", 3)]).await.unwrap(), 4);
+    let page = store.read_events(None, WHOLE_LOG).await.unwrap();
+    assert_eq!(page.head, Some(4));
+    let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    assert_eq!(page.events[0].stored, batch[0], "an event came back different");
+    assert_eq!(page.events[3].stored.event.topic.as_str(), "summaries.MSFT");
+    let after = store.read_events(Some(2), NonZeroUsize::MIN).await.unwrap();
+    assert_eq!((after.events[0].id, after.events.len(), after.head), (3, 1, Some(4)));
+}
+
+/// Concurrent batches each get a run of consecutive ids, and none is skipped or given twice.
+async fn concurrent_batches_keep_their_ids_together(store: &SharedStore) {
+    let head = store.read_events(None, NonZeroUsize::MIN).await.unwrap().head.unwrap();
+    let tasks = (0..4).map(|task| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut firsts = Vec::new();
+            for round in 0..5 {
+                let batch: Vec<StoredEvent> = (0..5).map(|n| event("t.x", task * 100 + round * 10 + n)).collect();
+                firsts.push(store.append_events(&batch).await.unwrap());
+            }
+            firsts
+        })
+    });
+    let mut firsts = Vec::new();
+    for task in tasks {
+        firsts.extend(task.await.unwrap());
+    }
+    firsts.sort_unstable();
+    let expected: Vec<u64> = (0..20).map(|batch| head + 1 + batch * 5).collect();
+    assert_eq!(firsts, expected, "batches interleaved or ids were skipped");
+}
+
+/// After the cases above, the event log holds more than it keeps: the oldest are gone.
+async fn events_are_trimmed_to_what_is_kept(store: &SharedStore) {
+    let page = store.read_events(None, WHOLE_LOG).await.unwrap();
+    let head = page.head.unwrap();
+    let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, (head - RETENTION.events.kept + 1..=head).collect::<Vec<u64>>());
 }
 
 /// Runs every case against `store`, then checks that a new connection (`reopen`) sees what was written.
@@ -363,12 +434,17 @@ async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> S
     invalidations_are_numbered_and_read_in_order(&store).await;
     concurrent_appends_get_consecutive_sequences(&store).await;
     trimmed_positions_are_reported(&store).await;
+    events_are_numbered_in_batches_and_read_in_order(&store).await;
+    concurrent_batches_keep_their_ids_together(&store).await;
+    events_are_trimmed_to_what_is_kept(&store).await;
 
     let key = key("DURABLE");
     write(&store, &key, 42.0).await;
     let head = store.invalidation_head().await.unwrap().unwrap();
     let log = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
+    let events = store.read_events(None, WHOLE_LOG).await.unwrap();
     let reopened = reopen(store).await;
+    assert_eq!(reopened.read_events(None, WHOLE_LOG).await.unwrap(), events);
     assert_eq!(reopened.current(&key).await.unwrap().unwrap().forecast.point, 42.0);
     assert_eq!(reopened.read_invalidations(None, WHOLE_LOG).await.unwrap(), log);
     assert_eq!(
