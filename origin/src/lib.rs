@@ -10,6 +10,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod control;
+pub mod events;
 pub mod forecasts;
 pub mod invalidation;
 pub mod metrics;

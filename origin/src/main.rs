@@ -60,6 +60,7 @@ async fn serve(config: OriginConfig) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
+    running.state.events.close();
     match tokio::time::timeout(config.http.shutdown_grace, running.task).await {
         Ok(result) => result.context("server task")?.context("serving")?,
         Err(_) => tracing::warn!("requests still in flight after the grace period; exiting"),

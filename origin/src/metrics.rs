@@ -1,7 +1,9 @@
 //! The origin's Prometheus metrics. Labels are bounded: route templates, methods, status codes,
 //! operation and backend names, never raw paths or keys.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use shared::wire::DropReason;
 
 #[derive(Debug, Clone)]
@@ -28,6 +30,18 @@ pub struct Metrics {
     pub control_propagation: HistogramVec,
     /// Responses pushed to edges ahead of their reads, each edge counted.
     pub control_warm_sent: IntCounter,
+    /// Events appended to the event log through this origin.
+    pub events_in: IntCounter,
+    /// Events written to subscribers' streams (each subscriber counted).
+    pub events_out: IntCounter,
+    /// SSE subscribers connected now.
+    pub subscribers: IntGauge,
+    /// Streams ended because their reader fell behind its queue.
+    pub overflows: IntCounter,
+    /// Replays that began with an `event: gap` (what was asked for was trimmed).
+    pub events_gaps: IntCounter,
+    /// From an event's append to its write to a subscriber's stream.
+    pub events_delivery_lag: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -128,6 +142,33 @@ impl Metrics {
             "Responses pushed to edges ahead of their reads, each edge counted",
         )
         .expect("valid metric");
+        let events_in =
+            IntCounter::new("origin_events_in_total", "Events appended through this origin").expect("valid metric");
+        let events_out = IntCounter::new(
+            "origin_events_out_total",
+            "Events written to subscribers' streams, each subscriber counted",
+        )
+        .expect("valid metric");
+        let subscribers =
+            IntGauge::new("origin_events_subscribers", "SSE subscribers connected").expect("valid metric");
+        let overflows = IntCounter::new(
+            "origin_events_overflow_disconnects_total",
+            "Streams ended because their reader fell behind its queue",
+        )
+        .expect("valid metric");
+        let events_gaps = IntCounter::new(
+            "origin_events_gaps_total",
+            "Replays that began with an explicit gap (trimmed events asked for)",
+        )
+        .expect("valid metric");
+        let events_delivery_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "origin_events_delivery_lag_seconds",
+                "From an event's append to its write to a subscriber's stream (millisecond clock)",
+            )
+            .buckets(PROPAGATION_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
         for reason in [DropReason::Trimmed, DropReason::LogReset] {
             control_drop_all.with_label_values(&[reason.as_str()]);
         }
@@ -146,6 +187,12 @@ impl Metrics {
             Box::new(control_replayed.clone()),
             Box::new(control_propagation.clone()),
             Box::new(control_warm_sent.clone()),
+            Box::new(events_in.clone()),
+            Box::new(events_out.clone()),
+            Box::new(subscribers.clone()),
+            Box::new(overflows.clone()),
+            Box::new(events_gaps.clone()),
+            Box::new(events_delivery_lag.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -165,6 +212,12 @@ impl Metrics {
             control_replayed,
             control_propagation,
             control_warm_sent,
+            events_in,
+            events_out,
+            subscribers,
+            overflows,
+            events_gaps,
+            events_delivery_lag,
         }
     }
 

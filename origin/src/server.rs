@@ -9,10 +9,12 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpListener;
 
 use crate::api::auth::{self, Authenticator};
+use crate::api::events::StreamSettings;
 use crate::api::{self, AppState, Inner, Limits};
 use crate::cache::{L1Cache, L1Settings};
 use crate::config::OriginConfig;
 use crate::control::{self, ControlPlane, Edges};
+use crate::events::Events;
 use crate::forecasts::Forecasts;
 use crate::metrics::Metrics;
 use crate::representation::CachePolicy;
@@ -20,6 +22,7 @@ use crate::storage::embedded::EmbeddedStore;
 use crate::storage::redis::{RedisSettings, RedisStore};
 use crate::storage::{LogRetention, Retention, SharedStore};
 use crate::warming::{self, Warming};
+use shared::events::TopicPattern;
 
 /// Opens the configured store.
 pub fn open_store(config: &OriginConfig) -> anyhow::Result<SharedStore> {
@@ -97,10 +100,25 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     });
     let extra = admin_tokens(config, &store).await?;
     let auth = Authenticator::new(&config.auth.tokens, &extra).context("invalid [auth] configuration")?;
+    let patterns = |key: &str, list: &[String]| -> anyhow::Result<Vec<TopicPattern>> {
+        list.iter()
+            .map(|pattern| pattern.parse().with_context(|| format!("events.{key}")))
+            .collect()
+    };
+    let streams = StreamSettings {
+        free_form: patterns("free_form_topics", &config.events.free_form_topics)?,
+        anonymous: patterns("anonymous_topics", &config.events.anonymous_topics)?,
+        max_batch: config.events.max_batch,
+        heartbeat: config.events.heartbeat_interval,
+        retry: config.events.retry,
+    };
+    let events = Events::new(store.clone(), metrics.clone(), config.events.queue_events);
     Ok(Arc::new(Inner {
         forecasts: Forecasts::new(store, l1, metrics.clone()),
         edges: Edges::default(),
         warming: Warming::new(&config.warming),
+        events,
+        streams,
         auth,
         policy: CachePolicy::new(
             config.caching.browser_max_age,
@@ -147,7 +165,9 @@ pub async fn start(
         None => None,
     };
     tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
-    let app = api::router(state.clone());
+    tokio::spawn(state.events.clone().tail(config.events.poll_interval));
+    // The remote address is shown for each SSE subscriber.
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
     tracing::info!(%addr, storage = state.forecasts.store().backend(), "origin listening");
     Ok(Running {

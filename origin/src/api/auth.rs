@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use axum::http::{HeaderMap, header};
 use ring::digest;
 use serde::{Deserialize, Serialize};
+use shared::events::TopicPattern;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
@@ -23,6 +24,11 @@ pub enum Scope {
     InvalidationsRead,
     #[serde(rename = "invalidations:write")]
     InvalidationsWrite,
+    #[serde(rename = "events:publish")]
+    EventsPublish,
+    /// Streams of the topics the token's `topics` allow.
+    #[serde(rename = "events:subscribe")]
+    EventsSubscribe,
     /// Every scope.
     #[serde(rename = "admin")]
     Admin,
@@ -36,6 +42,8 @@ impl Scope {
             Scope::AuditRead => "audit:read",
             Scope::InvalidationsRead => "invalidations:read",
             Scope::InvalidationsWrite => "invalidations:write",
+            Scope::EventsPublish => "events:publish",
+            Scope::EventsSubscribe => "events:subscribe",
             Scope::Admin => "admin",
         }
     }
@@ -50,9 +58,34 @@ impl Scope {
 pub struct Principal {
     pub name: String,
     scopes: Vec<Scope>,
+    /// The topics its subscriptions may cover; empty: all.
+    topics: Vec<TopicPattern>,
 }
 
 impl Principal {
+    /// 403 unless every pattern of a subscription lies within the topics this token allows.
+    pub fn allow_topics(&self, wanted: &[TopicPattern]) -> Result<(), ApiError> {
+        self.require(Scope::EventsSubscribe)?;
+        if self.topics.is_empty() {
+            return Ok(());
+        }
+        match wanted
+            .iter()
+            .find(|w| !self.topics.iter().any(|allowed| w.within(allowed)))
+        {
+            None => Ok(()),
+            Some(outside) => Err(ApiError::forbidden(format!(
+                "token {:?} may not subscribe to {outside}: its topics are {}",
+                self.name,
+                self.topics
+                    .iter()
+                    .map(TopicPattern::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ))),
+        }
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.iter().any(|&s| s == scope || s == Scope::Admin) {
             Ok(())
@@ -70,6 +103,7 @@ struct Token {
     name: String,
     hash: [u8; 32],
     scopes: Vec<Scope>,
+    topics: Vec<TopicPattern>,
 }
 
 pub struct Authenticator {
@@ -122,10 +156,16 @@ impl Authenticator {
                 .iter()
                 .map(|s| Scope::parse(s).ok_or_else(|| anyhow::anyhow!("token {:?}: unknown scope {s:?}", token.name)))
                 .collect::<anyhow::Result<_>>()?;
+            let topics = token
+                .topics
+                .iter()
+                .map(|t| t.parse().map_err(|e| anyhow::anyhow!("token {:?}: {e}", token.name)))
+                .collect::<anyhow::Result<_>>()?;
             tokens.push(Token {
                 name: token.name.clone(),
                 hash,
                 scopes,
+                topics,
             });
         }
         for (name, hash) in extra {
@@ -133,6 +173,7 @@ impl Authenticator {
                 name: (*name).to_owned(),
                 hash: *hash,
                 scopes: vec![Scope::Admin],
+                topics: Vec::new(),
             });
         }
         Ok(Self { tokens })
@@ -165,6 +206,7 @@ impl Authenticator {
             .map(|t| Principal {
                 name: t.name.clone(),
                 scopes: t.scopes.clone(),
+                topics: t.topics.clone(),
             })
             .ok_or_else(|| ApiError::unauthorized("unknown token"))
     }
@@ -187,6 +229,7 @@ mod tests {
             name: "writer".into(),
             hash: format_hash(&hash_token("w-secret")),
             scopes: vec!["forecasts:write".into()],
+            topics: Vec::new(),
         };
         let auth = Authenticator::new(&[writer], &[("bootstrap", hash_token("b-secret"))]).unwrap();
         let principal = auth.authenticate(&headers("Bearer w-secret")).unwrap();
@@ -211,13 +254,56 @@ mod tests {
             name: "x".into(),
             hash: "abc".into(),
             scopes: vec![],
+            topics: Vec::new(),
         };
         assert!(Authenticator::new(&[bad_hash], &[]).is_err());
         let bad_scope = TokenConfig {
             name: "x".into(),
             hash: format_hash(&hash_token("t")),
             scopes: vec!["root".into()],
+            topics: Vec::new(),
         };
         assert!(Authenticator::new(&[bad_scope], &[]).is_err());
+        let bad_topic = TokenConfig {
+            name: "x".into(),
+            hash: format_hash(&hash_token("t")),
+            scopes: vec!["events:subscribe".into()],
+            topics: vec!["a.**.b".into()],
+        };
+        assert!(Authenticator::new(&[bad_topic], &[]).is_err());
+    }
+
+    #[test]
+    fn subscriber_tokens_reach_only_their_topics() {
+        let reader = TokenConfig {
+            name: "desk".into(),
+            hash: format_hash(&hash_token("d-secret")),
+            scopes: vec!["events:subscribe".into()],
+            topics: vec!["indicators.AAPL.*".into(), "summaries.**".into()],
+        };
+        let writer = TokenConfig {
+            name: "writer".into(),
+            hash: format_hash(&hash_token("w-secret")),
+            scopes: vec!["forecasts:write".into()],
+            topics: Vec::new(),
+        };
+        let auth = Authenticator::new(&[reader, writer], &[]).unwrap();
+        let desk = auth.authenticate(&headers("Bearer d-secret")).unwrap();
+        let patterns = |list: &[&str]| -> Vec<TopicPattern> { list.iter().map(|p| p.parse().unwrap()).collect() };
+        assert!(
+            desk.allow_topics(&patterns(&["indicators.AAPL.rsi14", "summaries.AAPL"]))
+                .is_ok()
+        );
+        let refused = desk.allow_topics(&patterns(&["indicators.**"])).unwrap_err();
+        assert_eq!(refused.status.as_u16(), 403);
+        let writer = auth.authenticate(&headers("Bearer w-secret")).unwrap();
+        assert_eq!(
+            writer
+                .allow_topics(&patterns(&["summaries.AAPL"]))
+                .unwrap_err()
+                .status
+                .as_u16(),
+            403
+        );
     }
 }

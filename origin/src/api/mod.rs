@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod invalidations;
 pub mod openapi;
@@ -44,6 +45,8 @@ pub struct Inner {
     /// Edges connected to the control plane (none while it is off).
     pub edges: Edges,
     pub warming: Warming,
+    pub events: Arc<crate::events::Events>,
+    pub streams: events::StreamSettings,
     pub auth: Authenticator,
     pub policy: CachePolicy,
     pub limits: Limits,
@@ -114,6 +117,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/invalidations/{id}", get(invalidations::show))
         .route("/admin/v1/edges", get(invalidations::edges))
         .route("/admin/v1/warm", post(invalidations::warm))
+        .route("/admin/v1/events", post(events::publish))
+        .route("/admin/v1/events:batch", post(events::publish_batch))
+        .route("/admin/v1/subscribers", get(events::subscribers))
+        .route("/v1/stream", get(events::stream))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

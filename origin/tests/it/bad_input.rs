@@ -60,6 +60,7 @@ fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenConfig {
         name: name.to_owned(),
         hash: format_hash(&hash_token(secret)),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        topics: Vec::new(),
     }
 }
 
