@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -330,46 +330,71 @@ impl Events {
         self.metrics.subscribers.set(hub.subscribers.len() as i64);
     }
 
-    /// Follows the log from its head until the runtime stops, broadcasting each event in order.
-    pub async fn tail(self: Arc<Self>, poll_interval: Duration) {
-        let mut after = loop {
-            match self.read(None, NonZeroUsize::MIN).await {
-                Ok(page) => break page.head.unwrap_or(0),
-                Err(error) => {
-                    tracing::warn!(%error, "event log unreadable; streams start when it is back");
-                    tokio::time::sleep(poll_interval).await;
-                }
-            }
+    /// Follows the log from its head, broadcasting each event in order, until the origin's state is
+    /// dropped (it holds the events only weakly, so a stopped origin releases its store).
+    pub async fn tail(events: Weak<Self>, poll_interval: Duration) {
+        let Some(mut appended) = events.upgrade().map(|this| this.appended.subscribe()) else {
+            return;
         };
-        self.hub().broadcast_through = after;
-        let mut appended = self.appended.subscribe();
         let mut poll = tokio::time::interval(poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut after: Option<u64> = None;
         loop {
-            match self.read(Some(after), PAGE).await {
-                Ok(page) => {
-                    if page.head.is_some_and(|head| head < after) {
-                        // The log was reset (a new store): follow it from its head.
-                        tracing::warn!(after, head = ?page.head, "the event log restarted below what was streamed");
-                        after = page.head.unwrap_or(0);
-                        self.hub().broadcast_through = after;
-                        continue;
+            let Some(this) = events.upgrade() else {
+                return;
+            };
+            let caught_up = match after {
+                None => match this.read(None, NonZeroUsize::MIN).await {
+                    Ok(page) => {
+                        let head = page.head.unwrap_or(0);
+                        this.hub().broadcast_through = head;
+                        after = Some(head);
+                        true
                     }
-                    let full = page.events.len() == PAGE.get();
-                    for logged in &page.events {
-                        self.broadcast(logged);
-                        after = logged.id;
+                    Err(error) => {
+                        tracing::warn!(%error, "event log unreadable; streams start when it is back");
+                        true
                     }
-                    if full {
-                        continue;
+                },
+                Some(position) => match this.follow(position).await {
+                    Some((next, caught_up)) => {
+                        after = Some(next);
+                        caught_up
                     }
+                    None => true,
+                },
+            };
+            drop(this);
+            if caught_up {
+                tokio::select! {
+                    changed = appended.changed() => if changed.is_err() { return },
+                    _ = poll.tick() => {}
                 }
-                Err(error) => tracing::debug!(%error, "event log not readable; retried at the next tick"),
-            }
-            tokio::select! {
-                changed = appended.changed() => if changed.is_err() { return },
-                _ = poll.tick() => {}
             }
         }
+    }
+
+    /// Broadcasts one page of the log after `after`; answers the new position and whether it is the head.
+    async fn follow(&self, after: u64) -> Option<(u64, bool)> {
+        let page = match self.read(Some(after), PAGE).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::debug!(%error, "event log not readable; retried at the next tick");
+                return None;
+            }
+        };
+        if page.head.is_some_and(|head| head < after) {
+            // The log was started anew (a new store): follow it from its head.
+            tracing::warn!(after, head = ?page.head, "the event log restarted below what was streamed");
+            let head = page.head.unwrap_or(0);
+            self.hub().broadcast_through = head;
+            return Some((head, true));
+        }
+        let mut position = after;
+        for logged in &page.events {
+            self.broadcast(logged);
+            position = logged.id;
+        }
+        Some((position, page.events.len() < PAGE.get()))
     }
 }

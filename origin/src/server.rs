@@ -165,7 +165,7 @@ pub async fn start(
         None => None,
     };
     tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
-    tokio::spawn(state.events.clone().tail(config.events.poll_interval));
+    tokio::spawn(Events::tail(Arc::downgrade(&state.events), config.events.poll_interval));
     // The remote address is shown for each SSE subscriber.
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });

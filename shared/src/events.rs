@@ -373,6 +373,18 @@ pub struct ForecastUpdated {
     pub rollback_of: Option<u64>,
 }
 
+impl ForecastUpdated {
+    pub fn new(change: ForecastChange, version: u64) -> Self {
+        Self {
+            change,
+            version,
+            model: None,
+            point: None,
+            rollback_of: None,
+        }
+    }
+}
+
 /// A known type and its checked payload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
