@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod contract;
+mod events;
 mod outage;
 mod process;
 mod support;
