@@ -11,6 +11,7 @@ use crate::invalidation;
 use crate::launch::Pinning;
 use crate::local;
 use crate::origin::{self, Backend};
+use crate::sse;
 
 /// Settings of `loadtest origin --quick`, a smoke run for tests.
 const QUICK_INSTRUMENTS: u64 = 200;
@@ -24,6 +25,11 @@ const QUICK_EDGE_DURATION: Duration = Duration::from_secs(1);
 const QUICK_INVALIDATION_ROUNDS: u32 = 20;
 const QUICK_INVALIDATION_EDGES: usize = 1;
 const QUICK_INVALIDATION_RATE: u32 = 100;
+/// The scenario of `loadtest sse --quick`.
+const QUICK_SSE: sse::Scenario = sse::Scenario {
+    subscribers: 50,
+    rate: 20,
+};
 const QUICK_HIT_RATIO_DURATION: Duration = Duration::from_secs(6);
 
 /// Arguments of every measurement: how the load is run and where the figures go.
@@ -159,6 +165,71 @@ impl EdgeHitsArgs {
             pinning,
         }
     }
+}
+
+/// Arguments of `loadtest sse`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SseArgs {
+    /// The origin executable [default: `origin` next to this executable]
+    #[arg(long)]
+    pub origin_bin: Option<PathBuf>,
+    /// Servers to measure; nchan is skipped when nginx or libnginx-mod-nchan is not installed
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "origin,nchan")]
+    pub servers: Vec<sse::Server>,
+    /// Scenarios, comma-separated, each SUBSCRIBERSxEVENTS_PER_SECOND
+    #[arg(long, value_delimiter = ',', value_parser = parse_scenario,
+        default_value = "1000x100,10000x10,1000x400,1000x1000,1000x2000")]
+    pub scenarios: Vec<sse::Scenario>,
+    /// How long each scenario is counted (after a 2 s warm-up)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Where to write all figures as JSON [default: `loadtest/sse.json` in the target directory]
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// A fast smoke run: 50 subscribers × 20 events/s for 1 s
+    #[arg(long, conflicts_with_all = ["scenarios", "duration"])]
+    pub quick: bool,
+}
+
+impl SseArgs {
+    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> sse::Settings {
+        let (scenarios, duration) = if self.quick {
+            (vec![QUICK_SSE], Duration::from_secs(1))
+        } else {
+            (self.scenarios.clone(), self.duration)
+        };
+        sse::Settings {
+            origin_bin: self.origin_bin.clone().unwrap_or_else(|| exe_dir.join("origin")),
+            servers: distinct(&self.servers),
+            scenarios,
+            duration,
+            pinning,
+        }
+    }
+
+    pub fn json_path(&self, exe_dir: &Path) -> PathBuf {
+        json_path(self.json.as_deref(), exe_dir, "sse")
+    }
+}
+
+/// `1000x100`: subscribers and events per second.
+fn parse_scenario(text: &str) -> Result<sse::Scenario> {
+    let (subscribers, rate) = text
+        .split_once('x')
+        .with_context(|| format!("scenario {text:?} is not SUBSCRIBERSxRATE, such as 1000x100"))?;
+    let subscribers: usize = subscribers
+        .trim()
+        .parse()
+        .with_context(|| format!("subscribers of {text:?}"))?;
+    let rate: u32 = rate
+        .trim()
+        .parse()
+        .with_context(|| format!("events per second of {text:?}"))?;
+    ensure!(
+        (1..=15_000).contains(&subscribers) && (1..=100_000).contains(&rate),
+        "scenario {text:?}: 1 to 15000 subscribers, 1 to 100000 events per second"
+    );
+    Ok(sse::Scenario { subscribers, rate })
 }
 
 /// Arguments of `loadtest invalidation`.

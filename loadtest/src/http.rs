@@ -416,7 +416,8 @@ fn is_ok(status: u16) -> bool {
     (200..300).contains(&status) || status == 304
 }
 
-async fn handshake(stream: TcpStream) -> Result<SendRequest<Body>> {
+/// An HTTP/1.1 client connection over `stream`, driven by a task of its own.
+pub async fn handshake(stream: TcpStream) -> Result<SendRequest<Body>> {
     stream.set_nodelay(true).context("set TCP_NODELAY")?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await

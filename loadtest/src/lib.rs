@@ -32,3 +32,4 @@ pub mod origin;
 pub mod peers;
 pub mod relay;
 pub mod report;
+pub mod sse;

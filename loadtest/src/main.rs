@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use loadtest::cli::{EdgeHitsArgs, InvalidationArgs, OriginArgs, UpArgs};
+use loadtest::cli::{EdgeHitsArgs, InvalidationArgs, OriginArgs, SseArgs, UpArgs};
 use loadtest::launch::Pinning;
 use loadtest::local::{self, Token};
-use loadtest::{edge, invalidation, origin, report};
+use loadtest::{edge, invalidation, origin, report, sse};
 
 #[derive(Debug, Parser)]
 #[command(about = "Starts a local topology on loopback and measures it")]
@@ -29,6 +29,9 @@ enum Command {
     /// How long a forecast write takes to be applied by every edge over the QUIC control plane:
     /// the origin in this process, edges in front of it
     Invalidation(InvalidationArgs),
+    /// Event fan-out over SSE: publish-to-receive latency and deliveries per second, the origin
+    /// beside nginx + nchan
+    Sse(SseArgs),
     /// Runs the origin (embedded store) and an edge in front of it until Ctrl-C, and prints their
     /// addresses, the admin token and commands to try; under `cargo run`, builds them first
     Up(UpArgs),
@@ -39,6 +42,7 @@ fn main() -> Result<()> {
         Command::Origin(args) => origin_command(&args),
         Command::EdgeHits(args) => edge_hits_command(&args),
         Command::Invalidation(args) => invalidation_command(&args),
+        Command::Sse(args) => sse_command(&args),
         Command::Up(args) => up_command(&args),
     }
 }
@@ -91,6 +95,19 @@ fn invalidation_command(args: &InvalidationArgs) -> Result<()> {
         async move { invalidation::run(&settings, nproc).await }
     })?;
     report::print_invalidation_table(&report);
+    report::write_json(&report, &json_path)?;
+    eprintln!("figures written to {}", json_path.display());
+    Ok(())
+}
+
+fn sse_command(args: &SseArgs) -> Result<()> {
+    let exe_dir = exe_dir()?;
+    let json_path = args.json_path(&exe_dir);
+    let report = run_pinned(|nproc, pinning| {
+        let settings = args.settings(&exe_dir, pinning);
+        async move { sse::run(&settings, nproc).await }
+    })?;
+    report::print_sse_table(&report);
     report::write_json(&report, &json_path)?;
     eprintln!("figures written to {}", json_path.display());
     Ok(())

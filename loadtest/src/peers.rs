@@ -136,6 +136,62 @@ pub fn start_nginx(
     Ok((ProcessTree::new(process, STOP_GRACE), dir))
 }
 
+/// `nginx.conf` for nginx with nchan: one channel, published by POST to `/pub`, followed as
+/// EventSource at `/sub`, its messages kept in memory.
+pub fn nchan_conf(module: &str, listen: SocketAddr) -> String {
+    format!(
+        r#"load_module {module};
+user www-data;
+worker_processes 1;           # one event loop, on the one CPU the process is pinned to
+worker_rlimit_nofile 40000;
+pid nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 30000; }}
+http {{
+    access_log off;
+    client_body_temp_path tmp/client;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+    keepalive_requests 100000000;
+    server {{
+        listen {listen};
+        location = /pub {{
+            nchan_publisher;
+            nchan_channel_id bench;
+            nchan_message_buffer_length 10000;
+            nchan_message_timeout 1h;
+        }}
+        location = /sub {{
+            nchan_subscriber eventsource;
+            nchan_channel_id bench;
+        }}
+        location = /healthz {{ return 200 "ok"; }}
+    }}
+}}
+"#
+    )
+}
+
+/// Starts nginx with nchan (`module`, the path of its shared object) on `listen`, on `cpu` when
+/// given. It is not ready yet when this returns.
+pub fn start_nchan(program: &Path, module: &str, listen: SocketAddr, cpu: Option<usize>) -> Result<Peer> {
+    let dir = shared_dir("loadtest-nchan-", std::env::temp_dir())?;
+    for sub in ["logs", "tmp"] {
+        let path = dir.path().join(sub);
+        std::fs::create_dir(&path).with_context(|| format!("create {}", path.display()))?;
+    }
+    write(&dir.path().join("nginx.conf"), &nchan_conf(module, listen))?;
+    let mut command = launch::command_on_cpu(program, cpu);
+    command
+        .arg("-p")
+        .arg(format!("{}/", dir.path().display()))
+        .args(["-c", "nginx.conf", "-g", "daemon off;"]);
+    let process = ChildProcess::spawn("nginx-nchan", command)?;
+    Ok((ProcessTree::new(process, STOP_GRACE), dir))
+}
+
 /// Starts Varnish on `listen` in front of `upstream` with `cache_bytes` of malloc storage, on `cpu`
 /// when given. It is not ready yet when this returns.
 pub fn start_varnish(

@@ -11,6 +11,7 @@ use crate::edge::{self, CacheKind, Status};
 use crate::invalidation::{self, Summary};
 use crate::median::Median;
 use crate::origin::{self, Backend};
+use crate::sse;
 
 /// `12%`, or `-` without a spread (one round).
 fn spread(median: &Median) -> String {
@@ -331,6 +332,48 @@ pub fn print_invalidation_table(report: &invalidation::Report) {
             "{} CPUs, no pinning: edges, origin and measurement share the CPUs",
             report.machine.nproc
         ),
+    }
+}
+
+pub fn print_sse_table(report: &sse::Report) {
+    println!();
+    println!(
+        "{:<8}{:>12}{:>10}{:>16}{:>10}{:>10}{:>10}{:>9}{:>7}",
+        "server", "subscribers", "events/s", "deliveries/s", "p50 ms", "p99 ms", "max ms", "missing", "ended"
+    );
+    for m in &report.measurements {
+        println!(
+            "{:<8}{:>12}{:>10}{:>16.0}{:>10.1}{:>10.1}{:>10.1}{:>9}{:>7}",
+            m.server.to_string(),
+            m.scenario.subscribers,
+            m.scenario.rate,
+            m.deliveries_per_s,
+            m.p50_ms,
+            m.p99_ms,
+            m.max_ms,
+            m.missing,
+            m.streams_ended
+        );
+    }
+    println!();
+    println!(
+        "each scenario: subscribers open their streams, then events are published at the rate for a 2 s warm-up and {} s counted;",
+        report.duration_s
+    );
+    println!("latency: publication (loadtest's clock) → the event read from the stream; the origin publishes each");
+    println!(
+        "10 ms tick as one batch (durable), nchan one POST per event (in memory); missing: expected deliveries that"
+    );
+    println!("did not arrive within 2 s after publishing stopped; ended: streams the server closed during the run");
+    for skipped in &report.skipped {
+        println!("skipped: {skipped}");
+    }
+    match report.machine.pinning {
+        Some(pinning) => println!(
+            "{} CPUs: server on CPU {}, subscribers and publisher (this process, one thread) on CPU {}",
+            report.machine.nproc, pinning.server_cpu, pinning.load_cpu
+        ),
+        None => println!("{} CPUs, no pinning", report.machine.nproc),
     }
 }
 
