@@ -338,15 +338,25 @@ pub fn print_invalidation_table(report: &invalidation::Report) {
 pub fn print_sse_table(report: &sse::Report) {
     println!();
     println!(
-        "{:<8}{:>12}{:>10}{:>16}{:>10}{:>10}{:>10}{:>9}{:>7}",
-        "server", "subscribers", "events/s", "deliveries/s", "p50 ms", "p99 ms", "max ms", "missing", "ended"
+        "{:<8}{:>12}{:>10}{:>11}{:>16}{:>10}{:>10}{:>10}{:>9}{:>7}",
+        "server",
+        "subscribers",
+        "events/s",
+        "achieved",
+        "deliveries/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "missing",
+        "ended"
     );
     for m in &report.measurements {
         println!(
-            "{:<8}{:>12}{:>10}{:>16.0}{:>10.1}{:>10.1}{:>10.1}{:>9}{:>7}",
+            "{:<8}{:>12}{:>10}{:>11.0}{:>16.0}{:>10.1}{:>10.1}{:>10.1}{:>9}{:>7}",
             m.server.to_string(),
             m.scenario.subscribers,
             m.scenario.rate,
+            m.published_per_s,
             m.deliveries_per_s,
             m.p50_ms,
             m.p99_ms,
