@@ -85,7 +85,8 @@ pub struct Measurement {
     /// Events published per second during the counted time (below the rate when publishing could not
     /// keep up: nchan takes one event per request).
     pub published_per_s: f64,
-    /// Events received by all subscribers during the counted time, per second.
+    /// Events published in the counted time that subscribers received, per second of the time they
+    /// took to arrive (the counted time, or longer when they arrived late).
     pub deliveries_per_s: f64,
     /// Deliveries expected (published × subscribers) that did not arrive by the end of the drain.
     pub missing: u64,
@@ -209,7 +210,7 @@ impl Target {
 
     /// Publishes `values` (microseconds since the run's start) as events, in one go where the server
     /// takes batches.
-    async fn publish(&self, connection: &mut Connection, values: &[u64]) -> Result<()> {
+    async fn publish(&self, connection: &mut Connection, values: &[u64], end: Instant) -> Result<usize> {
         match self {
             Self::Origin { token, .. } => {
                 let events: Vec<serde_json::Value> = values.iter().map(|&value| event(value)).collect();
@@ -221,9 +222,14 @@ impl Target {
                     "publishing answered {}",
                     response.status()
                 );
+                Ok(values.len())
             }
             Self::Nchan { .. } => {
+                let mut sent = 0;
                 for &value in values {
+                    if Instant::now() >= end {
+                        break;
+                    }
                     let body = serde_json::to_vec(&event(value))?;
                     let request = http::json_request(Method::POST, "/pub", body.into(), None)?;
                     let response = connection.send(request).await?;
@@ -232,10 +238,11 @@ impl Target {
                         "publishing answered {}",
                         response.status()
                     );
+                    sent += 1;
                 }
+                Ok(sent)
             }
         }
-        Ok(())
     }
 }
 
@@ -264,6 +271,8 @@ impl Window {
 struct Received {
     latencies: Histogram<u64>,
     deliveries: u64,
+    /// When the last counted event arrived, in microseconds since the run's start.
+    last_at: u64,
     ended: bool,
 }
 
@@ -311,22 +320,26 @@ async fn measure(target: &Target, server: Server, scenario: Scenario, duration: 
             continue;
         }
         let now = micros(Instant::now());
-        target.publish(&mut publisher, &vec![now; count]).await?;
-        sent += count as u64;
+        let done = target.publish(&mut publisher, &vec![now; count], end).await? as u64;
+        sent += done;
         if window.contains(now) {
-            published += count as u64;
+            published += done;
         }
     }
     tokio::time::sleep(DRAIN).await;
     stop.send_replace(true);
     let mut latencies = Histogram::<u64>::new(3)?;
-    let (mut deliveries, mut ended) = (0u64, 0usize);
+    let (mut deliveries, mut ended, mut last_at) = (0u64, 0usize, 0u64);
     for subscriber in subscribers {
         let received = subscriber.await.context("a subscriber task failed")?;
         latencies.add(&received.latencies)?;
         deliveries += received.deliveries;
         ended += usize::from(received.ended);
+        last_at = last_at.max(received.last_at);
     }
+    // Deliveries per second over the time they took: the window, or longer when they arrived late.
+    let window_from = window.from.load(Ordering::Relaxed);
+    let span = Duration::from_micros(last_at.saturating_sub(window_from)).max(duration);
     ensure!(published > 0, "nothing was published in the counted time");
     let millis = |micros: u64| micros as f64 / 1000.0;
     Ok(Measurement {
@@ -334,7 +347,7 @@ async fn measure(target: &Target, server: Server, scenario: Scenario, duration: 
         scenario,
         published,
         published_per_s: published as f64 / duration.as_secs_f64(),
-        deliveries_per_s: deliveries as f64 / duration.as_secs_f64(),
+        deliveries_per_s: deliveries as f64 / span.as_secs_f64(),
         missing: (published * scenario.subscribers as u64).saturating_sub(deliveries),
         p50_ms: millis(latencies.value_at_quantile(0.5)),
         p99_ms: millis(latencies.value_at_quantile(0.99)),
@@ -372,6 +385,7 @@ async fn follow(
     let mut received = Received {
         latencies,
         deliveries: 0,
+        last_at: 0,
         ended: false,
     };
     let mut partial: Vec<u8> = Vec::new();
@@ -392,6 +406,7 @@ async fn follow(
         for value in values(&partial[..complete]) {
             if window.contains(value) {
                 received.deliveries += 1;
+                received.last_at = now;
                 let _ = received.latencies.record(now.saturating_sub(value));
             }
         }
