@@ -78,6 +78,16 @@ impl Frame {
             bytes: bytes.freeze(),
         }
     }
+
+    /// `event: gap`: events `from..=to` are gone from the log and will not be sent.
+    pub fn gap(from: u64, to: u64, reason: &str) -> Self {
+        let gap = serde_json::json!({"from": from, "to": to, "reason": reason});
+        Self {
+            id: to,
+            appended_at_ms: unix_millis(OffsetDateTime::now_utc()),
+            bytes: Bytes::from(format!("event: gap\ndata: {gap}\n\n")),
+        }
+    }
 }
 
 /// A subscriber, as `GET /admin/v1/subscribers` shows it.
@@ -305,10 +315,24 @@ impl Events {
     /// Offers one logged event to every matching subscriber; a full queue ends its subscription.
     fn broadcast(&self, logged: &StoredEventAt) {
         let frame = Frame::encode(logged);
+        self.offer(&frame, logged.id, |subscriber| {
+            subscriber.filter.matches(&logged.stored.event)
+        });
+    }
+
+    /// Tells every subscriber that events `from..=to` were trimmed before this origin could stream them.
+    fn broadcast_gap(&self, from: u64, to: u64) {
+        tracing::warn!(from, to, "events trimmed before they were streamed");
+        self.metrics.events_gaps.inc();
+        let frame = Frame::gap(from, to, "trimmed by retention before this origin streamed it");
+        self.offer(&frame, to, |_| true);
+    }
+
+    fn offer(&self, frame: &Frame, through: u64, wanted: impl Fn(&Subscriber) -> bool) {
         let mut hub = self.hub();
         let mut overflowed = Vec::new();
         for (&id, subscriber) in &hub.subscribers {
-            if !subscriber.filter.matches(&logged.stored.event) {
+            if !wanted(subscriber) {
                 continue;
             }
             match subscriber.queue.try_send(frame.clone()) {
@@ -326,7 +350,7 @@ impl Events {
             hub.subscribers.remove(&id);
             self.metrics.overflows.inc();
         }
-        hub.broadcast_through = logged.id;
+        hub.broadcast_through = through;
         self.metrics.subscribers.set(hub.subscribers.len() as i64);
     }
 
@@ -389,6 +413,12 @@ impl Events {
             let head = page.head.unwrap_or(0);
             self.hub().broadcast_through = head;
             return Some((head, true));
+        }
+        if let Some(first) = page.events.first()
+            && first.id > after + 1
+        {
+            // This origin fell behind the log's retention: its subscribers are told, not left to guess.
+            self.broadcast_gap(after + 1, first.id - 1);
         }
         let mut position = after;
         for logged in &page.events {

@@ -38,7 +38,7 @@ pub struct Metrics {
     pub subscribers: IntGauge,
     /// Streams ended because their reader fell behind its queue.
     pub overflows: IntCounter,
-    /// Replays that began with an `event: gap` (what was asked for was trimmed).
+    /// `event: gap` sent: a replay or a live tail reached events already trimmed.
     pub events_gaps: IntCounter,
     /// From an event's append to its write to a subscriber's stream.
     pub events_delivery_lag: Histogram,
@@ -158,7 +158,7 @@ impl Metrics {
         .expect("valid metric");
         let events_gaps = IntCounter::new(
             "origin_events_gaps_total",
-            "Replays that began with an explicit gap (trimmed events asked for)",
+            "Explicit gaps sent: a replay or a live tail reached events already trimmed",
         )
         .expect("valid metric");
         let events_delivery_lag = Histogram::with_opts(

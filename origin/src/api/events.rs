@@ -425,10 +425,8 @@ impl StreamWriter {
             if let Some(first) = page.events.first()
                 && first.id > replay.after + 1
             {
-                let gap = serde_json::json!({
-                    "from": replay.after + 1, "to": first.id - 1, "reason": "trimmed by retention",
-                });
-                chunk.extend_from_slice(format!("event: gap\ndata: {gap}\n\n").as_bytes());
+                let gap = Frame::gap(replay.after + 1, first.id - 1, "trimmed by retention");
+                chunk.extend_from_slice(&gap.bytes);
                 self.state.metrics.events_gaps.inc();
             }
         }

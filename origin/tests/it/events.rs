@@ -514,3 +514,42 @@ async fn an_event_published_to_one_origin_reaches_subscribers_of_another() {
     let mut on_first = subscribe(&first, "topics=indicators.**", Some(ADMIN_TOKEN), Some(id - 1)).await;
     assert_eq!(take(&mut on_first, 1).await[0].0, id.to_string());
 }
+
+/// An origin whose tail falls behind the log's retention (here another origin appends and trims twenty
+/// events at once) tells its live subscribers what they lost before it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscribers_are_told_when_their_origin_fell_behind_retention() {
+    let redis = RedisServer::start().unwrap();
+    let start = |retention: usize| {
+        let redis_url = redis.url();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = support::config(dir.path());
+            config.storage.redis_url = Some(redis_url);
+            config.events.retention_entries = std::num::NonZeroUsize::new(retention).unwrap();
+            (TestOrigin::start(config).await, dir)
+        }
+    };
+    let (publisher, _publisher_dir) = start(5).await;
+    let (follower, _follower_dir) = start(1000).await;
+    let mut stream = subscribe(&follower, "topics=indicators.**", Some(ADMIN_TOKEN), None).await;
+    let first = publish(&publisher, &indicator("AAPL", "rsi14", 0.0)).await;
+    assert_eq!(take(&mut stream, 1).await[0].0, first.to_string());
+
+    let burst: Vec<Value> = (1..=20).map(|n| indicator("AAPL", "rsi14", f64::from(n))).collect();
+    publish_batch(&publisher, &burst).await;
+    let gap = next(&mut stream).await;
+    assert_eq!(gap.event, "gap");
+    let gap: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(
+        (gap["from"].clone(), gap["to"].clone()),
+        (json!(first + 1), json!(first + 15)),
+        "{gap}"
+    );
+    let rest: Vec<u64> = take(&mut stream, 5)
+        .await
+        .iter()
+        .map(|e| e.0.parse().unwrap())
+        .collect();
+    assert_eq!(rest, (first + 16..=first + 20).collect::<Vec<_>>());
+}
