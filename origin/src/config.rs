@@ -19,6 +19,7 @@ pub struct OriginConfig {
     pub caching: CachingConfig,
     pub invalidation: InvalidationConfig,
     pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
     pub quic: QuicConfig,
     pub warming: WarmingConfig,
     /// Mutual TLS of the control plane: the CA bundle edges' certificates must chain to, and the
@@ -37,6 +38,7 @@ impl Default for OriginConfig {
             caching: CachingConfig::default(),
             invalidation: InvalidationConfig::default(),
             events: EventsConfig::default(),
+            webhooks: WebhooksConfig::default(),
             quic: QuicConfig::default(),
             warming: WarmingConfig::default(),
             tls: TlsFiles::origin(Path::new("certs")),
@@ -228,6 +230,79 @@ impl Default for EventsConfig {
             heartbeat_interval: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Webhooks: events delivered as signed HTTP POSTs to registered endpoints (see [`crate::webhooks`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Hosts and address ranges (comma-separated, such as `127.0.0.1,10.0.0.0/8,hooks.internal`) that
+    /// endpoints may target although they are loopback, private, link-local or otherwise not public.
+    #[serde(with = "shared::config::comma_list")]
+    pub allowed_targets: Vec<String>,
+    /// Allow plain `http` targets; otherwise only `https`.
+    pub allow_http: bool,
+    /// Delay before each attempt of a message (comma-separated), the first usually `0s`; after the
+    /// last attempt fails the message is a dead letter.
+    #[serde(with = "shared::config::duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// The longest a receiver's `Retry-After` may put off the next attempt.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// How long one attempt may take, connection included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts in flight to one endpoint at a time, per origin.
+    pub endpoint_concurrency: NonZeroUsize,
+    /// Attempts in flight at a time, per origin.
+    pub concurrency: NonZeroUsize,
+    /// How long a rotated-out secret still signs messages beside the new one.
+    #[serde(with = "humantime_serde")]
+    pub secret_overlap: Duration,
+    /// An endpoint failing without a single success for this long is disabled.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+    /// A delivery taken by an origin that has not finished it after this long is taken over by another
+    /// (the first presumably died). Longer than `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_after: Duration,
+    /// How often the queue is checked for messages that became due.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Attempts recorded per endpoint (the oldest are dropped).
+    pub attempts_kept: NonZeroUsize,
+    /// Bytes of each response body kept with its attempt.
+    pub response_snippet_bytes: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let hours = |h: u64| Duration::from_secs(h * 60 * 60);
+        Self {
+            allowed_targets: Vec::new(),
+            allow_http: false,
+            retry_schedule: vec![
+                Duration::ZERO,
+                Duration::from_secs(5),
+                Duration::from_secs(5 * 60),
+                Duration::from_secs(30 * 60),
+                hours(2),
+                hours(5),
+                hours(10),
+                hours(10),
+            ],
+            max_retry_after: hours(1),
+            timeout: Duration::from_secs(15),
+            endpoint_concurrency: NonZeroUsize::new(16).expect("non-zero"),
+            concurrency: NonZeroUsize::new(512).expect("non-zero"),
+            secret_overlap: hours(24),
+            disable_after: hours(5 * 24),
+            reclaim_after: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(50),
+            attempts_kept: NonZeroUsize::new(1000).expect("non-zero"),
+            response_snippet_bytes: 1024,
         }
     }
 }

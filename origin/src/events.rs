@@ -211,6 +211,11 @@ impl Events {
         Ok(ids)
     }
 
+    /// Follows the newest id appended through this origin.
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
     pub async fn read(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<EventPage> {
         self.store.read_events(after, limit).await
     }

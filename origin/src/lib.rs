@@ -4,7 +4,8 @@
 //! [`api::router`]. A request goes `api` (validation, auth, HTTP caching) → [`forecasts`] (L1 cache,
 //! rendering, rollbacks) → [`storage`] (Redis or embedded). Only `storage` talks to Redis or disk.
 //! Every change of a forecast, and every `POST /admin/v1/invalidations`, appends to the durable
-//! invalidation log ([`invalidation`] holds its rules) before it is answered.
+//! invalidation log ([`invalidation`] holds its rules) before it is answered. Analysis events go to the
+//! durable event log, and from it to SSE streams ([`events`]) and signed webhooks ([`webhooks`]).
 
 pub mod api;
 pub mod cache;
@@ -18,3 +19,4 @@ pub mod representation;
 pub mod server;
 pub mod storage;
 pub mod warming;
+pub mod webhooks;

@@ -42,6 +42,18 @@ pub struct Metrics {
     pub events_gaps: IntCounter,
     /// From an event's append to its write to a subscriber's stream.
     pub events_delivery_lag: Histogram,
+    /// Webhook deliveries queued by the dispatcher (each endpoint counted).
+    pub webhook_queued: IntCounter,
+    /// Webhook attempts by outcome: delivered, retry, dead.
+    pub webhook_attempts: IntCounterVec,
+    /// From an event's append to its webhook's 2xx.
+    pub webhook_latency: Histogram,
+    /// Webhook messages that became dead letters.
+    pub webhook_dead_letters: IntCounter,
+    /// Webhook endpoints disabled after failing continuously.
+    pub webhook_disabled: IntCounter,
+    /// Webhook deliveries queued (due or not), as last read.
+    pub webhook_queue_depth: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -169,6 +181,44 @@ impl Metrics {
             .buckets(PROPAGATION_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let webhook_queued = IntCounter::new(
+            "origin_webhook_queued_total",
+            "Webhook deliveries queued by the dispatcher, each endpoint counted",
+        )
+        .expect("valid metric");
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new("origin_webhook_attempts_total", "Webhook attempts by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["delivered", "retry", "dead"] {
+            webhook_attempts.with_label_values(&[outcome]);
+        }
+        let webhook_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "origin_webhook_delivery_seconds",
+                "From an event's append to its webhook's 2xx answer, retries included",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0, 60.0, 600.0, 3600.0,
+            ]),
+        )
+        .expect("valid metric");
+        let webhook_dead_letters = IntCounter::new(
+            "origin_webhook_dead_letters_total",
+            "Webhook messages that ran out of attempts, were refused for good or found their endpoint disabled",
+        )
+        .expect("valid metric");
+        let webhook_disabled = IntCounter::new(
+            "origin_webhook_endpoints_disabled_total",
+            "Webhook endpoints disabled after failing continuously for webhooks.disable_after",
+        )
+        .expect("valid metric");
+        let webhook_queue_depth = IntGauge::new(
+            "origin_webhook_queue_depth",
+            "Webhook deliveries queued, due or not, as last read by this origin",
+        )
+        .expect("valid metric");
         for reason in [DropReason::Trimmed, DropReason::LogReset] {
             control_drop_all.with_label_values(&[reason.as_str()]);
         }
@@ -193,6 +243,12 @@ impl Metrics {
             Box::new(overflows.clone()),
             Box::new(events_gaps.clone()),
             Box::new(events_delivery_lag.clone()),
+            Box::new(webhook_queued.clone()),
+            Box::new(webhook_attempts.clone()),
+            Box::new(webhook_latency.clone()),
+            Box::new(webhook_dead_letters.clone()),
+            Box::new(webhook_disabled.clone()),
+            Box::new(webhook_queue_depth.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -218,6 +274,12 @@ impl Metrics {
             overflows,
             events_gaps,
             events_delivery_lag,
+            webhook_queued,
+            webhook_attempts,
+            webhook_latency,
+            webhook_dead_letters,
+            webhook_disabled,
+            webhook_queue_depth,
         }
     }
 

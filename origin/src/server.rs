@@ -22,6 +22,7 @@ use crate::storage::embedded::EmbeddedStore;
 use crate::storage::redis::{RedisSettings, RedisStore};
 use crate::storage::{LogRetention, Retention, SharedStore};
 use crate::warming::{self, Warming};
+use crate::webhooks::Webhooks;
 use shared::events::TopicPattern;
 
 /// Opens the configured store.
@@ -113,12 +114,15 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
         retry: config.events.retry,
     };
     let events = Events::new(store.clone(), metrics.clone(), config.events.queue_events);
+    let webhooks = Webhooks::new(store.clone(), events.clone(), &config.webhooks, metrics.clone())
+        .context("invalid [webhooks] configuration")?;
     Ok(Arc::new(Inner {
         forecasts: Forecasts::new(store, l1, metrics.clone()),
         edges: Edges::default(),
         warming: Warming::new(&config.warming),
         events,
         streams,
+        webhooks,
         auth,
         policy: CachePolicy::new(
             config.caching.browser_max_age,
@@ -166,6 +170,7 @@ pub async fn start(
     };
     tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
     tokio::spawn(Events::tail(Arc::downgrade(&state.events), config.events.poll_interval));
+    state.webhooks.start();
     // The remote address is shown for each SSE subscriber.
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });

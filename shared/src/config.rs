@@ -69,6 +69,30 @@ pub mod comma_list {
     }
 }
 
+/// Durations written as one comma-separated string (`0s,5s,5m`), as environment variables carry them.
+pub mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+        let texts: Vec<String> = list
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        serializer.serialize_str(&texts.join(","))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| humantime::parse_duration(item).map_err(|e| D::Error::custom(format!("`{item}`: {e}"))))
+            .collect()
+    }
+}
+
 /// An address that may be left empty (`""` means none), as environment variables carry it.
 pub mod optional_address {
     use std::net::SocketAddr;

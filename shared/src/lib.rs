@@ -8,6 +8,8 @@
 //!   edges (mutual TLS 1.3, ring), and the edge identity carried in a client certificate.
 //! * [`wire`]: the control-plane protocol between origin and edges: messages, versioned frames, limits.
 //! * [`framed`]: those frames read from and written to a byte stream (a QUIC stream on either side).
+//! * [`events`]: analysis events: topics, topic patterns, typed payloads.
+//! * [`webhooks`]: Standard Webhooks secrets and signatures.
 //!
 //! Invariant: this crate opens no sockets and spawns no tasks.
 
@@ -19,4 +21,5 @@ pub mod framed;
 pub mod process;
 pub mod telemetry;
 pub mod tls;
+pub mod webhooks;
 pub mod wire;

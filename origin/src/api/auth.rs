@@ -29,6 +29,9 @@ pub enum Scope {
     /// Streams of the topics the token's `topics` allow.
     #[serde(rename = "events:subscribe")]
     EventsSubscribe,
+    /// Webhook endpoints: register, change, rotate secrets, replay.
+    #[serde(rename = "webhooks:admin")]
+    WebhooksAdmin,
     /// Every scope.
     #[serde(rename = "admin")]
     Admin,
@@ -44,6 +47,7 @@ impl Scope {
             Scope::InvalidationsWrite => "invalidations:write",
             Scope::EventsPublish => "events:publish",
             Scope::EventsSubscribe => "events:subscribe",
+            Scope::WebhooksAdmin => "webhooks:admin",
             Scope::Admin => "admin",
         }
     }

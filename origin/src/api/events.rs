@@ -255,18 +255,22 @@ async fn start_of(events: &Events, headers: &HeaderMap, query: &StreamQuery) -> 
     let Some(since) = &query.since else {
         return Ok(None);
     };
-    let since_ms = match since.parse::<u64>() {
-        Ok(ms) => ms,
-        Err(_) => OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
-            .map(unix_millis)
-            .map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_since",
-                    format!("since {since:?} must be an RFC 3339 instant or unix milliseconds"),
-                )
-            })?,
-    };
+    let since_ms = instant_ms(since).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_since",
+            format!("since {since:?} must be an RFC 3339 instant or unix milliseconds"),
+        )
+    })?;
     Ok(Some(events.position_at(since_ms).await?.unwrap_or(0)))
+}
+
+/// An instant written as unix milliseconds or in RFC 3339, as unix milliseconds.
+pub(super) fn instant_ms(text: &str) -> Option<u64> {
+    text.parse::<u64>().ok().or_else(|| {
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(unix_millis)
+    })
 }
 
 /// A stream of analysis events as Server-Sent Events: `id:` the log position, `event:` the type,

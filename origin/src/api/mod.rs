@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod ops;
 pub mod read;
 pub mod strict_json;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -47,6 +48,7 @@ pub struct Inner {
     pub warming: Warming,
     pub events: Arc<crate::events::Events>,
     pub streams: events::StreamSettings,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub auth: Authenticator,
     pub policy: CachePolicy,
     pub limits: Limits,
@@ -121,6 +123,21 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/events:batch", post(events::publish_batch))
         .route("/admin/v1/subscribers", get(events::subscribers))
         .route("/v1/stream", get(events::stream))
+        .route("/admin/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/admin/v1/webhooks/{id}",
+            get(webhooks::show).patch(webhooks::update).delete(webhooks::delete),
+        )
+        .route("/admin/v1/webhooks/{id}/secret:rotate", post(webhooks::rotate_secret))
+        .route("/admin/v1/webhooks/{id}/stats", get(webhooks::stats))
+        .route("/admin/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/admin/v1/webhooks/{id}/dead-letters", get(webhooks::dead_letters))
+        .route("/admin/v1/webhooks/{id}/dead-letters:redrive", post(webhooks::redrive))
+        .route(
+            "/admin/v1/webhooks/{id}/messages/{event_id}/resend",
+            post(webhooks::resend),
+        )
+        .route("/admin/v1/webhooks/{id}/replay", post(webhooks::replay))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

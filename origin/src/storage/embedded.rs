@@ -16,6 +16,8 @@ use shared::domain::{ForecastKey, ModelRef};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+mod webhooks;
+
 use super::{
     AuditEntry, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation, NewVersion,
     Result, Retention, StorageError, Store, StoredEvent, StoredEventAt, VersionRecord, check_expect, missing_version,
@@ -74,6 +76,9 @@ enum Command {
         events: Vec<StoredEvent>,
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// Any other change, made in the group's transaction; its error aborts the group, as a failing
+    /// table operation of the variants above does.
+    Change(Change),
 }
 
 #[derive(Debug)]
@@ -82,6 +87,8 @@ pub struct EmbeddedStore {
     /// `None` only while dropping.
     writer: Option<mpsc::SyncSender<Command>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Webhook deliveries taken and not finished, by queue key, with when they were taken.
+    taken: webhooks::TakenDeliveries,
 }
 
 impl Drop for EmbeddedStore {
@@ -114,6 +121,7 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(fail)?;
             txn.open_table(INVALIDATIONS).map_err(fail)?;
             txn.open_table(EVENTS).map_err(fail)?;
+            webhooks::create_tables(&txn)?;
         }
         txn.commit().map_err(fail)?;
         let db = Arc::new(db);
@@ -127,6 +135,7 @@ impl EmbeddedStore {
             db,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            taken: webhooks::TakenDeliveries::default(),
         })
     }
 
@@ -146,6 +155,15 @@ impl EmbeddedStore {
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(fail("writer stopped")),
         }
         answer.await.map_err(|_| fail("writer stopped"))?
+    }
+
+    /// Runs `change` in the writer's next transaction; answers once that is durable.
+    async fn change<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.submit(|reply| Command::Change(Box::new(move |txn| Ok(pending(reply, Ok(change(txn)?))))))
+            .await
     }
 
     fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
@@ -320,6 +338,9 @@ fn read_numbered(
     Ok(LogRead { head, records })
 }
 
+/// A change made in the writer's transaction; it answers the reply to send once that is durable.
+type Change = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<PendingReply> + Send>;
+
 /// A reply that is sent only once the transaction it belongs to is durable.
 type PendingReply = Box<dyn FnOnce(Option<&StorageError>) + Send>;
 
@@ -345,6 +366,7 @@ fn apply(group: &Group<'_>, command: Command) -> Result<PendingReply> {
         Command::AdminToken { candidate, reply } => pending(reply, group.admin_token(&candidate)),
         Command::Invalidate { new, reply } => pending(reply, group.invalidate(&new)),
         Command::AppendEvents { events, reply } => pending(reply, group.append_events(&events)),
+        Command::Change(change) => change(group.txn)?,
     })
 }
 

@@ -11,11 +11,19 @@
 //! | `auth:admin-token` | string | SHA-256 (hex) of the token generated at first start |
 //! | `invalidations:{inv}` | stream | the invalidation log: entry ID `<sequence>-0`, field `t` issued at (unix ms, for trimming by age), field `e` the invalidation as JSON |
 //! | `events:{ev}` | stream | the event log: entry ID `<id>-0`, field `t` appended at (unix ms), field `e` the event as JSON |
+//! | `webhooks:{wh}:endpoints` | hash | endpoint id → endpoint JSON (with its `revision`) |
+//! | `webhooks:{wh}:cursor` | string | the last event id dispatched to endpoints |
+//! | `webhooks:{wh}:queue` | stream | deliveries due now, field `d` the delivery JSON; consumer group `deliverers` (one consumer per origin): pending entries are taken and not finished, reclaimed with XAUTOCLAIM |
+//! | `webhooks:{wh}:later` | sorted set | deliveries due later (retries, replays), scored by due time (unix ms) |
+//! | `webhooks:{wh}:dead:<endpoint>` | hash | event id → the delivery that ran out of attempts |
+//! | `webhooks:{wh}:attempts:<endpoint>` | list | the newest attempts first, as JSON |
+//! | `webhooks:{wh}:counters:<endpoint>` | hash | counter name → count |
 //!
 //! Each numbered log is one key, so one script appends to it atomically and every origin sharing the
 //! Redis numbers its records alike; the fixed hash tags (`{inv}`, `{ev}`) name their Cluster slots,
 //! and keep any key added beside them later in the same slot. One key is one partition: the event
-//! log is ordered globally.
+//! log is ordered globally. Webhook keys share the `{wh}` slot, so one script moves a delivery between
+//! them atomically.
 
 use shared::domain::{ForecastKey, ModelRef};
 
@@ -42,6 +50,26 @@ pub const AUDIT_FIELD: &str = "e";
 pub const ADMIN_TOKEN: &str = "auth:admin-token";
 pub const INVALIDATIONS: &str = "invalidations:{inv}";
 pub const EVENTS: &str = "events:{ev}";
+pub const WEBHOOK_ENDPOINTS: &str = "webhooks:{wh}:endpoints";
+pub const WEBHOOK_CURSOR: &str = "webhooks:{wh}:cursor";
+pub const WEBHOOK_QUEUE: &str = "webhooks:{wh}:queue";
+pub const WEBHOOK_LATER: &str = "webhooks:{wh}:later";
+/// The consumer group of the webhook queue, and the field of its entries.
+pub const WEBHOOK_GROUP: &str = "deliverers";
+pub const WEBHOOK_FIELD: &str = "d";
+
+pub fn webhook_dead(endpoint: &str) -> String {
+    format!("webhooks:{{wh}}:dead:{endpoint}")
+}
+
+pub fn webhook_attempts(endpoint: &str) -> String {
+    format!("webhooks:{{wh}}:attempts:{endpoint}")
+}
+
+pub fn webhook_counters(endpoint: &str) -> String {
+    format!("webhooks:{{wh}}:counters:{endpoint}")
+}
+
 /// The field of a numbered log's entry that holds the record.
 pub const LOG_RECORD_FIELD: &str = "e";
 

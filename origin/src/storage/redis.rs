@@ -17,6 +17,8 @@ use shared::domain::{ForecastKey, ModelRef};
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
+mod webhooks;
+
 use super::keys;
 use super::{
     AuditEntry, Current, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation,

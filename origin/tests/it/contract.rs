@@ -9,6 +9,7 @@ use std::time::Duration;
 use loadtest::launch::{RedisCluster, RedisServer};
 use origin::storage::embedded::EmbeddedStore;
 use origin::storage::redis::{RedisSettings, RedisStore};
+use origin::storage::webhooks::{Attempt, Delivery, Finish, StoredEndpoint, StoredSecret, Taken};
 use origin::storage::{
     AuditEntry, Expect, InvalidationPage, LogRetention, NewInvalidation, NewVersion, Retention, SharedStore,
     StorageError, StoredEvent, unix_millis,
@@ -418,6 +419,180 @@ async fn events_are_trimmed_to_what_is_kept(store: &SharedStore) {
     assert_eq!(ids, (head - RETENTION.events.kept + 1..=head).collect::<Vec<u64>>());
 }
 
+fn endpoint(id: &str, revision: u64) -> StoredEndpoint {
+    StoredEndpoint {
+        id: id.to_owned(),
+        revision,
+        url: "https://hooks.example.com/".into(),
+        topics: vec!["indicators.**".into()],
+        types: None,
+        description: String::new(),
+        enabled: true,
+        disabled_reason: None,
+        rate_limit: None,
+        headers: Default::default(),
+        secrets: vec![StoredSecret {
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            expires_at_ms: None,
+        }],
+        created_at_ms: now_ms(),
+        updated_at_ms: now_ms(),
+        failing_since_ms: None,
+    }
+}
+
+async fn endpoints_change_only_from_the_revision_they_were_read_at(store: &SharedStore) {
+    assert!(store.put_endpoint(&endpoint("ep_a", 1), None).await.unwrap());
+    assert!(
+        !store.put_endpoint(&endpoint("ep_a", 1), None).await.unwrap(),
+        "created twice"
+    );
+    let mut changed = endpoint("ep_a", 2);
+    changed.enabled = false;
+    assert!(store.put_endpoint(&changed, Some(1)).await.unwrap());
+    assert!(
+        !store.put_endpoint(&endpoint("ep_a", 2), Some(1)).await.unwrap(),
+        "a stale change won"
+    );
+    assert_eq!(store.endpoint("ep_a").await.unwrap(), Some(changed));
+    assert!(store.put_endpoint(&endpoint("ep_b", 1), None).await.unwrap());
+    let mut ids: Vec<String> = store.endpoints().await.unwrap().into_iter().map(|e| e.id).collect();
+    ids.sort();
+    assert_eq!(ids, ["ep_a", "ep_b"]);
+    assert!(store.delete_endpoint("ep_b").await.unwrap());
+    assert!(!store.delete_endpoint("ep_b").await.unwrap());
+    assert_eq!(store.endpoint("ep_b").await.unwrap(), None);
+}
+
+fn delivery(endpoint: &str, event_id: u64) -> Delivery {
+    Delivery {
+        endpoint: endpoint.to_owned(),
+        event_id,
+        attempts: 0,
+        appended_at_ms: now_ms(),
+    }
+}
+
+fn event_ids(taken: &[Taken]) -> Vec<u64> {
+    let mut ids: Vec<u64> = taken.iter().map(|t| t.delivery.event_id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+const RECLAIM: Duration = Duration::from_secs(60);
+
+async fn deliveries_are_dispatched_once_taken_once_and_finished(store: &SharedStore) {
+    assert_eq!(store.dispatch_cursor().await.unwrap(), None);
+    assert!(
+        store
+            .dispatch(None, 3, &[delivery("ep_q", 2), delivery("ep_q", 3)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.dispatch(None, 3, &[delivery("ep_q", 2)]).await.unwrap(),
+        "dispatched twice"
+    );
+    // Two dispatchers racing from one cursor: one wins.
+    let racing = [delivery("ep_q", 4)];
+    let (first, second) = tokio::join!(store.dispatch(Some(3), 4, &racing), store.dispatch(Some(3), 4, &racing));
+    assert!(first.unwrap() ^ second.unwrap());
+    assert_eq!(store.dispatch_cursor().await.unwrap(), Some(4));
+    assert_eq!(store.queue_depth().await.unwrap(), 3);
+
+    let now = now_ms();
+    let taken = store.take_deliveries("one", 10, now, RECLAIM).await.unwrap();
+    assert_eq!(event_ids(&taken), [2, 3, 4]);
+    assert!(
+        store.take_deliveries("two", 10, now, RECLAIM).await.unwrap().is_empty(),
+        "taken twice"
+    );
+    // A taker that never finishes: after the reclaim time, another takes them over.
+    let reclaimed = store.take_deliveries("two", 10, now, Duration::ZERO).await.unwrap();
+    assert_eq!(event_ids(&reclaimed), [2, 3, 4]);
+
+    let by_id = |id: u64| reclaimed.iter().find(|t| t.delivery.event_id == id).unwrap().clone();
+    store.finish_delivery(&by_id(2), &Finish::Done).await.unwrap();
+    let retried = Delivery {
+        attempts: 1,
+        ..delivery("ep_q", 3)
+    };
+    let later = Finish::Later {
+        delivery: retried.clone(),
+        due_ms: now + 60_000,
+    };
+    store.finish_delivery(&by_id(3), &later).await.unwrap();
+    let dead = Delivery {
+        attempts: 3,
+        ..delivery("ep_q", 4)
+    };
+    store
+        .finish_delivery(&by_id(4), &Finish::Dead(dead.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.queue_depth().await.unwrap(), 1, "only the retry is queued");
+    assert!(
+        store
+            .take_deliveries("one", 10, now_ms(), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    let due = store.take_deliveries("one", 10, now + 60_000, RECLAIM).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery.event_id, retried.event_id);
+    assert_eq!(due[0].delivery.attempts, 1);
+    store.finish_delivery(&due[0], &Finish::Done).await.unwrap();
+
+    let letters = store.dead_letters("ep_q").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].event_id, letters[0].attempts), (4, 3));
+    assert_eq!(store.redrive("ep_q", now_ms()).await.unwrap(), 1);
+    assert!(store.dead_letters("ep_q").await.unwrap().is_empty());
+    let redriven = store.take_deliveries("one", 10, now_ms(), RECLAIM).await.unwrap();
+    assert_eq!(redriven.len(), 1);
+    assert_eq!((redriven[0].delivery.event_id, redriven[0].delivery.attempts), (4, 0));
+    store.finish_delivery(&redriven[0], &Finish::Done).await.unwrap();
+    store.enqueue(&[delivery("ep_q", 9)], now_ms()).await.unwrap();
+    let replayed = store.take_deliveries("one", 10, now_ms(), RECLAIM).await.unwrap();
+    assert_eq!(event_ids(&replayed), [9]);
+    store.finish_delivery(&replayed[0], &Finish::Done).await.unwrap();
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
+}
+
+async fn attempts_keep_the_newest_and_count_outcomes(store: &SharedStore) {
+    for n in 1..=5 {
+        let attempt = Attempt {
+            message_id: format!("msg_{n}"),
+            event_id: n,
+            attempt: 1,
+            at_ms: now_ms(),
+            outcome: if n == 5 { "delivered" } else { "retry" }.into(),
+            status: Some(500),
+            latency_ms: 3,
+            error: None,
+            response: String::new(),
+        };
+        store.record_attempt("ep_r", &attempt, 3).await.unwrap();
+    }
+    let kept: Vec<u64> = store
+        .attempts("ep_r", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.event_id)
+        .collect();
+    assert_eq!(kept, [5, 4, 3]);
+    assert_eq!(store.attempts("ep_r", 1).await.unwrap().len(), 1);
+    let counters = store.counters("ep_r").await.unwrap();
+    assert_eq!((counters["retry"], counters["delivered"]), (4, 1));
+    assert!(store.put_endpoint(&endpoint("ep_r", 1), None).await.unwrap());
+    assert!(store.delete_endpoint("ep_r").await.unwrap());
+    assert!(store.attempts("ep_r", 10).await.unwrap().is_empty());
+    assert!(store.counters("ep_r").await.unwrap().is_empty());
+}
+
 /// Runs every case against `store`, then checks that a new connection (`reopen`) sees what was written.
 async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> SharedStore) {
     store.ping().await.unwrap();
@@ -437,13 +612,19 @@ async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> S
     events_are_numbered_in_batches_and_read_in_order(&store).await;
     concurrent_batches_keep_their_ids_together(&store).await;
     events_are_trimmed_to_what_is_kept(&store).await;
+    endpoints_change_only_from_the_revision_they_were_read_at(&store).await;
+    deliveries_are_dispatched_once_taken_once_and_finished(&store).await;
+    attempts_keep_the_newest_and_count_outcomes(&store).await;
 
     let key = key("DURABLE");
     write(&store, &key, 42.0).await;
     let head = store.invalidation_head().await.unwrap().unwrap();
     let log = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
     let events = store.read_events(None, WHOLE_LOG).await.unwrap();
+    let endpoints = store.endpoints().await.unwrap();
     let reopened = reopen(store).await;
+    assert_eq!(reopened.endpoints().await.unwrap(), endpoints);
+    assert_eq!(reopened.dispatch_cursor().await.unwrap(), Some(4));
     assert_eq!(reopened.read_events(None, WHOLE_LOG).await.unwrap(), events);
     assert_eq!(reopened.current(&key).await.unwrap().unwrap().forecast.point, 42.0);
     assert_eq!(reopened.read_invalidations(None, WHOLE_LOG).await.unwrap(), log);

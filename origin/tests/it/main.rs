@@ -8,3 +8,4 @@ mod events;
 mod outage;
 mod process;
 mod support;
+mod webhooks;

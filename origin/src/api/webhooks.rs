@@ -1,0 +1,521 @@
+//! Webhook endpoints over HTTP (`/admin/v1/webhooks…`, scope `webhooks:admin`): registration, secret
+//! rotation, stats, attempts, dead letters and replays.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use shared::events::TopicPattern;
+use shared::webhooks::Secret;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::Scope;
+use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
+use super::extract::{ApiPath, ApiQuery, JsonBody, page_limit, parse_value};
+use crate::storage::unix_millis;
+use crate::storage::webhooks::{Attempt, Delivery, StoredEndpoint, StoredSecret};
+use crate::webhooks::{EndpointStats, check_headers};
+
+/// Most topic patterns and types per endpoint.
+const MAX_FILTERS: usize = 64;
+/// Longest description, in bytes.
+const MAX_DESCRIPTION: usize = 1024;
+
+/// `POST /admin/v1/webhooks`: `url` and `topics` are required.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEndpoint {
+    #[schema(example = "https://hooks.example.com/forecasts")]
+    url: String,
+    /// Topic patterns as `GET /v1/stream` takes them (`*` one segment, `**` the rest).
+    #[schema(example = json!(["indicators.**"]))]
+    topics: Vec<String>,
+    /// Only these event types; absent: every type.
+    #[serde(default)]
+    types: Option<Vec<String>>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "enabled")]
+    enabled: bool,
+    /// Most attempts per second (per origin).
+    #[serde(default)]
+    rate_limit: Option<u32>,
+    /// Headers added to every request.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// A field that may be absent (no change), `null` (cleared) or a value.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// `PATCH /admin/v1/webhooks/{id}`: the fields given replace the stored ones (`null` clears `types`
+/// and `rate_limit`). `enabled: true` also clears a disabled endpoint's failure record.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointChange {
+    url: Option<String>,
+    topics: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    types: Option<Option<Vec<String>>>,
+    description: Option<String>,
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    rate_limit: Option<Option<u32>>,
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// An endpoint as the API shows it (never its secrets).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointView {
+    id: String,
+    url: String,
+    topics: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    types: Option<Vec<String>>,
+    description: String,
+    enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disabled_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<u32>,
+    headers: BTreeMap<String, String>,
+    /// RFC 3339.
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failing_since: Option<String>,
+}
+
+fn rfc3339(ms: u64) -> String {
+    let at =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl From<&StoredEndpoint> for EndpointView {
+    fn from(endpoint: &StoredEndpoint) -> Self {
+        Self {
+            id: endpoint.id.clone(),
+            url: endpoint.url.clone(),
+            topics: endpoint.topics.clone(),
+            types: endpoint.types.clone(),
+            description: endpoint.description.clone(),
+            enabled: endpoint.enabled,
+            disabled_reason: endpoint.disabled_reason.clone(),
+            rate_limit: endpoint.rate_limit,
+            headers: endpoint.headers.clone(),
+            created_at: rfc3339(endpoint.created_at_ms),
+            updated_at: rfc3339(endpoint.updated_at_ms),
+            failing_since: endpoint.failing_since_ms.map(rfc3339),
+        }
+    }
+}
+
+/// A new endpoint, with its secret: shown here once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedEndpoint {
+    #[serde(flatten)]
+    endpoint: EndpointView,
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointList {
+    endpoints: Vec<EndpointView>,
+}
+
+fn now_ms() -> u64 {
+    unix_millis(OffsetDateTime::now_utc())
+}
+
+fn new_id() -> ApiResult<String> {
+    let mut bytes = [0u8; 12];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ApiError::unavailable("no system randomness"))?;
+    Ok(format!(
+        "ep_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+/// Checks every field an endpoint may be given, with a message that says what is wrong.
+async fn check_endpoint(state: &AppState, endpoint: &StoredEndpoint) -> ApiResult<()> {
+    let invalid = |message: String| ApiError::unprocessable(message);
+    let url = state
+        .webhooks
+        .policy
+        .parse(&endpoint.url)
+        .map_err(|e| invalid(format!("url: {e}")))?;
+    state
+        .webhooks
+        .policy
+        .check(&url)
+        .await
+        .map_err(|e| invalid(format!("url: {e}")))?;
+    if endpoint.topics.is_empty() || endpoint.topics.len() > MAX_FILTERS {
+        return Err(invalid(format!("topics: give 1 to {MAX_FILTERS} topic patterns")));
+    }
+    for topic in &endpoint.topics {
+        topic
+            .parse::<TopicPattern>()
+            .map_err(|e| invalid(format!("topics: {e}")))?;
+    }
+    if let Some(types) = &endpoint.types {
+        let well_formed =
+            |t: &String| !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if types.is_empty() || types.len() > MAX_FILTERS || !types.iter().all(well_formed) {
+            return Err(invalid(format!(
+                "types: give 1 to {MAX_FILTERS} event type names (letters, digits, _), or leave it out for every type"
+            )));
+        }
+    }
+    if endpoint.description.len() > MAX_DESCRIPTION {
+        return Err(invalid(format!("description: at most {MAX_DESCRIPTION} bytes")));
+    }
+    if endpoint.rate_limit == Some(0) {
+        return Err(invalid(
+            "rate_limit: at least 1 attempt per second (leave it out for no limit)".into(),
+        ));
+    }
+    check_headers(&endpoint.headers).map_err(|e| invalid(format!("headers: {e}")))
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<StoredEndpoint> {
+    state
+        .webhooks
+        .store()
+        .endpoint(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no webhook endpoint {id}")))
+}
+
+/// Stores a change made from `revision`; a concurrent change gets 409.
+async fn store_change(state: &AppState, mut endpoint: StoredEndpoint, revision: u64) -> ApiResult<StoredEndpoint> {
+    endpoint.revision = revision + 1;
+    endpoint.updated_at_ms = now_ms();
+    if state.webhooks.store().put_endpoint(&endpoint, Some(revision)).await? {
+        Ok(endpoint)
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the endpoint changed meanwhile; read it again and retry",
+        ))
+    }
+}
+
+/// Registers an endpoint; its secret is in this answer only.
+#[utoipa::path(post, path = "/admin/v1/webhooks", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    request_body = NewEndpoint,
+    responses((status = 201, body = CreatedEndpoint), (status = 422, description = "A field is invalid, or the target is refused", body = ErrorBody), AdminErrors))]
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<(StatusCode, Json<CreatedEndpoint>)> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let new: NewEndpoint = parse_value(body)?;
+    let secret = Secret::generate();
+    let now = now_ms();
+    let endpoint = StoredEndpoint {
+        id: new_id()?,
+        revision: 1,
+        url: new.url,
+        topics: new.topics,
+        types: new.types,
+        description: new.description,
+        enabled: new.enabled,
+        disabled_reason: None,
+        rate_limit: new.rate_limit,
+        headers: new.headers,
+        secrets: vec![StoredSecret {
+            secret: secret.expose(),
+            expires_at_ms: None,
+        }],
+        created_at_ms: now,
+        updated_at_ms: now,
+        failing_since_ms: None,
+    };
+    check_endpoint(&state, &endpoint).await?;
+    if !state.webhooks.store().put_endpoint(&endpoint, None).await? {
+        return Err(ApiError::unavailable("endpoint id collision; retry"));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedEndpoint {
+            endpoint: EndpointView::from(&endpoint),
+            secret: secret.expose(),
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/admin/v1/webhooks", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    responses((status = 200, body = EndpointList), AdminErrors))]
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<EndpointList>> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let mut endpoints = state.webhooks.store().endpoints().await?;
+    endpoints.sort_by_key(|e| e.created_at_ms);
+    Ok(Json(EndpointList {
+        endpoints: endpoints.iter().map(EndpointView::from).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/admin/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), AdminErrors))]
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<EndpointView>> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    Ok(Json(EndpointView::from(&load(&state, &id).await?)))
+}
+
+#[utoipa::path(patch, path = "/admin/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    request_body = EndpointChange,
+    responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), AdminErrors))]
+pub async fn update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Json<EndpointView>> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let change: EndpointChange = parse_value(body)?;
+    let mut endpoint = load(&state, &id).await?;
+    let revision = endpoint.revision;
+    if let Some(url) = change.url {
+        endpoint.url = url;
+    }
+    if let Some(topics) = change.topics {
+        endpoint.topics = topics;
+    }
+    if let Some(types) = change.types {
+        endpoint.types = types;
+    }
+    if let Some(description) = change.description {
+        endpoint.description = description;
+    }
+    if let Some(rate_limit) = change.rate_limit {
+        endpoint.rate_limit = rate_limit;
+    }
+    if let Some(headers) = change.headers {
+        endpoint.headers = headers;
+    }
+    if let Some(enabled) = change.enabled {
+        if enabled {
+            endpoint.disabled_reason = None;
+            endpoint.failing_since_ms = None;
+        }
+        endpoint.enabled = enabled;
+    }
+    check_endpoint(&state, &endpoint).await?;
+    Ok(Json(EndpointView::from(
+        &store_change(&state, endpoint, revision).await?,
+    )))
+}
+
+#[utoipa::path(delete, path = "/admin/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    responses((status = 204, description = "Deleted with its dead letters and attempts"), (status = 404, body = ErrorBody), AdminErrors))]
+pub async fn delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    if state.webhooks.store().delete_endpoint(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no webhook endpoint {id}")))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedSecret {
+    /// The new secret, shown once.
+    secret: String,
+    /// Until when (RFC 3339) the previous secret also signs messages.
+    previous_expires_at: String,
+}
+
+/// A new secret signs from now on; the previous one also signs until `webhooks.secret_overlap` ends.
+#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/secret:rotate", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    responses((status = 200, body = RotatedSecret), (status = 404, body = ErrorBody), AdminErrors))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<RotatedSecret>> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let mut endpoint = load(&state, &id).await?;
+    let revision = endpoint.revision;
+    let now = now_ms();
+    let expires = now + u64::try_from(state.webhooks.settings.secret_overlap.as_millis()).unwrap_or(u64::MAX / 2);
+    let secret = Secret::generate();
+    let mut secrets = vec![StoredSecret {
+        secret: secret.expose(),
+        expires_at_ms: None,
+    }];
+    // The current one is kept until the overlap ends; older ones keep their own (earlier) expiry.
+    for (index, old) in endpoint.secrets.drain(..).enumerate() {
+        let expires_at_ms = if index == 0 { Some(expires) } else { old.expires_at_ms };
+        if expires_at_ms.is_some_and(|at| at > now) {
+            secrets.push(StoredSecret {
+                secret: old.secret,
+                expires_at_ms,
+            });
+        }
+    }
+    endpoint.secrets = secrets;
+    store_change(&state, endpoint, revision).await?;
+    Ok(Json(RotatedSecret {
+        secret: secret.expose(),
+        previous_expires_at: rfc3339(expires),
+    }))
+}
+
+#[utoipa::path(get, path = "/admin/v1/webhooks/{id}/stats", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    responses((status = 200, body = EndpointStats), (status = 404, body = ErrorBody), AdminErrors))]
+pub async fn stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<EndpointStats>> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let endpoint = load(&state, &id).await?;
+    Ok(Json(state.webhooks.stats(&endpoint).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptList {
+    /// Newest first.
+    attempts: Vec<Attempt>,
+}
+
+/// The newest attempts: when, status, latency, the start of the response, what came of it.
+#[utoipa::path(get, path = "/admin/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    params(("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
+    responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody), AdminErrors))]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<LimitQuery>,
+) -> ApiResult<Json<AttemptList>> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let limit = page_limit(query.limit)?;
+    load(&state, &id).await?;
+    Ok(Json(AttemptList {
+        attempts: state.webhooks.store().attempts(&id, limit.get()).await?,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    /// Oldest event first.
+    #[schema(value_type = Vec<Object>)]
+    dead_letters: Vec<Delivery>,
+}
+
+#[utoipa::path(get, path = "/admin/v1/webhooks/{id}/dead-letters", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    responses((status = 200, body = DeadLetterList), (status = 404, body = ErrorBody), AdminErrors))]
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<DeadLetterList>> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    load(&state, &id).await?;
+    Ok(Json(DeadLetterList {
+        dead_letters: state.webhooks.store().dead_letters(&id).await?,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Queued {
+    /// Messages queued for delivery.
+    queued: usize,
+}
+
+/// Every dead letter of the endpoint, queued again with fresh attempts.
+#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/dead-letters:redrive", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    responses((status = 202, body = Queued), (status = 404, body = ErrorBody), AdminErrors))]
+pub async fn redrive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Queued>)> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    load(&state, &id).await?;
+    let queued = state.webhooks.redrive(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
+}
+
+/// One message (by its event id) sent again, whatever became of it before.
+#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/messages/{event_id}/resend", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    responses((status = 202, body = Queued), (status = 404, description = "No such endpoint, or the event is not in the log", body = ErrorBody), AdminErrors))]
+pub async fn resend(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((id, event_id)): ApiPath<(String, u64)>,
+) -> ApiResult<(StatusCode, Json<Queued>)> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    load(&state, &id).await?;
+    if !state.webhooks.resend(&id, event_id).await? {
+        return Err(ApiError::not_found(format!(
+            "event {event_id} is not in the log (never appended, or trimmed by retention)"
+        )));
+    }
+    Ok((StatusCode::ACCEPTED, Json(Queued { queued: 1 })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    /// RFC 3339 or unix milliseconds: events appended since then that the endpoint's filter takes.
+    #[schema(example = "2026-11-23T14:00:00Z")]
+    since: String,
+}
+
+/// Everything since a time that the endpoint's filter takes, sent again (within the log's retention).
+#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/replay", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+    request_body = Replay,
+    responses((status = 202, body = Queued), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), AdminErrors))]
+pub async fn replay(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<(StatusCode, Json<Queued>)> {
+    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let replay: Replay = parse_value(body)?;
+    let since_ms = super::events::instant_ms(&replay.since)
+        .ok_or_else(|| ApiError::unprocessable("since: give an RFC 3339 time or unix milliseconds"))?;
+    let endpoint = load(&state, &id).await?;
+    let queued = state.webhooks.replay_since(&endpoint, since_ms).await?;
+    Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
+}
