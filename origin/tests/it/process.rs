@@ -121,3 +121,67 @@ fn a_bad_config_is_refused_with_a_clear_error() {
         "the error does not name the key: {stderr}"
     );
 }
+
+/// SIGKILL while deliveries are in flight and retries are queued: after a restart on the same store,
+/// every message reaches the receiver at least once (the same `webhook-id` when twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_survive_a_sigkill_mid_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = crate::webhooks::Receiver::start().await;
+    let env = [
+        ("ORIGIN_AUTH__BOOTSTRAP_TOKEN", "kill-token"),
+        ("ORIGIN_WEBHOOKS__ALLOWED_TARGETS", "127.0.0.1"),
+        ("ORIGIN_WEBHOOKS__ALLOW_HTTP", "true"),
+        ("ORIGIN_WEBHOOKS__RETRY_SCHEDULE", "0s,300ms,300ms,300ms,300ms,300ms"),
+    ];
+    let mut first = start(dir.path(), &env);
+    first.ready().await;
+    let client = reqwest::Client::new();
+    let admin = |path: &str| client.post(format!("{}{path}", first.base)).bearer_auth("kill-token");
+    let created: serde_json::Value = admin("/admin/v1/webhooks")
+        .json(&serde_json::json!({"url": receiver.url, "topics": ["indicators.**"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(created["id"].is_string(), "{created}");
+    // The first answers fail, so retries are queued when the origin dies.
+    for _ in 0..30 {
+        receiver.answer(503, Vec::new());
+    }
+    let events: Vec<serde_json::Value> = (0..50)
+        .map(|n| {
+            serde_json::json!({
+                "topic": "indicators.AAPL.rsi14", "type": "TechnicalIndicatorComputed", "instrument": "AAPL",
+                "payload": {"indicator": "rsi", "period": 14, "value": n, "computed_at": "2026-11-23T14:00:00Z"},
+            })
+        })
+        .collect();
+    let published: serde_json::Value = admin("/admin/v1/events:batch")
+        .json(&serde_json::json!({ "events": events }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = published["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("msg_{}", r["id"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), 50);
+    receiver.wait_for(20).await;
+    first.process.kill().unwrap();
+
+    let second = start(dir.path(), &env);
+    second.ready().await;
+    let arrivals = receiver.wait_delivered(&ids, Duration::from_secs(30)).await;
+    assert!(
+        arrivals.keys().all(|id| ids.contains(id)),
+        "an unknown message arrived: {arrivals:?}"
+    );
+}

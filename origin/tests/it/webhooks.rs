@@ -1,7 +1,7 @@
 //! Webhooks end to end: a real receiver on a free port verifies every signature with its own HMAC code,
 //! and answers what each test tells it to.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
-struct Received {
-    id: String,
+pub(crate) struct Received {
+    pub(crate) id: String,
+    pub(crate) status: u16,
     timestamp: String,
     signatures: Vec<String>,
     body: Bytes,
@@ -38,8 +39,8 @@ struct Inbox {
     script: Mutex<Script>,
 }
 
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     inbox: Arc<Inbox>,
 }
 
@@ -50,14 +51,15 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default()
     };
+    let (status, extra) = inbox.script.lock().unwrap().pop_front().unwrap_or((200, Vec::new()));
     inbox.received.lock().unwrap().push(Received {
         id: header("webhook-id"),
+        status,
         timestamp: header("webhook-timestamp"),
         signatures: header("webhook-signature").split(' ').map(str::to_owned).collect(),
         body,
         at: Instant::now(),
     });
-    let (status, extra) = inbox.script.lock().unwrap().pop_front().unwrap_or((200, Vec::new()));
     let mut response = (StatusCode::from_u16(status).unwrap(), "receiver says hello").into_response();
     for (name, value) in extra {
         response.headers_mut().insert(name, value.parse().unwrap());
@@ -66,7 +68,7 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
 }
 
 impl Receiver {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let inbox = Arc::new(Inbox::default());
         let app = Router::new()
             .route("/hook", axum::routing::post(receive))
@@ -77,12 +79,12 @@ impl Receiver {
         Self { url, inbox }
     }
 
-    fn answer(&self, status: u16, headers: Vec<(&'static str, String)>) {
+    pub(crate) fn answer(&self, status: u16, headers: Vec<(&'static str, String)>) {
         self.inbox.script.lock().unwrap().push_back((status, headers));
     }
 
     /// Waits until `count` requests arrived; answers them all.
-    async fn wait_for(&self, count: usize) -> Vec<Received> {
+    pub(crate) async fn wait_for(&self, count: usize) -> Vec<Received> {
         let deadline = Instant::now() + WAIT;
         loop {
             let received = self.inbox.received.lock().unwrap().clone();
@@ -97,6 +99,29 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+
+    /// Waits until every one of `ids` was answered with a 2xx; answers how often each arrived.
+    pub(crate) async fn wait_delivered(&self, ids: &[String], within: Duration) -> HashMap<String, usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            let received = self.inbox.received.lock().unwrap().clone();
+            let delivered: HashSet<&str> = received
+                .iter()
+                .filter(|r| (200..300).contains(&r.status))
+                .map(|r| r.id.as_str())
+                .collect();
+            let missing: Vec<&String> = ids.iter().filter(|id| !delivered.contains(id.as_str())).collect();
+            if missing.is_empty() {
+                let mut arrivals = HashMap::new();
+                for r in &received {
+                    *arrivals.entry(r.id.clone()).or_insert(0) += 1;
+                }
+                return arrivals;
+            }
+            assert!(Instant::now() < deadline, "never delivered: {missing:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// The receiver's own check of a Standard Webhooks signature, written from the specification.
@@ -107,6 +132,38 @@ fn signed_by(secret: &str, received: &Received) -> bool {
     content.extend_from_slice(&received.body);
     let expected = format!("v1,{}", STANDARD.encode(ring::hmac::sign(&key, &content).as_ref()));
     received.signatures.contains(&expected)
+}
+
+/// Verifies `messages` under every one of `secrets` with the Standard Webhooks reference library
+/// (`standardwebhooks` from PyPI, which `.ci/run` installs).
+fn verify_with_reference_library(secrets: &[&str], messages: &[Received]) {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/standard_webhooks_verify.py");
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            json!({
+                "headers": {"webhook-id": m.id, "webhook-timestamp": m.timestamp, "webhook-signature": m.signatures.join(" ")},
+                "body": String::from_utf8(m.body.to_vec()).unwrap(),
+            })
+        })
+        .collect();
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the reference verifier");
+    let input = json!({"secrets": secrets, "messages": messages}).to_string();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the reference library refused: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn config(dir: &std::path::Path) -> origin::config::OriginConfig {
@@ -191,6 +248,7 @@ async fn matching_events_arrive_signed_with_a_stable_id() {
     let message = &received[0];
     assert_eq!(message.id, format!("msg_{event_id}"));
     assert!(signed_by(&secret, message), "signature {:?}", message.signatures);
+    verify_with_reference_library(&[&secret], &received);
     let envelope: Value = serde_json::from_slice(&message.body).unwrap();
     assert_eq!(envelope["id"], event_id);
     assert_eq!(envelope["topic"], "indicators.AAPL.rsi14");
@@ -333,6 +391,7 @@ async fn a_rotated_secret_signs_beside_the_new_one() {
     let received = receiver.wait_for(1).await;
     assert_eq!(received[0].signatures.len(), 2);
     assert!(signed_by(&old, &received[0]) && signed_by(new, &received[0]));
+    verify_with_reference_library(&[&old, new], &received);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,4 +529,32 @@ async fn endpoints_are_listed_changed_replayed_and_deleted() {
     admin_json(&origin, Method::DELETE, &path, None, 204).await;
     let gone = origin.admin(Method::GET, &path).send().await.unwrap();
     expect_error(gone, 404, "not_found").await;
+}
+
+/// Two origins on one Redis share the queue: every event is delivered, once each when nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_origins_share_the_queue_without_sending_twice() {
+    let redis = loadtest::launch::RedisServer::start().unwrap();
+    let start = || async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.storage.redis_url = Some(redis.url());
+        (TestOrigin::start(config).await, dir)
+    };
+    let ((first, _first_dir), (second, _second_dir)) = (start().await, start().await);
+    let receiver = Receiver::start().await;
+    register(&first, json!({"url": receiver.url, "topics": ["indicators.**"]})).await;
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let origin = if n % 2 == 0 { &first } else { &second };
+        ids.push(format!(
+            "msg_{}",
+            publish(origin, "indicators.AAPL.rsi14", f64::from(n)).await
+        ));
+    }
+    let arrivals = receiver.wait_delivered(&ids, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let twice: Vec<_> = arrivals.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    assert_eq!(receiver.wait_for(60).await.len(), 60);
 }
