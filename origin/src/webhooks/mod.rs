@@ -14,6 +14,7 @@ pub mod target;
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,8 +47,32 @@ pub fn message_id(event_id: u64) -> String {
     format!("msg_{event_id}")
 }
 
-fn now_ms() -> u64 {
-    unix_millis(OffsetDateTime::now_utc())
+/// The time deliveries are scheduled by: when a retry is due, when an attempt was made, since when an
+/// endpoint has been failing. It is the wall clock plus an offset that only grows; in service the
+/// offset stays zero, and tests move it forward to walk a schedule of hours in moments (tokio's paused
+/// time cannot: the HTTP client's timeouts would fire while a real receiver answers). Deliveries that
+/// the store queues as due at the wall clock's now are due by this clock too.
+#[derive(Debug, Default)]
+pub struct Clock {
+    ahead_ms: AtomicU64,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        unix_millis(OffsetDateTime::now_utc()) + self.ahead_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves this clock `by` ahead of the wall clock's pace.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX / 2);
+        self.ahead_ms.fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// `delay` from now, in milliseconds since the epoch.
+    fn after(&self, delay: Duration) -> u64 {
+        self.now_ms()
+            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 /// What became of one attempt.
@@ -161,6 +186,7 @@ pub struct Webhooks {
     bodies: Mutex<(HashMap<u64, Bytes>, std::collections::VecDeque<u64>)>,
     /// Woken when deliveries may have become due (a dispatch, a replay).
     queued: Notify,
+    clock: Clock,
     metrics: Metrics,
 }
 
@@ -223,12 +249,17 @@ impl Webhooks {
             gates: Mutex::default(),
             bodies: Mutex::default(),
             queued: Notify::new(),
+            clock: Clock::default(),
             metrics,
         }))
     }
 
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Runs the dispatcher and the deliverer until the origin is dropped.
@@ -239,13 +270,13 @@ impl Webhooks {
 
     /// Queues `deliveries` due now, outside the dispatcher (replays, redrives).
     pub async fn enqueue(&self, deliveries: &[Delivery]) -> Result<()> {
-        self.store.enqueue(deliveries, now_ms()).await?;
+        self.store.enqueue(deliveries, self.clock.now_ms()).await?;
         self.queued.notify_one();
         Ok(())
     }
 
     pub async fn redrive(&self, endpoint: &str) -> Result<usize> {
-        let count = self.store.redrive(endpoint, now_ms()).await?;
+        let count = self.store.redrive(endpoint, self.clock.now_ms()).await?;
         self.queued.notify_one();
         Ok(count)
     }
@@ -452,10 +483,9 @@ impl Webhooks {
                 .await;
         }
         if let Err(wait) = self.admit(&endpoint) {
-            let due_ms = now_ms() + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
             let finish = Finish::Later {
                 delivery: delivery.clone(),
-                due_ms,
+                due_ms: self.clock.after(wait.max(Duration::from_millis(1))),
             };
             return self.store.finish_delivery(&taken, &finish).await;
         }
@@ -475,7 +505,8 @@ impl Webhooks {
         self.metrics.webhook_attempts.with_label_values(&[outcome_name]).inc();
         match &finish {
             Finish::Done => {
-                let latency = now_ms().saturating_sub(delivery.appended_at_ms);
+                // Appended by the wall clock, so measured by it.
+                let latency = unix_millis(OffsetDateTime::now_utc()).saturating_sub(delivery.appended_at_ms);
                 self.metrics.webhook_latency.observe(latency as f64 / 1000.0);
             }
             Finish::Dead(_) => self.metrics.webhook_dead_letters.inc(),
@@ -511,7 +542,7 @@ impl Webhooks {
                 match delay {
                     Some(delay) => Finish::Later {
                         delivery: next,
-                        due_ms: now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        due_ms: self.clock.after(delay),
                     },
                     None => Finish::Dead(next),
                 }
@@ -526,7 +557,7 @@ impl Webhooks {
             message_id: message_id(delivery.event_id),
             event_id: delivery.event_id,
             attempt: delivery.attempts + 1,
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
             outcome: String::new(),
             status: None,
             latency_ms: 0,
@@ -548,8 +579,10 @@ impl Webhooks {
             attempt.error = Some(error.to_string());
             return Ok((attempt, Verdict::Final));
         }
-        let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-        let secrets = signing_secrets(endpoint, attempt.at_ms);
+        // Receivers compare the signed timestamp with their wall clock; secrets expire by it too.
+        let now = OffsetDateTime::now_utc();
+        let secrets = signing_secrets(endpoint, unix_millis(now));
+        let timestamp = now.unix_timestamp();
         let signature = signature_header(&secrets, &attempt.message_id, timestamp, &body);
         let mut request = self.client.post(url).header("content-type", "application/json");
         for (name, value) in &endpoint.headers {
@@ -590,7 +623,7 @@ impl Webhooks {
     async fn update_health(&self, mut endpoint: StoredEndpoint, delivered: bool) -> Result<()> {
         let id = endpoint.id.clone();
         for _ in 0..3 {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let revision = endpoint.revision;
             match (delivered, endpoint.failing_since_ms) {
                 (true, None) => return Ok(()),
@@ -694,7 +727,7 @@ async fn deliver_loop(webhooks: Weak<Webhooks>) {
             Ok(Vec::new())
         } else {
             hub.store
-                .take_deliveries(&hub.consumer, free, now_ms(), hub.settings.reclaim_after)
+                .take_deliveries(&hub.consumer, free, hub.clock.now_ms(), hub.settings.reclaim_after)
                 .await
         };
         let taken = taken.unwrap_or_else(|error| {

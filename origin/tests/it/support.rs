@@ -21,6 +21,7 @@ pub fn config(dir: &Path) -> OriginConfig {
 pub struct TestOrigin {
     pub base: String,
     pub client: reqwest::Client,
+    pub state: origin::api::AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: Option<TempDir>,
@@ -46,6 +47,7 @@ impl TestOrigin {
         Self {
             base: format!("http://{}", running.addr),
             client: reqwest::Client::new(),
+            state: running.state,
             stop: Some(stop),
             task: Some(running.task),
             _dir: None,

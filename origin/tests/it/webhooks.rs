@@ -2,6 +2,7 @@
 //! and answers what each test tells it to.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,10 @@ type Script = VecDeque<(u16, Vec<(&'static str, String)>)>;
 struct Inbox {
     received: Mutex<Vec<Received>>,
     script: Mutex<Script>,
+    /// How long each answer takes.
+    slowness: Mutex<Duration>,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
 pub(crate) struct Receiver {
@@ -51,6 +56,11 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default()
     };
+    let in_flight = inbox.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    inbox.most_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+    let slowness = *inbox.slowness.lock().unwrap();
+    tokio::time::sleep(slowness).await;
+    inbox.in_flight.fetch_sub(1, Ordering::SeqCst);
     let (status, extra) = inbox.script.lock().unwrap().pop_front().unwrap_or((200, Vec::new()));
     inbox.received.lock().unwrap().push(Received {
         id: header("webhook-id"),
@@ -77,6 +87,11 @@ impl Receiver {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { url, inbox }
+    }
+
+    /// Answers every request after `slowness`.
+    fn answer_slowly(&self, slowness: Duration) {
+        *self.inbox.slowness.lock().unwrap() = slowness;
     }
 
     pub(crate) fn answer(&self, status: u16, headers: Vec<(&'static str, String)>) {
@@ -341,6 +356,165 @@ async fn failures_are_retried_by_the_schedule_then_dead_lettered_and_redriven() 
         assert!(Instant::now() < deadline, "still failing: {stats}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The default schedule walked on the origin's delivery clock: no attempt before its delay (less a
+/// fifth, the jitter), each one after it; after the last, a dead letter. An endpoint failing for
+/// `disable_after` (5 days by default) is disabled, and what was queued for it becomes dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_default_schedule_until_a_failing_endpoint_is_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    let defaults = origin::config::OriginConfig::default().webhooks;
+    config.webhooks.retry_schedule = defaults.retry_schedule.clone();
+    let schedule = defaults.retry_schedule;
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    assert_eq!(
+        schedule,
+        [
+            Duration::ZERO,
+            Duration::from_secs(5),
+            minutes(5),
+            minutes(30),
+            minutes(120),
+            minutes(300),
+            minutes(600),
+            minutes(600)
+        ]
+    );
+    let origin = TestOrigin::start(config).await;
+    let clock = origin.state.webhooks.clock();
+    let receiver = Receiver::start().await;
+    let (id, _) = register(&origin, json!({"url": receiver.url, "topics": ["indicators.**"]})).await;
+    for _ in 0..schedule.len() + 1 {
+        receiver.answer(503, Vec::new());
+    }
+    let first = publish(&origin, "indicators.AAPL.rsi14", 1.0).await;
+    receiver.wait_for(1).await;
+    for (made, delay) in schedule.iter().enumerate().skip(1) {
+        // Recorded once its retry is scheduled, so the clock moves only after that.
+        attempts_until(&origin, &id, |a| a.len() == made).await;
+        clock.advance(delay.mul_f64(0.75));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            receiver.wait_for(made).await.len(),
+            made,
+            "attempt {} came before its delay of {delay:?}",
+            made + 1
+        );
+        clock.advance(delay.mul_f64(0.5));
+        receiver.wait_for(made + 1).await;
+    }
+    let dead_path = format!("/admin/v1/webhooks/{id}/dead-letters");
+    let dead = wait_for_dead(&origin, &dead_path, 1).await;
+    assert_eq!(dead[0]["event_id"], first);
+    assert_eq!(dead[0]["attempts"], schedule.len());
+    let attempts = attempts_until(&origin, &id, |a| a.len() == schedule.len()).await;
+    let times: Vec<u64> = attempts.iter().rev().map(|a| a["at_ms"].as_u64().unwrap()).collect();
+    for (gap, delay) in times.windows(2).map(|w| w[1] - w[0]).zip(&schedule[1..]) {
+        let delay = u64::try_from(delay.as_millis()).unwrap();
+        assert!(
+            gap >= delay * 4 / 5 && gap <= delay * 5 / 4 + 5_000,
+            "{gap} ms for {delay} ms"
+        );
+    }
+    let stats_path = format!("/admin/v1/webhooks/{id}/stats");
+    let stats = admin_json(&origin, Method::GET, &stats_path, None, 200).await;
+    assert_eq!(stats["enabled"], true, "failing for a day is not enough: {stats}");
+    assert_eq!(stats["attempts"]["retry"], schedule.len() - 1, "{stats}");
+    assert_eq!(stats["attempts"]["dead"], 1, "{stats}");
+
+    // Five days after the first failure, the next failure disables the endpoint.
+    clock.advance(Duration::from_secs(5 * 24 * 3600));
+    let second = publish(&origin, "indicators.AAPL.rsi14", 2.0).await;
+    receiver.wait_for(schedule.len() + 1).await;
+    let deadline = Instant::now() + WAIT;
+    let stats = loop {
+        let stats = admin_json(&origin, Method::GET, &stats_path, None, 200).await;
+        if stats["enabled"] == false {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "never disabled: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reason = stats["disabled_reason"].as_str().unwrap();
+    assert!(reason.contains("disable_after"), "{reason}");
+    // The retry queued for it finds the endpoint disabled: a dead letter, not an attempt.
+    clock.advance(Duration::from_secs(10));
+    let dead = wait_for_dead(&origin, &dead_path, 2).await;
+    assert_eq!(dead[1]["event_id"], second);
+    // Nothing is queued for a disabled endpoint.
+    publish(&origin, "indicators.AAPL.rsi14", 3.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.wait_for(0).await.len(), schedule.len() + 1);
+    let metrics = origin.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("origin_webhook_endpoints_disabled_total 1"),
+        "{metrics}"
+    );
+
+    // Enabled again and redriven: both dead letters are delivered.
+    let enabled = admin_json(
+        &origin,
+        Method::PATCH,
+        &format!("/admin/v1/webhooks/{id}"),
+        Some(json!({"enabled": true})),
+        200,
+    )
+    .await;
+    assert!(enabled.get("disabled_reason").is_none(), "{enabled}");
+    let redriven = admin_json(&origin, Method::POST, &format!("{dead_path}:redrive"), None, 202).await;
+    assert_eq!(redriven["queued"], 2);
+    receiver
+        .wait_delivered(&[format!("msg_{first}"), format!("msg_{second}")], WAIT)
+        .await;
+}
+
+/// A receiver that takes seconds per answer holds at most `endpoint_concurrency` attempts and delays
+/// no other endpoint; a rate-limited endpoint gets its messages spread out at its rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_delays_no_other_and_limits_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.webhooks.endpoint_concurrency = std::num::NonZeroUsize::new(2).unwrap();
+    let origin = TestOrigin::start(config).await;
+    let (slow, fast, limited) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    slow.answer_slowly(Duration::from_secs(2));
+    register(&origin, json!({"url": slow.url, "topics": ["indicators.**"]})).await;
+    register(&origin, json!({"url": fast.url, "topics": ["indicators.**"]})).await;
+    register(
+        &origin,
+        json!({"url": limited.url, "topics": ["indicators.**"], "rate_limit": 2}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for value in 0..6 {
+        ids.push(format!(
+            "msg_{}",
+            publish(&origin, "indicators.AAPL.rsi14", f64::from(value)).await
+        ));
+    }
+    fast.wait_delivered(&ids, WAIT).await;
+    assert!(
+        slow.wait_for(0).await.len() <= 2,
+        "the slow receiver answered {} while the fast one got all six",
+        slow.wait_for(0).await.len()
+    );
+    let arrivals = limited.wait_delivered(&ids, WAIT).await;
+    assert!(arrivals.values().all(|&n| n == 1), "{arrivals:?}");
+    let received = limited.wait_for(6).await;
+    let spread = received[5].at.duration_since(received[0].at);
+    // Two at once (a full bucket), then one every half second.
+    assert!(
+        spread >= Duration::from_millis(1500),
+        "6 messages at 2/s arrived within {spread:?}"
+    );
+    slow.wait_delivered(&ids, WAIT).await;
+    assert_eq!(slow.inbox.most_in_flight.load(Ordering::SeqCst), 2);
 }
 
 async fn wait_for_dead(origin: &TestOrigin, path: &str, count: usize) -> Vec<Value> {
