@@ -12,6 +12,7 @@ use crate::launch::Pinning;
 use crate::local;
 use crate::origin::{self, Backend};
 use crate::sse;
+use crate::webhooks;
 
 /// Settings of `loadtest origin --quick`, a smoke run for tests.
 const QUICK_INSTRUMENTS: u64 = 200;
@@ -29,6 +30,12 @@ const QUICK_INVALIDATION_RATE: u32 = 100;
 const QUICK_SSE: sse::Scenario = sse::Scenario {
     subscribers: 50,
     rate: 20,
+};
+/// The scenario of `loadtest webhooks --quick`.
+const QUICK_WEBHOOKS: webhooks::Scenario = webhooks::Scenario {
+    endpoints: 10,
+    rate: 20,
+    failing_percent: 30,
 };
 const QUICK_HIT_RATIO_DURATION: Duration = Duration::from_secs(6);
 
@@ -212,24 +219,103 @@ impl SseArgs {
     }
 }
 
-/// `1000x100`: subscribers and events per second.
-fn parse_scenario(text: &str) -> Result<sse::Scenario> {
-    let (subscribers, rate) = text
+/// `COUNTxRATE` in `text` (`load`, a part of it): a count of `what` and events per second.
+fn count_and_rate(text: &str, load: &str, what: &str) -> Result<(usize, u32)> {
+    let (count, rate) = load
         .split_once('x')
-        .with_context(|| format!("scenario {text:?} is not SUBSCRIBERSxRATE, such as 1000x100"))?;
-    let subscribers: usize = subscribers
-        .trim()
-        .parse()
-        .with_context(|| format!("subscribers of {text:?}"))?;
-    let rate: u32 = rate
+        .with_context(|| format!("scenario {text:?} is not {}xRATE", what.to_uppercase()))?;
+    let count = count.trim().parse().with_context(|| format!("{what} of {text:?}"))?;
+    let rate = rate
         .trim()
         .parse()
         .with_context(|| format!("events per second of {text:?}"))?;
+    Ok((count, rate))
+}
+
+/// `1000x100`: subscribers and events per second.
+fn parse_scenario(text: &str) -> Result<sse::Scenario> {
+    let (subscribers, rate) = count_and_rate(text, text, "subscribers")?;
     ensure!(
         (1..=15_000).contains(&subscribers) && (1..=100_000).contains(&rate),
         "scenario {text:?}: 1 to 15000 subscribers, 1 to 100000 events per second"
     );
     Ok(sse::Scenario { subscribers, rate })
+}
+
+/// Arguments of `loadtest webhooks`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhooksArgs {
+    /// The origin executable [default: `origin` next to this executable]
+    #[arg(long)]
+    pub origin_bin: Option<PathBuf>,
+    /// Storage backends of the origin
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded,redis")]
+    pub backends: Vec<Backend>,
+    /// Scenarios, comma-separated, each ENDPOINTSxEVENTS_PER_SECOND, optionally @PERCENT of the
+    /// receiver's answers failing (503)
+    #[arg(long, value_delimiter = ',', value_parser = parse_webhook_scenario,
+        default_value = "1x2000,10x200,100x20,10x100@30")]
+    pub scenarios: Vec<webhooks::Scenario>,
+    /// How long each scenario is counted (after a 2 s warm-up)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// The origin's retry schedule (`webhooks.retry_schedule`): short, so that retries end within
+    /// the run; twelve attempts leave a message refused by all of them at 30% failing answers a
+    /// chance of 0.3¹² ≈ 5·10⁻⁷
+    #[arg(long, default_value = "0s,50ms,100ms,200ms,400ms,800ms,1s,1s,1s,1s,1s,1s")]
+    pub retry_schedule: String,
+    /// Longest wait for the last messages after publishing stops
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub drain_limit: Duration,
+    /// Where to write all figures as JSON [default: `loadtest/webhooks.json` in the target directory]
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// A fast smoke run on the embedded store: 10 endpoints × 20 events/s with 30% of answers failing, for 1 s
+    #[arg(long, conflicts_with_all = ["scenarios", "duration", "backends"])]
+    pub quick: bool,
+}
+
+impl WebhooksArgs {
+    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> webhooks::Settings {
+        let (backends, scenarios, duration) = if self.quick {
+            (vec![Backend::Embedded], vec![QUICK_WEBHOOKS], Duration::from_secs(1))
+        } else {
+            (distinct(&self.backends), self.scenarios.clone(), self.duration)
+        };
+        webhooks::Settings {
+            origin_bin: self.origin_bin.clone().unwrap_or_else(|| exe_dir.join("origin")),
+            backends,
+            scenarios,
+            duration,
+            drain_limit: self.drain_limit,
+            retry_schedule: self.retry_schedule.clone(),
+            pinning,
+        }
+    }
+
+    pub fn json_path(&self, exe_dir: &Path) -> PathBuf {
+        json_path(self.json.as_deref(), exe_dir, "webhooks")
+    }
+}
+
+/// `10x100` or `10x100@30`: endpoints, events per second, and the percentage of failing answers.
+fn parse_webhook_scenario(text: &str) -> Result<webhooks::Scenario> {
+    let (load, failing) = text.split_once('@').unwrap_or((text, "0"));
+    let (endpoints, rate) = count_and_rate(text, load, "endpoints")?;
+    let failing_percent: u8 = failing
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .with_context(|| format!("failing percentage of {text:?}"))?;
+    ensure!(
+        (1..=1000).contains(&endpoints) && (1..=100_000).contains(&rate) && failing_percent < 100,
+        "scenario {text:?}: 1 to 1000 endpoints, 1 to 100000 events per second, below 100% failing"
+    );
+    Ok(webhooks::Scenario {
+        endpoints,
+        rate,
+        failing_percent,
+    })
 }
 
 /// Arguments of `loadtest invalidation`.
@@ -635,5 +721,20 @@ mod tests {
         assert!(EdgeCli::try_parse_from(["loadtest", "--quick", "--entries-large", "5"]).is_err());
         assert!(EdgeCli::try_parse_from(["loadtest", "--caches", "squid"]).is_err());
         assert!(EdgeCli::try_parse_from(["loadtest", "--entries-large", "1"]).is_err());
+    }
+
+    #[test]
+    fn webhook_scenarios_name_endpoints_rate_and_failing_answers() {
+        let scenario = |endpoints, rate, failing_percent| webhooks::Scenario {
+            endpoints,
+            rate,
+            failing_percent,
+        };
+        assert_eq!(parse_webhook_scenario("10x100").unwrap(), scenario(10, 100, 0));
+        assert_eq!(parse_webhook_scenario("10x100@30").unwrap(), scenario(10, 100, 30));
+        assert_eq!(parse_webhook_scenario(" 1 x 5 @ 5% ").unwrap(), scenario(1, 5, 5));
+        for text in ["10", "0x10", "10x0", "10x100@100", "10x100@", "x@30", "10x100@-1"] {
+            assert!(parse_webhook_scenario(text).is_err(), "{text:?} was accepted");
+        }
     }
 }

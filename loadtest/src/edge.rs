@@ -287,7 +287,7 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
 
     eprintln!("origin: starting");
     let load_cpu = Pinning::load_cpu(settings.pinning);
-    let mut origin = OriginServer::start(&settings.origin_bin, Backend::Embedded, true, &token, load_cpu).await?;
+    let mut origin = OriginServer::start(&settings.origin_bin, Backend::Embedded, true, &token, load_cpu, &[]).await?;
     origin
         .write(&forecast_keys.into(), &token, &body, "origin writes")
         .await

@@ -10,6 +10,8 @@
 //!   it compares the edge with (nginx, Varnish).
 //! * [`invalidation`] is the `loadtest invalidation` measurement: how long a write takes to be
 //!   applied by every edge over the control plane.
+//! * [`webhooks`] is the `loadtest webhooks` measurement: signed deliveries to a receiver in this
+//!   process, with a share of its answers failing.
 //! * [`measure`] holds what the measurements share, [`median`] sums up their rounds, and
 //!   [`report`] prints the tables and writes the JSON files.
 //! * [`local`] is `loadtest up`: the origin and an edge on this machine, to try them out;
@@ -33,3 +35,4 @@ pub mod peers;
 pub mod relay;
 pub mod report;
 pub mod sse;
+pub mod webhooks;

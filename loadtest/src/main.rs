@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use loadtest::cli::{EdgeHitsArgs, InvalidationArgs, OriginArgs, SseArgs, UpArgs};
+use loadtest::cli::{EdgeHitsArgs, InvalidationArgs, OriginArgs, SseArgs, UpArgs, WebhooksArgs};
 use loadtest::launch::Pinning;
 use loadtest::local::{self, Token};
-use loadtest::{edge, invalidation, origin, report, sse};
+use loadtest::{edge, invalidation, origin, report, sse, webhooks};
 
 #[derive(Debug, Parser)]
 #[command(about = "Starts a local topology on loopback and measures it")]
@@ -32,6 +32,9 @@ enum Command {
     /// Event fan-out over SSE: publish-to-receive latency and deliveries per second, the origin
     /// beside nginx + nchan
     Sse(SseArgs),
+    /// Signed webhook deliveries to a receiver in this process: deliveries per second with 1, 10 and
+    /// 100 endpoints, publish-to-delivery latency, and eventual delivery with failing answers
+    Webhooks(WebhooksArgs),
     /// Runs the origin (embedded store) and an edge in front of it until Ctrl-C, and prints their
     /// addresses, the admin token and commands to try; under `cargo run`, builds them first
     Up(UpArgs),
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
         Command::EdgeHits(args) => edge_hits_command(&args),
         Command::Invalidation(args) => invalidation_command(&args),
         Command::Sse(args) => sse_command(&args),
+        Command::Webhooks(args) => webhooks_command(&args),
         Command::Up(args) => up_command(&args),
     }
 }
@@ -108,6 +112,19 @@ fn sse_command(args: &SseArgs) -> Result<()> {
         async move { sse::run(&settings, nproc).await }
     })?;
     report::print_sse_table(&report);
+    report::write_json(&report, &json_path)?;
+    eprintln!("figures written to {}", json_path.display());
+    Ok(())
+}
+
+fn webhooks_command(args: &WebhooksArgs) -> Result<()> {
+    let exe_dir = exe_dir()?;
+    let json_path = args.json_path(&exe_dir);
+    let report = run_pinned(|nproc, pinning| {
+        let settings = args.settings(&exe_dir, pinning);
+        async move { webhooks::run(&settings, nproc).await }
+    })?;
+    report::print_webhooks_table(&report);
     report::write_json(&report, &json_path)?;
     eprintln!("figures written to {}", json_path.display());
     Ok(())

@@ -170,9 +170,16 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
         for l1_cache in [true, false] {
             let scenario = scenario_name(backend, l1_cache);
             eprintln!("{scenario}: starting");
-            let server = OriginServer::start(&settings.origin_bin, backend, l1_cache, &token, settings.server_cpu())
-                .await
-                .with_context(|| format!("start {scenario}"))?;
+            let server = OriginServer::start(
+                &settings.origin_bin,
+                backend,
+                l1_cache,
+                &token,
+                settings.server_cpu(),
+                &[],
+            )
+            .await
+            .with_context(|| format!("start {scenario}"))?;
             let seed = server
                 .write(&keys, &token, &body, &format!("{scenario} writes"))
                 .await
@@ -333,8 +340,15 @@ pub struct OriginServer {
 
 impl OriginServer {
     /// Starts the origin `bin` (and its `redis-server`), both on `cpu` when given, and waits until
-    /// it is ready. `token` becomes its admin token.
-    pub async fn start(bin: &Path, backend: Backend, l1_cache: bool, token: &str, cpu: Option<usize>) -> Result<Self> {
+    /// it is ready. `token` becomes its admin token; `env` adds settings.
+    pub async fn start(
+        bin: &Path,
+        backend: Backend,
+        l1_cache: bool,
+        token: &str,
+        cpu: Option<usize>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         ensure!(
             bin.is_file(),
             "origin executable {} not found: build it with `cargo build --release -p origin` or pass --origin-bin",
@@ -363,7 +377,8 @@ impl OriginServer {
         );
         command
             .env("ORIGIN_CACHE__ENABLED", l1_cache.to_string())
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied());
         let name = format!("origin-{backend}-l1-{}", if l1_cache { "on" } else { "off" });
         let mut process = ChildProcess::spawn(&name, command)?;
         launch::wait_ready(&mut process, &format!("http://{address}/readyz"), READY_TIMEOUT).await?;

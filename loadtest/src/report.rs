@@ -9,9 +9,11 @@ use serde::Serialize;
 
 use crate::edge::{self, CacheKind, Status};
 use crate::invalidation::{self, Summary};
+use crate::measure::Machine;
 use crate::median::Median;
 use crate::origin::{self, Backend};
 use crate::sse;
+use crate::webhooks;
 
 /// `12%`, or `-` without a spread (one round).
 fn spread(median: &Median) -> String {
@@ -378,13 +380,76 @@ pub fn print_sse_table(report: &sse::Report) {
     for skipped in &report.skipped {
         println!("skipped: {skipped}");
     }
-    match report.machine.pinning {
+    print_cpus(&report.machine, "server", "subscribers and publisher");
+}
+
+/// Which CPU the server (`server`) and this process (`load`) ran on.
+fn print_cpus(machine: &Machine, server: &str, load: &str) {
+    match machine.pinning {
         Some(pinning) => println!(
-            "{} CPUs: server on CPU {}, subscribers and publisher (this process, one thread) on CPU {}",
-            report.machine.nproc, pinning.server_cpu, pinning.load_cpu
+            "{} CPUs: {server} on CPU {}, {load} (this process, one thread) on CPU {}",
+            machine.nproc, pinning.server_cpu, pinning.load_cpu
         ),
-        None => println!("{} CPUs, no pinning", report.machine.nproc),
+        None => println!("{} CPUs, no pinning", machine.nproc),
     }
+}
+
+/// Prints the `loadtest webhooks` table.
+pub fn print_webhooks_table(report: &webhooks::Report) {
+    println!();
+    println!(
+        "{:<10}{:>10}{:>10}{:>7}{:>14}{:>9}{:>9}{:>10}{:>11}{:>9}{:>9}{:>6}{:>10}",
+        "backend",
+        "endpoints",
+        "events/s",
+        "fail",
+        "deliveries/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "delivered",
+        "refused",
+        "repeats",
+        "dead",
+        "drained s"
+    );
+    for m in &report.measurements {
+        println!(
+            "{:<10}{:>10}{:>10}{:>6}%{:>14.0}{:>9.1}{:>9.1}{:>10.1}{:>11}{:>9}{:>9}{:>6}{:>10.1}",
+            m.backend.to_string(),
+            m.scenario.endpoints,
+            m.scenario.rate,
+            m.scenario.failing_percent,
+            m.deliveries_per_s,
+            m.p50_ms,
+            m.p99_ms,
+            m.max_ms,
+            percent(m.delivered_ratio),
+            m.refused,
+            m.duplicates,
+            m.dead_letters,
+            m.drained_s
+        );
+    }
+    println!();
+    println!(
+        "each scenario: endpoints registered, then events published at the rate for a 2 s warm-up and {} s counted;",
+        report.duration_s
+    );
+    println!(
+        "every event goes to every endpoint; latency: publication (loadtest's clock) → the first accepted request;"
+    );
+    println!(
+        "delivered: messages accepted at least once, of every event × endpoint; refused: requests answered 503 on"
+    );
+    println!("purpose; repeats: messages accepted again after they were accepted (told apart by webhook-id); dead:");
+    println!(
+        "dead letters at the end; drained: from the end of publishing to the last message. Retry schedule {}",
+        report.retry_schedule
+    );
+    let bad: u64 = report.measurements.iter().map(|m| m.bad_signatures).sum();
+    println!("signatures checked on every request: {bad} did not verify");
+    print_cpus(&report.machine, "origin", "receiver and publisher");
 }
 
 /// `99.98%`

@@ -34,14 +34,14 @@ use crate::peers::{self, Peer};
 /// Publications per second are sent in ticks of this length.
 const TICK: Duration = Duration::from_millis(10);
 /// Events published before this are not counted: streams settle.
-const WARM_UP: Duration = Duration::from_secs(2);
+pub(crate) const WARM_UP: Duration = Duration::from_secs(2);
 /// Time given to the last events to arrive after publishing stops.
 const DRAIN: Duration = Duration::from_secs(2);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Subscribers connecting at once while streams are opened.
 const CONNECT_BATCH: usize = 200;
 /// The topic every event of a run is published on.
-const TOPIC: &str = "bench.load";
+pub(crate) const TOPIC: &str = "bench.load";
 
 /// The servers compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -213,15 +213,7 @@ impl Target {
     async fn publish(&self, connection: &mut Connection, values: &[u64], end: Instant) -> Result<usize> {
         match self {
             Self::Origin { token, .. } => {
-                let events: Vec<serde_json::Value> = values.iter().map(|&value| event(value)).collect();
-                let body = serde_json::to_vec(&serde_json::json!({ "events": events }))?;
-                let request = http::json_request(Method::POST, "/admin/v1/events:batch", body.into(), Some(token))?;
-                let response = connection.send(request).await?;
-                ensure!(
-                    response.status() == StatusCode::OK,
-                    "publishing answered {}",
-                    response.status()
-                );
+                publish_batch(connection, token, values).await?;
                 Ok(values.len())
             }
             Self::Nchan { .. } => {
@@ -246,6 +238,83 @@ impl Target {
     }
 }
 
+/// Publishes `values` to the origin as one batch of events (one durable append).
+pub(crate) async fn publish_batch(connection: &mut Connection, token: &str, values: &[u64]) -> Result<()> {
+    let events: Vec<serde_json::Value> = values.iter().map(|&value| event(value)).collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "events": events }))?;
+    let request = http::json_request(Method::POST, "/admin/v1/events:batch", body.into(), Some(token))?;
+    let response = connection.send(request).await?;
+    ensure!(
+        response.status() == StatusCode::OK,
+        "publishing answered {}",
+        response.status()
+    );
+    Ok(())
+}
+
+/// Where events are published.
+pub(crate) trait Publisher {
+    /// Publishes one event per value; answers how many were taken before `end`.
+    async fn publish(&mut self, values: &[u64], end: Instant) -> Result<usize>;
+}
+
+/// The origin's batch API over one connection.
+pub(crate) struct OriginPublisher {
+    pub(crate) connection: Connection,
+    pub(crate) token: String,
+}
+
+impl Publisher for OriginPublisher {
+    async fn publish(&mut self, values: &[u64], _end: Instant) -> Result<usize> {
+        publish_batch(&mut self.connection, &self.token, values).await?;
+        Ok(values.len())
+    }
+}
+
+/// A server under test and a connection to it.
+struct TargetPublisher<'a> {
+    target: &'a Target,
+    connection: Connection,
+}
+
+impl Publisher for TargetPublisher<'_> {
+    async fn publish(&mut self, values: &[u64], end: Instant) -> Result<usize> {
+        self.target.publish(&mut self.connection, values, end).await
+    }
+}
+
+/// Publishes at `rate` events per second until `end`, each tick's due events in one call, each
+/// carrying as value the microseconds since `started` at which it was sent; paced by the clock, not
+/// by ticks, so that a late tick publishes what is due and the rate holds. Answers how many were
+/// published in all and how many within `window`.
+pub(crate) async fn publish_paced(
+    publisher: &mut impl Publisher,
+    rate: u32,
+    started: Instant,
+    end: Instant,
+    window: &Window,
+) -> Result<(u64, u64)> {
+    let publishing = Instant::now();
+    let (mut sent, mut counted) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while Instant::now() < end {
+        tick.tick().await;
+        let due = (publishing.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        let count = due.saturating_sub(sent) as usize;
+        if count == 0 {
+            continue;
+        }
+        let now = started.elapsed().as_micros() as u64;
+        let done = publisher.publish(&vec![now; count], end).await? as u64;
+        sent += done;
+        if window.contains(now) {
+            counted += done;
+        }
+    }
+    Ok((sent, counted))
+}
+
 /// The event published: an indicator whose value is the instant of publication.
 fn event(value: u64) -> serde_json::Value {
     serde_json::json!({
@@ -256,13 +325,20 @@ fn event(value: u64) -> serde_json::Value {
 
 /// The counted window, in microseconds since the run's start: events published within it count.
 #[derive(Default)]
-struct Window {
-    from: AtomicU64,
-    until: AtomicU64,
+pub(crate) struct Window {
+    pub(crate) from: AtomicU64,
+    pub(crate) until: AtomicU64,
 }
 
 impl Window {
-    fn contains(&self, value: u64) -> bool {
+    /// From `from` for `length`, both measured from `started`.
+    pub(crate) fn set(&self, started: Instant, from: Instant, length: Duration) {
+        let micros = |at: Instant| at.duration_since(started).as_micros() as u64;
+        self.from.store(micros(from), Ordering::Relaxed);
+        self.until.store(micros(from + length), Ordering::Relaxed);
+    }
+
+    pub(crate) fn contains(&self, value: u64) -> bool {
         (self.from.load(Ordering::Relaxed)..self.until.load(Ordering::Relaxed)).contains(&value)
     }
 }
@@ -299,33 +375,14 @@ async fn measure(target: &Target, server: Server, scenario: Scenario, duration: 
             )));
         }
     }
-    let micros = |at: Instant| at.duration_since(started).as_micros() as u64;
     let publishing = Instant::now();
-    window.from.store(micros(publishing + WARM_UP), Ordering::Relaxed);
-    window
-        .until
-        .store(micros(publishing + WARM_UP + duration), Ordering::Relaxed);
-    let mut publisher = Connection::open(&target.address().to_string()).await?;
-    // Paced by the clock, not by ticks: a late tick publishes what is due, so the rate holds.
-    let mut sent = 0u64;
-    let mut published = 0u64;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    window.set(started, publishing + WARM_UP, duration);
+    let mut publisher = TargetPublisher {
+        target,
+        connection: Connection::open(&target.address().to_string()).await?,
+    };
     let end = publishing + WARM_UP + duration;
-    while Instant::now() < end {
-        tick.tick().await;
-        let due = (publishing.elapsed().as_secs_f64() * f64::from(scenario.rate)) as u64;
-        let count = due.saturating_sub(sent) as usize;
-        if count == 0 {
-            continue;
-        }
-        let now = micros(Instant::now());
-        let done = target.publish(&mut publisher, &vec![now; count], end).await? as u64;
-        sent += done;
-        if window.contains(now) {
-            published += done;
-        }
-    }
+    let (_, published) = publish_paced(&mut publisher, scenario.rate, started, end, &window).await?;
     tokio::time::sleep(DRAIN).await;
     stop.send_replace(true);
     let mut latencies = Histogram::<u64>::new(3)?;
@@ -415,7 +472,7 @@ async fn follow(
 }
 
 /// Every `"value":N` in `bytes`.
-fn values(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+pub(crate) fn values(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
     const KEY: &[u8] = b"\"value\":";
     let mut rest = bytes;
     std::iter::from_fn(move || {

@@ -1,36 +1,17 @@
 //! `loadtest invalidation --quick` with the edge built next to loadtest: every edge must apply every
 //! invalidation, of the writes and of the rate phase, and both hit-ratio runs happen. No timing is checked.
 
+mod quick_run;
 mod support;
 
-use std::process::Command;
-
+use quick_run::quick_run;
 use serde_json::Value;
-use support::profile_dir;
 
 #[test]
 fn quick_run_applies_every_invalidation_on_every_edge() {
-    let edge = profile_dir().join("edge");
-    if !edge.is_file() {
-        eprintln!(
-            "skipped: {} is not built (cargo build -p edge, or cargo test --workspace)",
-            edge.display()
-        );
+    let Some((report, stdout)) = quick_run("invalidation", &["edge"]) else {
         return;
-    }
-    let json = tempfile::NamedTempFile::new().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["invalidation", "--quick", "--edge-bin"])
-        .arg(&edge)
-        .arg("--json")
-        .arg(json.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-
-    let report: Value = serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    };
     let rounds = report["settings"]["rounds"].as_u64().unwrap();
     assert_eq!(rounds, 20, "{report}");
     let head = report["log_head"].as_u64().unwrap();

@@ -6,7 +6,8 @@
 //!   per (event, matching endpoint), moving the cursor in the same atomic step (compare-and-set, so two
 //!   origins never queue an event twice);
 //! * the **deliverer** takes due deliveries, sends them within per-endpoint concurrency and rate limits
-//!   (a busy endpoint's deliveries are put off, never waited for), and finishes each: delivered, retried
+//!   (a few wait briefly for a busy endpoint's turn, the rest are put off through the store, so that a
+//!   slow endpoint holds only a bounded share of the origin's slots), and finishes each: delivered, retried
 //!   later by the schedule (or the receiver's `Retry-After`), or a dead letter. A delivery taken by an
 //!   origin that dies is reclaimed by another after `reclaim_after`.
 
@@ -25,7 +26,7 @@ use serde::Serialize;
 use shared::events::{Event, TopicPattern};
 use shared::webhooks::{Secret, signature_header};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use utoipa::ToSchema;
 
 use self::target::{Resolver, TargetPolicy};
@@ -37,8 +38,12 @@ use crate::storage::{Result, SharedStore, StorageError, unix_millis};
 
 /// Deliveries taken from the queue at a time.
 const TAKE: usize = 256;
-/// How long a delivery to a busy or rate-limited endpoint is put off.
-const DEFER: Duration = Duration::from_millis(200);
+/// Deliveries that may wait here for a busy endpoint, per attempt it may have in flight (fewer when
+/// it answers too slowly to start them within [`MAX_WAIT`]).
+const WAITING_PER_SLOT: usize = 16;
+/// The longest a delivery waits here for its endpoint; well within `reclaim_after`, so that no other
+/// origin takes it meanwhile.
+const MAX_WAIT: Duration = Duration::from_secs(5);
 /// Event bodies kept in memory: endpoints that share an event read it once.
 const BODY_CACHE: usize = 4096;
 
@@ -134,12 +139,59 @@ impl Route {
     }
 }
 
-/// Per-endpoint gate of one origin: attempts in flight and a token bucket.
-#[derive(Debug, Default)]
+/// Per-endpoint gate of one origin: its attempts in flight, those waiting for a turn, a token
+/// bucket, and the turns booked for deliveries put off.
+#[derive(Debug)]
 struct Gate {
-    in_flight: usize,
+    slots: Arc<Semaphore>,
+    waiting: usize,
     tokens: f64,
     refilled: Option<Instant>,
+    /// How long an attempt takes, on average lately.
+    attempt_time: Duration,
+    /// The latest turn booked for a delivery put off.
+    booked: Option<Instant>,
+}
+
+impl Gate {
+    fn new(concurrency: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(concurrency)),
+            waiting: 0,
+            tokens: 0.0,
+            refilled: None,
+            attempt_time: Duration::from_millis(10),
+            booked: None,
+        }
+    }
+
+    /// The time between turns at the pace the endpoint answers.
+    fn pace(&self, concurrency: usize) -> Duration {
+        self.attempt_time / u32::try_from(concurrency).unwrap_or(u32::MAX)
+    }
+
+    /// How many may wait here: as many as can start within [`MAX_WAIT`], at most
+    /// [`WAITING_PER_SLOT`] per slot. A slow endpoint thus holds few of the origin's slots.
+    fn waiting_room(&self, concurrency: usize) -> usize {
+        let startable = MAX_WAIT.as_secs_f64() / self.pace(concurrency).as_secs_f64().max(1e-6);
+        (concurrency * WAITING_PER_SLOT).min(startable as usize)
+    }
+
+    /// Books a turn after those waiting and those booked before, at the pace the endpoint answers,
+    /// and answers how long until then: deliveries put off return about when they can start instead
+    /// of all at once, so each is put off about once.
+    fn book_turn(&mut self, concurrency: usize) -> Duration {
+        let now = Instant::now();
+        let pace = self.pace(concurrency);
+        let after_waiting = now + pace * u32::try_from(self.waiting).unwrap_or(u32::MAX);
+        let turn = self
+            .booked
+            .filter(|&booked| booked > after_waiting)
+            .unwrap_or(after_waiting)
+            + pace;
+        self.booked = Some(turn);
+        (turn - now).max(Duration::from_millis(1))
+    }
 }
 
 /// Counts of one endpoint, as `GET /admin/v1/webhooks/{id}/stats` shows them.
@@ -432,32 +484,67 @@ impl Webhooks {
         Ok(Some(body))
     }
 
-    /// Lets one attempt to `endpoint` start now, or says how long to put it off.
-    fn admit(&self, endpoint: &StoredEndpoint) -> std::result::Result<(), Duration> {
-        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
-        let gate = gates.entry(endpoint.id.clone()).or_default();
-        if gate.in_flight >= self.settings.endpoint_concurrency {
-            return Err(DEFER);
-        }
-        if let Some(rate) = endpoint.rate_limit {
-            let rate = f64::from(rate.max(1));
-            let now = Instant::now();
-            let elapsed = gate.refilled.map_or(1.0, |at| now.duration_since(at).as_secs_f64());
-            gate.tokens = (gate.tokens + elapsed * rate).min(rate);
-            gate.refilled = Some(now);
-            if gate.tokens < 1.0 {
-                return Err(Duration::from_secs_f64((1.0 - gate.tokens) / rate));
+    /// Waits for a turn of `endpoint`: a token of its rate limit and one of its attempt slots. A few
+    /// deliveries per slot wait here, briefly (the origin-wide slot they hold is not given up, and
+    /// each waiting one is still taken by this origin); beyond that, or when the turn is further
+    /// off, answers how long to put the delivery off through the store instead.
+    async fn admit(&self, endpoint: &StoredEndpoint) -> std::result::Result<OwnedSemaphorePermit, Duration> {
+        let (slots, wait) = {
+            let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+            let concurrency = self.settings.endpoint_concurrency;
+            let gate = gates
+                .entry(endpoint.id.clone())
+                .or_insert_with(|| Gate::new(concurrency));
+            // The bucket may go below zero: each token taken ahead is a turn further off.
+            let mut wait = Duration::ZERO;
+            if let Some(rate) = endpoint.rate_limit {
+                let rate = f64::from(rate.max(1));
+                let now = Instant::now();
+                let elapsed = gate.refilled.map_or(1.0, |at| now.duration_since(at).as_secs_f64());
+                gate.tokens = (gate.tokens + elapsed * rate).min(rate);
+                gate.refilled = Some(now);
+                wait = Duration::from_secs_f64((1.0 - gate.tokens).max(0.0) / rate);
             }
-            gate.tokens -= 1.0;
+            if gate.waiting >= gate.waiting_room(concurrency) {
+                return Err(wait.max(gate.book_turn(concurrency)));
+            }
+            if wait > MAX_WAIT {
+                return Err(wait);
+            }
+            if endpoint.rate_limit.is_some() {
+                gate.tokens -= 1.0;
+            }
+            gate.waiting += 1;
+            (gate.slots.clone(), wait)
+        };
+        tokio::time::sleep(wait).await;
+        let permit = tokio::time::timeout(MAX_WAIT, slots.acquire_owned()).await;
+        let concurrency = self.settings.endpoint_concurrency;
+        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        let gate = gates.get_mut(&endpoint.id);
+        match (permit, gate) {
+            (Ok(Ok(permit)), Some(gate)) => {
+                gate.waiting -= 1;
+                Ok(permit)
+            }
+            (_, Some(gate)) => {
+                gate.waiting -= 1;
+                Err(gate.book_turn(concurrency))
+            }
+            // Gates are never removed while deliveries wait on them.
+            (_, None) => Err(MAX_WAIT),
         }
-        gate.in_flight += 1;
-        Ok(())
     }
 
-    fn release(&self, endpoint: &str) {
-        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(gate) = gates.get_mut(endpoint) {
-            gate.in_flight = gate.in_flight.saturating_sub(1);
+    /// Records how long an attempt to `endpoint` took.
+    fn attempted(&self, endpoint: &str, took: Duration) {
+        if let Some(gate) = self
+            .gates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(endpoint)
+        {
+            gate.attempt_time = (gate.attempt_time * 7 + took) / 8;
         }
     }
 
@@ -482,15 +569,20 @@ impl Webhooks {
                 .finish_delivery(&taken, &Finish::Dead(delivery.clone()))
                 .await;
         }
-        if let Err(wait) = self.admit(&endpoint) {
-            let finish = Finish::Later {
-                delivery: delivery.clone(),
-                due_ms: self.clock.after(wait.max(Duration::from_millis(1))),
-            };
-            return self.store.finish_delivery(&taken, &finish).await;
-        }
+        let turn = match self.admit(&endpoint).await {
+            Ok(turn) => turn,
+            Err(wait) => {
+                let finish = Finish::Later {
+                    delivery: delivery.clone(),
+                    due_ms: self.clock.after(wait),
+                };
+                return self.store.finish_delivery(&taken, &finish).await;
+            }
+        };
+        let started = Instant::now();
         let outcome = self.attempt(&endpoint, delivery).await;
-        self.release(&endpoint.id);
+        drop(turn);
+        self.attempted(&endpoint.id, started.elapsed());
         let (attempt, verdict) = outcome?;
         let finish = self.finish_for(delivery, verdict);
         let outcome_name = match &finish {
