@@ -254,7 +254,7 @@ pub struct WebhooksArgs {
     /// Scenarios, comma-separated, each ENDPOINTSxEVENTS_PER_SECOND, optionally @PERCENT of the
     /// receiver's answers failing (503)
     #[arg(long, value_delimiter = ',', value_parser = parse_webhook_scenario,
-        default_value = "1x2000,10x200,100x20,10x100@30")]
+        default_value = "1x1000,10x100,100x10,1x8000,10x1200,100x120,10x100@30")]
     pub scenarios: Vec<webhooks::Scenario>,
     /// How long each scenario is counted (after a 2 s warm-up)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -23,11 +23,12 @@ pub fn quick_run(command: &str, binaries: &[&str]) -> Option<(Value, String)> {
         }
         loadtest.arg(format!("--{name}-bin")).arg(path);
     }
-    let json = tempfile::NamedTempFile::new().unwrap();
-    let output = loadtest.arg("--json").arg(json.path()).output().unwrap();
+    let json = tempfile::NamedTempFile::new().expect("a temporary file for the report");
+    let output = loadtest.arg("--json").arg(json.path()).output().expect("loadtest runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let report = serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let report = std::fs::read(json.path()).expect("loadtest wrote its report");
+    let report = serde_json::from_slice(&report).expect("the report is JSON");
     Some((report, stdout))
 }
