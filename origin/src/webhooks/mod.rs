@@ -237,7 +237,7 @@ pub struct Webhooks {
     gates: Mutex<HashMap<String, Gate>>,
     bodies: Mutex<(HashMap<u64, Bytes>, std::collections::VecDeque<u64>)>,
     /// Woken when deliveries may have become due (a dispatch, a replay).
-    queued: Notify,
+    queued: Arc<Notify>,
     clock: Clock,
     metrics: Metrics,
 }
@@ -300,7 +300,7 @@ impl Webhooks {
             slots: Arc::new(Semaphore::new(config.concurrency.get())),
             gates: Mutex::default(),
             bodies: Mutex::default(),
-            queued: Notify::new(),
+            queued: Arc::default(),
             clock: Clock::default(),
             metrics,
         }))
@@ -841,8 +841,10 @@ async fn deliver_loop(webhooks: Weak<Webhooks>) {
             });
         }
         if !busy {
-            // Holding the hub this long only delays its drop by one interval.
-            let _ = tokio::time::timeout(hub.settings.poll_interval, hub.queued.notified()).await;
+            // Without the hub: a stopped origin lets go of its store at once.
+            let (queued, interval) = (hub.queued.clone(), hub.settings.poll_interval);
+            drop(hub);
+            let _ = tokio::time::timeout(interval, queued.notified()).await;
         }
     }
 }

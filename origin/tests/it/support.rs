@@ -54,13 +54,24 @@ impl TestOrigin {
         }
     }
 
-    /// Stops serving and waits for the server to finish.
+    /// Stops serving, waits for the server to finish and for its background tasks to let go of the
+    /// store, so that another origin can open it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
+        }
+        let store = std::sync::Arc::downgrade(self.state.forecasts.store());
+        drop(self);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.strong_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stopped origin still holds its store"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
