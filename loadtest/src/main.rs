@@ -1,7 +1,7 @@
 //! `loadtest`: measurements of the system on loopback. See `loadtest --help`.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -68,66 +68,70 @@ fn up_command(args: &UpArgs) -> Result<()> {
 fn origin_command(args: &OriginArgs) -> Result<()> {
     let exe_dir = exe_dir()?;
     let json_path = args.load.json_path(&exe_dir, "origin");
-    let report = run_pinned(|nproc, pinning| {
+    let report = measure(&json_path, report::print_table, |nproc, pinning| {
         let settings = args.settings(&exe_dir, pinning);
         async move { origin::run(&settings, nproc).await }
     })?;
-    report::print_table(&report);
-    report::write_json(&report, &json_path)?;
-    eprintln!("figures written to {}", json_path.display());
     report.ensure_clean()
 }
 
 fn edge_hits_command(args: &EdgeHitsArgs) -> Result<()> {
     let exe_dir = exe_dir()?;
     let json_path = args.load.json_path(&exe_dir, "edge-hits");
-    let report = run_pinned(|nproc, pinning| {
+    let report = measure(&json_path, report::print_edge_table, |nproc, pinning| {
         let settings = args.settings(&exe_dir, pinning);
         async move { edge::run(&settings, nproc).await }
     })?;
-    report::print_edge_table(&report);
-    report::write_json(&report, &json_path)?;
-    eprintln!("figures written to {}", json_path.display());
     report.ensure_clean()
 }
 
 fn invalidation_command(args: &InvalidationArgs) -> Result<()> {
     let exe_dir = exe_dir()?;
-    let json_path = args.json_path(&exe_dir);
-    let report = run_pinned(|nproc, pinning| {
-        let settings = args.settings(&exe_dir, pinning);
-        async move { invalidation::run(&settings, nproc).await }
-    })?;
-    report::print_invalidation_table(&report);
-    report::write_json(&report, &json_path)?;
-    eprintln!("figures written to {}", json_path.display());
-    Ok(())
+    measure(
+        &args.json_path(&exe_dir),
+        report::print_invalidation_table,
+        |nproc, pinning| {
+            let settings = args.settings(&exe_dir, pinning);
+            async move { invalidation::run(&settings, nproc).await }
+        },
+    )
+    .map(drop)
 }
 
 fn sse_command(args: &SseArgs) -> Result<()> {
     let exe_dir = exe_dir()?;
-    let json_path = args.json_path(&exe_dir);
-    let report = run_pinned(|nproc, pinning| {
+    measure(&args.json_path(&exe_dir), report::print_sse_table, |nproc, pinning| {
         let settings = args.settings(&exe_dir, pinning);
         async move { sse::run(&settings, nproc).await }
-    })?;
-    report::print_sse_table(&report);
-    report::write_json(&report, &json_path)?;
-    eprintln!("figures written to {}", json_path.display());
-    Ok(())
+    })
+    .map(drop)
 }
 
 fn webhooks_command(args: &WebhooksArgs) -> Result<()> {
     let exe_dir = exe_dir()?;
-    let json_path = args.json_path(&exe_dir);
-    let report = run_pinned(|nproc, pinning| {
-        let settings = args.settings(&exe_dir, pinning);
-        async move { webhooks::run(&settings, nproc).await }
-    })?;
-    report::print_webhooks_table(&report);
-    report::write_json(&report, &json_path)?;
+    measure(
+        &args.json_path(&exe_dir),
+        report::print_webhooks_table,
+        |nproc, pinning| {
+            let settings = args.settings(&exe_dir, pinning);
+            async move { webhooks::run(&settings, nproc).await }
+        },
+    )
+    .map(drop)
+}
+
+/// Runs a measurement (see [`run_pinned`]), prints its table with `print` and writes its report as
+/// JSON to `json_path`; answers the report.
+fn measure<R, W>(json_path: &Path, print: fn(&R), work: impl FnOnce(usize, Option<Pinning>) -> W) -> Result<R>
+where
+    R: serde::Serialize,
+    W: Future<Output = Result<R>>,
+{
+    let report = run_pinned(work)?;
+    print(&report);
+    report::write_json(&report, json_path)?;
     eprintln!("figures written to {}", json_path.display());
-    Ok(())
+    Ok(report)
 }
 
 /// Pins this process (see [`Pinning::apply`]) and runs the measurement that `work` makes from the
