@@ -6,8 +6,8 @@
 //!   per (event, matching endpoint), moving the cursor in the same atomic step (compare-and-set, so two
 //!   origins never queue an event twice);
 //! * the **deliverer** takes due deliveries, sends them within per-endpoint concurrency and rate limits
-//!   (a few wait briefly for a busy endpoint's turn, the rest are put off through the store, so that a
-//!   slow endpoint holds only a bounded share of the origin's slots), and finishes each: delivered, retried
+//!   (a few wait briefly for a busy endpoint's turn, holding no attempt slot of the origin; the rest are
+//!   put off through the store), and finishes each: delivered, retried
 //!   later by the schedule (or the receiver's `Retry-After`), or a dead letter. A delivery taken by an
 //!   origin that dies is reclaimed by another after `reclaim_after`.
 
@@ -38,6 +38,8 @@ use crate::storage::{Result, SharedStore, StorageError, unix_millis};
 
 /// Deliveries taken from the queue at a time.
 const TAKE: usize = 256;
+/// Deliveries an origin may have taken and not finished, per attempt it may have in flight.
+const TAKEN_PER_SLOT: usize = 4;
 /// Deliveries that may wait here for a busy endpoint, per attempt it may have in flight (fewer when
 /// it answers too slowly to start them within [`MAX_WAIT`]).
 const WAITING_PER_SLOT: usize = 16;
@@ -171,7 +173,8 @@ impl Gate {
     }
 
     /// How many may wait here: as many as can start within [`MAX_WAIT`], at most
-    /// [`WAITING_PER_SLOT`] per slot. A slow endpoint thus holds few of the origin's slots.
+    /// [`WAITING_PER_SLOT`] per slot. A slow endpoint thus keeps few of the origin's deliveries
+    /// waiting.
     fn waiting_room(&self, concurrency: usize) -> usize {
         let startable = MAX_WAIT.as_secs_f64() / self.pace(concurrency).as_secs_f64().max(1e-6);
         (concurrency * WAITING_PER_SLOT).min(startable as usize)
@@ -233,7 +236,10 @@ pub struct Webhooks {
     client: reqwest::Client,
     /// This origin's name among the queue's consumers.
     consumer: String,
-    slots: Arc<Semaphore>,
+    /// Deliveries this origin has taken and not finished: waiting for a turn or attempted.
+    taken: Arc<Semaphore>,
+    /// Attempts in flight.
+    slots: Semaphore,
     gates: Mutex<HashMap<String, Gate>>,
     bodies: Mutex<(HashMap<u64, Bytes>, std::collections::VecDeque<u64>)>,
     /// Woken when deliveries may have become due (a dispatch, a replay).
@@ -297,7 +303,8 @@ impl Webhooks {
             },
             client,
             consumer,
-            slots: Arc::new(Semaphore::new(config.concurrency.get())),
+            taken: Arc::new(Semaphore::new(config.concurrency.get() * TAKEN_PER_SLOT)),
+            slots: Semaphore::new(config.concurrency.get()),
             gates: Mutex::default(),
             bodies: Mutex::default(),
             queued: Arc::default(),
@@ -485,9 +492,8 @@ impl Webhooks {
     }
 
     /// Waits for a turn of `endpoint`: a token of its rate limit and one of its attempt slots. A few
-    /// deliveries per slot wait here, briefly (the origin-wide slot they hold is not given up, and
-    /// each waiting one is still taken by this origin); beyond that, or when the turn is further
-    /// off, answers how long to put the delivery off through the store instead.
+    /// deliveries per slot wait here, briefly (each still taken by this origin); beyond that, or
+    /// when the turn is further off, answers how long to put the delivery off through the store.
     async fn admit(&self, endpoint: &StoredEndpoint) -> std::result::Result<OwnedSemaphorePermit, Duration> {
         let (slots, wait) = {
             let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
@@ -579,10 +585,14 @@ impl Webhooks {
                 return self.store.finish_delivery(&taken, &finish).await;
             }
         };
-        let started = Instant::now();
-        let outcome = self.attempt(&endpoint, delivery).await;
+        let outcome = {
+            let _slot = self.slots.acquire().await.map_err(StorageError::unavailable)?;
+            let started = Instant::now();
+            let outcome = self.attempt(&endpoint, delivery).await;
+            self.attempted(&endpoint.id, started.elapsed());
+            outcome
+        };
         drop(turn);
-        self.attempted(&endpoint.id, started.elapsed());
         let (attempt, verdict) = outcome?;
         let finish = self.finish_for(delivery, verdict);
         let outcome_name = match &finish {
@@ -814,7 +824,7 @@ async fn deliver_loop(webhooks: Weak<Webhooks>) {
     loop {
         let Some(hub) = webhooks.upgrade() else { return };
         while in_flight.try_join_next().is_some() {}
-        let free = hub.slots.available_permits().min(TAKE);
+        let free = hub.taken.available_permits().min(TAKE);
         let taken = if free == 0 {
             Ok(Vec::new())
         } else {
@@ -828,7 +838,7 @@ async fn deliver_loop(webhooks: Weak<Webhooks>) {
         });
         let busy = !taken.is_empty();
         for delivery in taken {
-            let Ok(permit) = hub.slots.clone().acquire_owned().await else {
+            let Ok(permit) = hub.taken.clone().acquire_owned().await else {
                 return;
             };
             let hub = hub.clone();

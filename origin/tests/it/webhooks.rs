@@ -470,21 +470,27 @@ async fn retries_follow_the_default_schedule_until_a_failing_endpoint_is_disable
         .await;
 }
 
-/// A receiver that takes seconds per answer holds at most `endpoint_concurrency` attempts and delays
-/// no other endpoint; a rate-limited endpoint gets its messages spread out at its rate.
+/// Receivers that take seconds per answer hold at most `endpoint_concurrency` attempts each, and what
+/// waits for them holds none of the origin's slots: another endpoint gets everything meanwhile. A
+/// rate-limited endpoint gets its messages spread out at its rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_endpoint_delays_no_other_and_limits_hold() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.webhooks.endpoint_concurrency = std::num::NonZeroUsize::new(2).unwrap();
+    // Two slow endpoints fill four of the six slots; their waiting deliveries must not take the rest.
+    config.webhooks.concurrency = std::num::NonZeroUsize::new(6).unwrap();
     let origin = TestOrigin::start(config).await;
-    let (slow, fast, limited) = (
+    let (slow, other_slow, fast, limited) = (
+        Receiver::start().await,
         Receiver::start().await,
         Receiver::start().await,
         Receiver::start().await,
     );
-    slow.answer_slowly(Duration::from_secs(2));
-    register(&origin, json!({"url": slow.url, "topics": ["indicators.**"]})).await;
+    for receiver in [&slow, &other_slow] {
+        receiver.answer_slowly(Duration::from_secs(2));
+        register(&origin, json!({"url": receiver.url, "topics": ["indicators.**"]})).await;
+    }
     register(&origin, json!({"url": fast.url, "topics": ["indicators.**"]})).await;
     register(
         &origin,
@@ -499,11 +505,13 @@ async fn a_slow_endpoint_delays_no_other_and_limits_hold() {
         ));
     }
     fast.wait_delivered(&ids, WAIT).await;
-    assert!(
-        slow.wait_for(0).await.len() <= 2,
-        "the slow receiver answered {} while the fast one got all six",
-        slow.wait_for(0).await.len()
-    );
+    for receiver in [&slow, &other_slow] {
+        let answered = receiver.wait_for(0).await.len();
+        assert!(
+            answered <= 2,
+            "a slow receiver answered {answered} while the fast one got all six"
+        );
+    }
     let arrivals = limited.wait_delivered(&ids, WAIT).await;
     assert!(arrivals.values().all(|&n| n == 1), "{arrivals:?}");
     let received = limited.wait_for(6).await;
@@ -513,8 +521,10 @@ async fn a_slow_endpoint_delays_no_other_and_limits_hold() {
         spread >= Duration::from_millis(1500),
         "6 messages at 2/s arrived within {spread:?}"
     );
-    slow.wait_delivered(&ids, WAIT).await;
-    assert_eq!(slow.inbox.most_in_flight.load(Ordering::SeqCst), 2);
+    for receiver in [&slow, &other_slow] {
+        receiver.wait_delivered(&ids, WAIT).await;
+        assert_eq!(receiver.inbox.most_in_flight.load(Ordering::SeqCst), 2);
+    }
 }
 
 async fn wait_for_dead(origin: &TestOrigin, path: &str, count: usize) -> Vec<Value> {
