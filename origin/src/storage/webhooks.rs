@@ -71,6 +71,9 @@ pub struct Delivery {
     pub attempts: u32,
     /// When the event was appended (unix ms), for the end-to-end latency.
     pub appended_at_ms: u64,
+    /// Put off to a booked turn of its busy endpoint: back in line ahead of deliveries taken since.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub put_off: bool,
 }
 
 impl Delivery {

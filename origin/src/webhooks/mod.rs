@@ -358,6 +358,7 @@ impl Webhooks {
                     event_id: logged.id,
                     attempts: 0,
                     appended_at_ms: logged.stored.appended_at_ms,
+                    put_off: false,
                 })
                 .collect();
             self.enqueue(&deliveries).await?;
@@ -385,6 +386,7 @@ impl Webhooks {
             event_id,
             attempts: 0,
             appended_at_ms: logged.stored.appended_at_ms,
+            put_off: false,
         };
         self.enqueue(&[delivery]).await?;
         Ok(true)
@@ -452,6 +454,7 @@ impl Webhooks {
                         event_id: logged.id,
                         attempts: 0,
                         appended_at_ms: logged.stored.appended_at_ms,
+                        put_off: false,
                     });
                 }
             }
@@ -494,7 +497,11 @@ impl Webhooks {
     /// Waits for a turn of `endpoint`: a token of its rate limit and one of its attempt slots. A few
     /// deliveries per slot wait here, briefly (each still taken by this origin); beyond that, or
     /// when the turn is further off, answers how long to put the delivery off through the store.
-    async fn admit(&self, endpoint: &StoredEndpoint) -> std::result::Result<OwnedSemaphorePermit, Duration> {
+    async fn admit(
+        &self,
+        endpoint: &StoredEndpoint,
+        put_off: bool,
+    ) -> std::result::Result<OwnedSemaphorePermit, Duration> {
         let (slots, wait) = {
             let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
             let concurrency = self.settings.endpoint_concurrency;
@@ -511,7 +518,9 @@ impl Webhooks {
                 gate.refilled = Some(now);
                 wait = Duration::from_secs_f64((1.0 - gate.tokens).max(0.0) / rate);
             }
-            if gate.waiting >= gate.waiting_room(concurrency) {
+            // While turns are booked, a delivery taken since goes behind them, not ahead.
+            let line = gate.booked.is_some_and(|booked| booked > Instant::now());
+            if gate.waiting >= gate.waiting_room(concurrency) || (line && !put_off) {
                 return Err(wait.max(gate.book_turn(concurrency)));
             }
             if wait > MAX_WAIT {
@@ -575,11 +584,14 @@ impl Webhooks {
                 .finish_delivery(&taken, &Finish::Dead(delivery.clone()))
                 .await;
         }
-        let turn = match self.admit(&endpoint).await {
+        let turn = match self.admit(&endpoint, delivery.put_off).await {
             Ok(turn) => turn,
             Err(wait) => {
                 let finish = Finish::Later {
-                    delivery: delivery.clone(),
+                    delivery: Delivery {
+                        put_off: true,
+                        ..delivery.clone()
+                    },
                     due_ms: self.clock.after(wait),
                 };
                 return self.store.finish_delivery(&taken, &finish).await;
@@ -628,6 +640,7 @@ impl Webhooks {
             Verdict::Delivered => Finish::Done,
             Verdict::Final => Finish::Dead(Delivery {
                 attempts: made,
+                put_off: false,
                 ..delivery.clone()
             }),
             Verdict::Retry { retry_after } => {
@@ -637,8 +650,10 @@ impl Webhooks {
                     (Some(_), Some(asked)) => Some(asked.min(self.settings.max_retry_after)),
                     (Some(scheduled), None) => Some(scheduled),
                 };
+                // A retry goes back in line like a new delivery.
                 let next = Delivery {
                     attempts: made,
+                    put_off: false,
                     ..delivery.clone()
                 };
                 match delay {

@@ -470,6 +470,7 @@ fn delivery(endpoint: &str, event_id: u64) -> Delivery {
         event_id,
         attempts: 0,
         appended_at_ms: now_ms(),
+        put_off: false,
     }
 }
 

@@ -323,6 +323,7 @@ impl WebhookStore for EmbeddedStore {
                 for entry in dead.extract_from_if(range, |_, _| true).map_err(fail)? {
                     let mut delivery = Delivery::decode(entry.map_err(fail)?.1.value())?;
                     delivery.attempts = 0;
+                    delivery.put_off = false;
                     revived.push(delivery);
                 }
             }

@@ -375,6 +375,7 @@ impl WebhookStore for RedisStore {
         for delivery in dead {
             let revived = Delivery {
                 attempts: 0,
+                put_off: false,
                 ..delivery
             };
             pairs.push((revived.event_id, revived.encode()?));
