@@ -326,8 +326,8 @@ fn event(value: u64) -> serde_json::Value {
 /// The counted window, in microseconds since the run's start: events published within it count.
 #[derive(Default)]
 pub(crate) struct Window {
-    pub(crate) from: AtomicU64,
-    pub(crate) until: AtomicU64,
+    from: AtomicU64,
+    until: AtomicU64,
 }
 
 impl Window {
@@ -340,6 +340,14 @@ impl Window {
 
     pub(crate) fn contains(&self, value: u64) -> bool {
         (self.from.load(Ordering::Relaxed)..self.until.load(Ordering::Relaxed)).contains(&value)
+    }
+
+    /// `count` arrivals per second over the time they took: from the window's start to `last_at`
+    /// (microseconds since the run's start), or the window's length when they came within it.
+    pub(crate) fn per_second(&self, count: u64, last_at: u64) -> f64 {
+        let from = self.from.load(Ordering::Relaxed);
+        let span = last_at.max(self.until.load(Ordering::Relaxed)).saturating_sub(from);
+        count as f64 / Duration::from_micros(span).as_secs_f64()
     }
 }
 
@@ -394,9 +402,6 @@ async fn measure(target: &Target, server: Server, scenario: Scenario, duration: 
         ended += usize::from(received.ended);
         last_at = last_at.max(received.last_at);
     }
-    // Deliveries per second over the time they took: the window, or longer when they arrived late.
-    let window_from = window.from.load(Ordering::Relaxed);
-    let span = Duration::from_micros(last_at.saturating_sub(window_from)).max(duration);
     ensure!(published > 0, "nothing was published in the counted time");
     let millis = |micros: u64| micros as f64 / 1000.0;
     Ok(Measurement {
@@ -404,7 +409,7 @@ async fn measure(target: &Target, server: Server, scenario: Scenario, duration: 
         scenario,
         published,
         published_per_s: published as f64 / duration.as_secs_f64(),
-        deliveries_per_s: deliveries as f64 / span.as_secs_f64(),
+        deliveries_per_s: window.per_second(deliveries, last_at),
         missing: (published * scenario.subscribers as u64).saturating_sub(deliveries),
         p50_ms: millis(latencies.value_at_quantile(0.5)),
         p99_ms: millis(latencies.value_at_quantile(0.99)),

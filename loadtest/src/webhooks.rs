@@ -2,7 +2,7 @@
 //!
 //! For each backend and scenario (endpoints × events per second, and a share of failing answers)
 //! loadtest starts an origin whose webhooks may target 127.0.0.1 over plain http, registers the
-//! endpoints (paths of one receiver, each taking `bench.**`), publishes events at the rate for a
+//! endpoints (paths of one receiver, each taking the run's topic), publishes events at the rate for a
 //! 2 s warm-up and the counted time, then waits until every message was accepted or the drain limit
 //! passed. The receiver checks every signature with its endpoint's secret, answers 503 to the
 //! failing share of requests (drawn at random) and 204 to the others, and counts per message
@@ -31,7 +31,7 @@ use crate::http::{self, Connection};
 use crate::launch::Pinning;
 use crate::measure::Machine;
 use crate::origin::{Backend, OriginServer, random_token};
-use crate::sse::{self, OriginPublisher, WARM_UP, Window};
+use crate::sse::{self, OriginPublisher, TOPIC, WARM_UP, Window};
 
 /// How often the drain checks whether every message was accepted.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -255,7 +255,7 @@ async fn measure(settings: &Settings, backend: Backend, scenario: Scenario) -> R
     let mut endpoints = Vec::with_capacity(scenario.endpoints);
     for n in 0..scenario.endpoints {
         let url = format!("http://{receiver_address}/hook/{n}");
-        let body = json!({"url": url, "topics": ["bench.**"], "description": format!("loadtest {n}")});
+        let body = json!({"url": url, "topics": [TOPIC], "description": format!("loadtest {n}")});
         let created = admin(&mut connection, &token, Method::POST, "/admin/v1/webhooks", Some(body)).await?;
         let secret = created["secret"].as_str().context("no secret in the answer")?;
         receiver
@@ -332,8 +332,6 @@ fn summarize(receiver: &Receiver, window: &Window, duration: Duration, run: &Run
             let _ = latencies.record(tally.first_accepted_us.saturating_sub(tally.published_us));
         }
     }
-    let window_from = window.from.load(Ordering::Relaxed);
-    let span = Duration::from_micros(last_counted_us.saturating_sub(window_from)).max(duration);
     let delivered = receiver.delivered.load(Ordering::Relaxed);
     let millis = |micros: u64| micros as f64 / 1000.0;
     Ok(Measurement {
@@ -348,7 +346,7 @@ fn summarize(receiver: &Receiver, window: &Window, duration: Duration, run: &Run
         } else {
             delivered as f64 / messages as f64
         },
-        deliveries_per_s: counted_deliveries as f64 / span.as_secs_f64(),
+        deliveries_per_s: window.per_second(counted_deliveries, last_counted_us),
         p50_ms: millis(latencies.value_at_quantile(0.5)),
         p99_ms: millis(latencies.value_at_quantile(0.99)),
         max_ms: millis(latencies.max()),
