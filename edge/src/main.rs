@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     // own format and never uses that compression for them.
     shared::telemetry::init(config.log.format, "info,pingora_cache::meta=error");
     shared::process::disable_transparent_huge_pages_or_warn();
+    shared::process::raise_open_file_limit_and_log();
     let edge = edge::server::build(&config)?;
     tracing::info!(
         listen = %config.http.listen,

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use utoipa::ToSchema;
 
 use crate::metrics::Metrics;
-use crate::storage::{EventPage, Result, SharedStore, StoredEvent, StoredEventAt, unix_millis};
+use crate::storage::{EventPage, GapReason, LogStep, Result, SharedStore, StoredEvent, StoredEventAt, unix_millis};
 
 /// Events read from the log at a time.
 pub const PAGE: NonZeroUsize = NonZeroUsize::new(1000).expect("non-zero");
@@ -224,16 +224,16 @@ impl Events {
     /// after it are what a replay from `since` sends. Found by bisection over the kept ids.
     pub async fn position_at(&self, since_ms: u64) -> Result<Option<u64>> {
         let first = self.read(None, NonZeroUsize::MIN).await?;
-        let (Some(oldest), Some(head)) = (first.events.first().map(|e| e.id), first.head) else {
+        let (Some((oldest, _)), Some(head)) = (first.first_entry(), first.head) else {
             return Ok(first.head);
         };
         let (mut low, mut high) = (oldest, head + 1);
         while low < high {
             let middle = low + (high - low) / 2;
             let page = self.read(Some(middle - 1), NonZeroUsize::MIN).await?;
-            match page.events.first() {
-                Some(event) if event.stored.appended_at_ms < since_ms => low = event.id + 1,
-                Some(event) => high = event.id.min(middle),
+            match page.first_entry() {
+                Some((id, appended_at_ms)) if appended_at_ms < since_ms => low = id + 1,
+                Some((id, _)) => high = id.min(middle),
                 None => high = middle,
             }
         }
@@ -325,12 +325,18 @@ impl Events {
         });
     }
 
-    /// Tells every subscriber that events `from..=to` were trimmed before this origin could stream them.
-    fn broadcast_gap(&self, from: u64, to: u64) {
-        tracing::warn!(from, to, "events trimmed before they were streamed");
+    /// Tells every subscriber that events `from..=to` will not be streamed: trimmed before this origin
+    /// read them, or unreadable in the log.
+    fn broadcast_gap(&self, from: u64, to: u64, reason: GapReason) {
+        match reason {
+            GapReason::Trimmed => tracing::warn!(from, to, "events trimmed before they were streamed"),
+            GapReason::Unreadable => {
+                tracing::error!(from, to, "event log entries cannot be decoded; streams pass over them");
+                self.metrics.events_unreadable.inc_by(to - from + 1);
+            }
+        }
         self.metrics.events_gaps.inc();
-        let frame = Frame::gap(from, to, "trimmed by retention before this origin streamed it");
-        self.offer(&frame, to, |_| true);
+        self.offer(&Frame::gap(from, to, reason.as_str()), to, |_| true);
     }
 
     fn offer(&self, frame: &Frame, through: u64, wanted: impl Fn(&Subscriber) -> bool) {
@@ -419,17 +425,14 @@ impl Events {
             self.hub().broadcast_through = head;
             return Some((head, true));
         }
-        if let Some(first) = page.events.first()
-            && first.id > after + 1
-        {
-            // This origin fell behind the log's retention: its subscribers are told, not left to guess.
-            self.broadcast_gap(after + 1, first.id - 1);
+        // Ids this origin will not stream (it fell behind retention, or entries do not decode) are
+        // announced to its subscribers, not left for them to guess.
+        for step in page.steps(after) {
+            match step {
+                LogStep::Event(logged) => self.broadcast(logged),
+                LogStep::Gap { from, to, reason } => self.broadcast_gap(from, to, reason),
+            }
         }
-        let mut position = after;
-        for logged in &page.events {
-            self.broadcast(logged);
-            position = logged.id;
-        }
-        Some((position, page.events.len() < PAGE.get()))
+        Some((page.last_id().unwrap_or(after), page.len() < PAGE.get()))
     }
 }

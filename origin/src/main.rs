@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     let config: OriginConfig = shared::config::load("ORIGIN_", cli.config.as_deref())?;
     shared::telemetry::init(config.log.format, "info");
     shared::process::disable_transparent_huge_pages_or_warn();
+    shared::process::raise_open_file_limit_and_log();
     tokio::runtime::Runtime::new()
         .context("starting the runtime")?
         .block_on(serve(config))

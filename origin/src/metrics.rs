@@ -40,6 +40,9 @@ pub struct Metrics {
     pub overflows: IntCounter,
     /// `event: gap` sent: a replay or a live tail reached events already trimmed.
     pub events_gaps: IntCounter,
+    /// Event log entries passed over because they cannot be decoded, counted by the origin's log tail
+    /// and the webhook dispatcher (each meets an entry once).
+    pub events_unreadable: IntCounter,
     /// From an event's append to its write to a subscriber's stream.
     pub events_delivery_lag: Histogram,
     /// Webhook deliveries queued by the dispatcher (each endpoint counted).
@@ -173,6 +176,11 @@ impl Metrics {
             "Explicit gaps sent: a replay or a live tail reached events already trimmed",
         )
         .expect("valid metric");
+        let events_unreadable = IntCounter::new(
+            "origin_events_unreadable_total",
+            "Event log entries passed over because they cannot be decoded (log tail and webhook dispatcher)",
+        )
+        .expect("valid metric");
         let events_delivery_lag = Histogram::with_opts(
             HistogramOpts::new(
                 "origin_events_delivery_lag_seconds",
@@ -242,6 +250,7 @@ impl Metrics {
             Box::new(subscribers.clone()),
             Box::new(overflows.clone()),
             Box::new(events_gaps.clone()),
+            Box::new(events_unreadable.clone()),
             Box::new(events_delivery_lag.clone()),
             Box::new(webhook_queued.clone()),
             Box::new(webhook_attempts.clone()),
@@ -273,6 +282,7 @@ impl Metrics {
             subscribers,
             overflows,
             events_gaps,
+            events_unreadable,
             events_delivery_lag,
             webhook_queued,
             webhook_attempts,

@@ -11,7 +11,9 @@ use utoipa::ToSchema;
 /// Why a domain value was refused. Messages are written for the person who sent the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
-    #[error("invalid instrument {0:?}: expected 1 to 32 of A-Z a-z 0-9 . _ -")]
+    #[error(
+        "invalid instrument {0:?}: expected 1 to 32 bytes of A-Z a-z 0-9 _ - in 1 to 4 parts joined by single dots"
+    )]
     Instrument(String),
     #[error("invalid timeframe {0:?}: expected one of 1m 5m 15m 1h 4h 1d 1w")]
     Timeframe(String),
@@ -27,11 +29,17 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// A traded instrument such as `AAPL`, `BTC-USD` or `ES.F`, normalised to upper case.
+///
+/// It is one to [`Instrument::MAX_PARTS`] parts of `A-Z a-z 0-9 _ -` joined by single dots, so every
+/// name derived from it (the topic `forecasts.{instrument}.{timeframe}`, Redis keys, surrogate tags,
+/// URL paths) is valid by construction: no empty topic segment, no hash-tag braces, nothing to escape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Instrument(String);
 
 impl Instrument {
     pub const MAX_LEN: usize = 32;
+    /// The most dot-separated parts (`ES.F` has two).
+    pub const MAX_PARTS: usize = 4;
 
     pub fn as_str(&self) -> &str {
         &self.0
@@ -42,7 +50,8 @@ impl FromStr for Instrument {
     type Err = DomainError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() || s.len() > Self::MAX_LEN || !s.chars().all(is_name_char) {
+        let part = |p: &str| !p.is_empty() && p.chars().all(|c| c != '.' && is_name_char(c));
+        if s.len() > Self::MAX_LEN || s.split('.').count() > Self::MAX_PARTS || !s.split('.').all(part) {
             return Err(DomainError::Instrument(s.to_owned()));
         }
         Ok(Self(s.to_ascii_uppercase()))
@@ -137,12 +146,13 @@ serde_via_str!(Instrument, Timeframe, ForecastKey, Horizon);
 
 /// OpenAPI schemas of the types written as strings.
 macro_rules! string_schema {
-    ($($ty:ty => $pattern:expr, $example:expr;)*) => {$(
+    ($($ty:ty => $pattern:expr, $max_length:expr, $example:expr;)*) => {$(
         impl utoipa::PartialSchema for $ty {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
                 utoipa::openapi::ObjectBuilder::new()
                     .schema_type(utoipa::openapi::schema::Type::String)
                     .pattern(Some($pattern))
+                    .max_length($max_length)
                     .examples([$example])
                     .into()
             }
@@ -153,9 +163,9 @@ macro_rules! string_schema {
 }
 
 string_schema! {
-    Instrument => "^[A-Za-z0-9._-]{1,32}$", "AAPL";
-    ForecastKey => "^[A-Za-z0-9._-]{1,32}:(1m|5m|15m|1h|4h|1d|1w)$", "AAPL:1h";
-    Horizon => "^[1-9][0-9]{0,5}(m|h|d|w)$", "1h";
+    Instrument => "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){0,3}$", Some(Instrument::MAX_LEN), "AAPL";
+    ForecastKey => "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){0,3}:(1m|5m|15m|1h|4h|1d|1w)$", Some(Instrument::MAX_LEN + 4), "AAPL:1h";
+    Horizon => "^[1-9][0-9]{0,5}(m|h|d|w)$", Some(7), "1h";
 }
 
 /// The address of a forecast: one instrument at one timeframe, written `AAPL:1h`.
@@ -407,11 +417,36 @@ mod tests {
 
     #[test]
     fn instruments_are_checked_and_upper_cased() {
-        for ok in ["AAPL", "btc-usd", "EURUSD", "ES.F", "a_b", &"X".repeat(32)] {
+        for ok in [
+            "AAPL",
+            "btc-usd",
+            "EURUSD",
+            "ES.F",
+            "a_b",
+            "A.B.C.D",
+            "-",
+            &"X".repeat(32),
+        ] {
             let parsed: Instrument = ok.parse().unwrap();
             assert_eq!(parsed.as_str(), ok.to_ascii_uppercase());
         }
-        for bad in ["", "../x", "a b", "ÄPPL", "a/b", "a:b", &"X".repeat(33)] {
+        let bad_names = [
+            "",
+            "../x",
+            "a b",
+            "ÄPPL",
+            "a/b",
+            "a:b",
+            "{a}",
+            "A..B",
+            "..",
+            ".X",
+            "X.",
+            ".",
+            "A.B.C.D.E",
+            &"X".repeat(33),
+        ];
+        for bad in bad_names {
             assert!(bad.parse::<Instrument>().is_err(), "{bad:?} was accepted");
         }
     }

@@ -23,6 +23,13 @@ pub const MAX_SEGMENT_BYTES: usize = 64;
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 /// The most bytes of a free-form event type.
 pub const MAX_TYPE_BYTES: usize = 64;
+// `forecasts.{instrument}.{timeframe}` is a valid topic for every instrument (see [`Topic::of_forecast`]).
+const _: () = assert!(
+    Instrument::MAX_PARTS + 2 <= MAX_SEGMENTS
+        && Instrument::MAX_LEN <= MAX_SEGMENT_BYTES
+        && "forecasts.".len() + Instrument::MAX_LEN + ".15m".len() <= MAX_TOPIC_BYTES
+);
+
 /// The schema version of the typed payloads below.
 pub const SCHEMA_VERSION: u16 = 1;
 
@@ -73,7 +80,8 @@ impl Topic {
     }
 
     /// The topic of the origin's own event for a forecast change: `forecasts.{instrument}.{timeframe}`.
-    /// Instruments may hold dots (`ES.F`), which become segments of their own.
+    /// Instruments may hold single dots (`ES.F`), which become segments of their own; the instrument's
+    /// own rule keeps every segment non-empty and the count within bounds.
     pub fn of_forecast(instrument: &Instrument, timeframe: Timeframe) -> Self {
         Self(format!("forecasts.{instrument}.{timeframe}"))
     }
@@ -635,6 +643,19 @@ mod tests {
         }
         let es = Topic::of_forecast(&"ES.F".parse().unwrap(), Timeframe::H1);
         assert_eq!(es.as_str(), "forecasts.ES.F.1h");
+        // The widest instruments make topics that parse back.
+        for name in [
+            "A.B.C.D",
+            &"X".repeat(32),
+            &format!("{}.B.C.D", "x".repeat(26)),
+            "_.-.a.9",
+        ] {
+            let instrument: Instrument = name.parse().unwrap();
+            for timeframe in Timeframe::ALL {
+                let derived = Topic::of_forecast(&instrument, timeframe);
+                assert_eq!(derived.as_str().parse::<Topic>(), Ok(derived.clone()));
+            }
+        }
     }
 
     #[test]

@@ -22,8 +22,45 @@ pub fn disable_transparent_huge_pages_or_warn() {
     }
 }
 
+/// The open-file limit this process runs with after [`raise_open_file_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFileLimit {
+    pub before: u64,
+    pub now: u64,
+}
+
+/// Raises the soft open-file limit to the hard one. Every connection is a file: a soft limit of 256 or
+/// 1024 (the defaults of many systems) caps a server's connections far below what the host allows.
+pub fn raise_open_file_limit() -> std::io::Result<OpenFileLimit> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let before = limit.current.unwrap_or(u64::MAX);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit)?;
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    Ok(OpenFileLimit { before, now })
+}
+
+/// [`raise_open_file_limit`], logging the limit the process got (or why it kept the old one).
+pub fn raise_open_file_limit_and_log() {
+    match raise_open_file_limit() {
+        Ok(OpenFileLimit { before, now }) => tracing::info!(before, now, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "open-file limit stays as it was"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn open_file_limit_is_raised_to_the_hard_limit() {
+        let limit = super::raise_open_file_limit().unwrap();
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        assert_eq!(Some(limit.now), hard.or(Some(u64::MAX)));
+        assert!(limit.now >= limit.before);
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn huge_pages_are_off_afterwards() {

@@ -26,7 +26,7 @@ use super::auth::Scope;
 use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody, ErrorDetail};
 use super::extract::{ApiQuery, JsonBody, parse_value};
 use crate::events::{Events, Filter, Frame, PAGE, SubscriberStatus, Subscription};
-use crate::storage::{StorageError, unix_millis};
+use crate::storage::{LogStep, StorageError, unix_millis};
 
 /// The longest `?batch_ms=`.
 const MAX_BATCH_MS: u64 = 10_000;
@@ -344,7 +344,7 @@ pub async fn stream(
         events: state.events.clone(),
         state: state.clone(),
         filter,
-        replay: replay.map(|after| Replay { after, first: true }),
+        replay: replay.map(|after| Replay { after }),
         last_sent,
         subscription,
         pending,
@@ -371,7 +371,6 @@ pub async fn stream(
 
 struct Replay {
     after: u64,
-    first: bool,
 }
 
 /// Produces a subscriber's chunks: the replay from the log up to where the subscription went live,
@@ -424,27 +423,28 @@ impl StreamWriter {
         let until = self.subscription.live_after;
         let page = self.events.read(Some(replay.after), PAGE).await?;
         let mut chunk = BytesMut::new();
-        if replay.first {
-            replay.first = false;
-            if let Some(first) = page.events.first()
-                && first.id > replay.after + 1
-            {
-                let gap = Frame::gap(replay.after + 1, first.id - 1, "trimmed by retention");
-                chunk.extend_from_slice(&gap.bytes);
-                self.state.metrics.events_gaps.inc();
-            }
-        }
         let mut written = 0u64;
         let mut last = replay.after;
-        for logged in page.events.iter().take_while(|logged| logged.id <= until) {
-            last = logged.id;
-            if self.filter.matches(&logged.stored.event) {
-                chunk.extend_from_slice(&Frame::encode(logged).bytes);
-                written += 1;
+        for step in page.steps(replay.after) {
+            match step {
+                LogStep::Event(logged) if logged.id <= until => {
+                    last = logged.id;
+                    if self.filter.matches(&logged.stored.event) {
+                        chunk.extend_from_slice(&Frame::encode(logged).bytes);
+                        written += 1;
+                    }
+                }
+                LogStep::Gap { from, to, reason } if from <= until => {
+                    let to = to.min(until);
+                    last = to;
+                    chunk.extend_from_slice(&Frame::gap(from, to, reason.as_str()).bytes);
+                    self.state.metrics.events_gaps.inc();
+                }
+                _ => break,
             }
         }
         replay.after = last;
-        if page.events.len() < PAGE.get() || last >= until {
+        if page.len() < PAGE.get() || last >= until {
             self.replay = None;
         }
         self.last_sent = self.last_sent.max(last);

@@ -20,7 +20,7 @@ mod webhooks;
 
 use super::{
     AuditEntry, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation, NewVersion,
-    Result, Retention, StorageError, Store, StoredEvent, StoredEventAt, VersionRecord, check_expect, missing_version,
+    Result, Retention, StorageError, Store, StoredEvent, VersionRecord, check_expect, missing_version,
 };
 
 /// `AAPL:1h` → [`KeyState`] as JSON.
@@ -275,7 +275,7 @@ impl Group<'_> {
             .map(|event| event.encode().map(String::into_bytes))
             .collect::<Result<Vec<_>>>()?;
         append_numbered(&mut log, &records, self.retention.events, |raw| {
-            Ok(StoredEvent::decode(raw)?.appended_at_ms)
+            Ok(StoredEvent::appended_at_ms_of(raw))
         })
     }
 
@@ -541,18 +541,6 @@ impl Store for EmbeddedStore {
     }
 
     async fn read_events(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<EventPage> {
-        self.read(|txn| {
-            let LogRead { head, records: raw } = read_numbered(txn, EVENTS, after, limit)?;
-            let events = raw
-                .iter()
-                .map(|(id, record)| {
-                    Ok(StoredEventAt {
-                        id: *id,
-                        stored: StoredEvent::decode(record)?,
-                    })
-                })
-                .collect::<Result<_>>()?;
-            Ok(EventPage { events, head })
-        })
+        self.read(|txn| Ok(EventPage::decode(read_numbered(txn, EVENTS, after, limit)?)))
     }
 }

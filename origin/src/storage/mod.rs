@@ -297,6 +297,16 @@ impl StoredEvent {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         serde_json::from_slice(bytes).map_err(StorageError::corrupt)
     }
+
+    /// When a stored record was appended, read without decoding the event, so retention trims a record
+    /// whose event no longer decodes like any other; one whose time cannot be read counts as oldest.
+    pub fn appended_at_ms_of(bytes: &[u8]) -> u64 {
+        #[derive(Deserialize)]
+        struct AppendedAt {
+            appended_at_ms: u64,
+        }
+        serde_json::from_slice::<AppendedAt>(bytes).map_or(0, |record| record.appended_at_ms)
+    }
 }
 
 /// Part of the event log, as [`Store::read_events`] found it.
@@ -304,8 +314,135 @@ impl StoredEvent {
 pub struct EventPage {
     /// The events after the requested position, oldest first.
     pub events: Vec<StoredEventAt>,
+    /// Entries read but not decodable, oldest first: every reader passes over them (announcing a gap)
+    /// instead of stopping at them, so one bad entry cannot stall a stream or the webhook dispatcher.
+    pub unreadable: Vec<UnreadableEvent>,
     /// The newest id in the log; `None` while nothing was ever appended.
     pub head: Option<u64>,
+}
+
+/// A log entry that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableEvent {
+    pub id: u64,
+    /// When it was appended, as far as that can be read (0 when it cannot).
+    pub appended_at_ms: u64,
+    pub error: String,
+}
+
+/// Why ids are missing from what a reader of the event log gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// Retention removed them before they were read.
+    Trimmed,
+    /// They are stored but cannot be decoded.
+    Unreadable,
+}
+
+impl GapReason {
+    /// The reason as subscribers read it in `event: gap`, and as metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Trimmed => "trimmed by retention",
+            GapReason::Unreadable => "unreadable in the event log",
+        }
+    }
+}
+
+/// What a reader of the event log meets, in id order: an event, or ids `from..=to` it will not get.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogStep<'a> {
+    Event(&'a StoredEventAt),
+    Gap { from: u64, to: u64, reason: GapReason },
+}
+
+impl EventPage {
+    /// Decodes what a backend read; entries that do not decode are set aside in `unreadable`.
+    pub(crate) fn decode(read: LogRead) -> Self {
+        let mut events = Vec::with_capacity(read.records.len());
+        let mut unreadable = Vec::new();
+        for (id, record) in read.records {
+            match StoredEvent::decode(&record) {
+                Ok(stored) => events.push(StoredEventAt { id, stored }),
+                Err(error) => unreadable.push(UnreadableEvent {
+                    id,
+                    appended_at_ms: StoredEvent::appended_at_ms_of(&record),
+                    error: error.to_string(),
+                }),
+            }
+        }
+        Self {
+            events,
+            unreadable,
+            head: read.head,
+        }
+    }
+
+    /// How many entries the page read, readable or not (a page shorter than asked is the log's end).
+    pub fn len(&self) -> usize {
+        self.events.len() + self.unreadable.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id and append time of the first entry read, readable or not.
+    pub fn first_entry(&self) -> Option<(u64, u64)> {
+        let event = self
+            .events
+            .first()
+            .map(|logged| (logged.id, logged.stored.appended_at_ms));
+        let unreadable = self.unreadable.first().map(|entry| (entry.id, entry.appended_at_ms));
+        match (event, unreadable) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The id of the last entry read, readable or not: where the next page starts.
+    pub fn last_id(&self) -> Option<u64> {
+        let event = self.events.last().map(|logged| logged.id);
+        let unreadable = self.unreadable.last().map(|entry| entry.id);
+        event.max(unreadable)
+    }
+
+    /// The entries read after `after`, in id order: each event, a gap for ids trimmed before the first
+    /// entry, and one gap per run of unreadable entries.
+    pub fn steps(&self, after: u64) -> Vec<LogStep<'_>> {
+        let mut steps = Vec::with_capacity(self.events.len() + 1);
+        if let Some((first, _)) = self.first_entry()
+            && first > after.saturating_add(1)
+        {
+            steps.push(LogStep::Gap {
+                from: after + 1,
+                to: first - 1,
+                reason: GapReason::Trimmed,
+            });
+        }
+        let mut unreadable = self.unreadable.iter().map(|entry| entry.id).peekable();
+        let mut take_unreadable_before = |limit: u64, steps: &mut Vec<LogStep<'_>>| {
+            while let Some(&from) = unreadable.peek().filter(|id| **id < limit) {
+                let mut to = from;
+                unreadable.next();
+                while let Some(&next) = unreadable.peek().filter(|id| **id == to + 1 && **id < limit) {
+                    to = next;
+                    unreadable.next();
+                }
+                steps.push(LogStep::Gap {
+                    from,
+                    to,
+                    reason: GapReason::Unreadable,
+                });
+            }
+        };
+        for logged in &self.events {
+            take_unreadable_before(logged.id, &mut steps);
+            steps.push(LogStep::Event(logged));
+        }
+        take_unreadable_before(u64::MAX, &mut steps);
+        steps
+    }
 }
 
 /// A stored event and its id.
@@ -437,5 +574,75 @@ pub(crate) fn check_expect(key: &ForecastKey, expect: Expect, current: Option<u6
             expected: expect,
             found: Current(current),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page read after `after` holding `readable` and `unreadable` ids.
+    fn page(readable: &[u64], unreadable: &[u64]) -> EventPage {
+        let event = |id: u64| StoredEventAt {
+            id,
+            stored: StoredEvent {
+                appended_at_ms: id,
+                event: NewEvent {
+                    topic: "x".parse().unwrap(),
+                    kind: "T".to_owned(),
+                    instrument: "X".parse().unwrap(),
+                    timeframe: None,
+                    produced_at: OffsetDateTime::UNIX_EPOCH,
+                    schema_version: 1,
+                    payload: serde_json::Value::Null,
+                },
+            },
+        };
+        EventPage {
+            events: readable.iter().copied().map(event).collect(),
+            unreadable: unreadable
+                .iter()
+                .map(|&id| UnreadableEvent {
+                    id,
+                    appended_at_ms: 0,
+                    error: "bad".to_owned(),
+                })
+                .collect(),
+            head: None,
+        }
+    }
+
+    fn describe(steps: Vec<LogStep<'_>>) -> Vec<String> {
+        steps
+            .into_iter()
+            .map(|step| match step {
+                LogStep::Event(logged) => logged.id.to_string(),
+                LogStep::Gap { from, to, reason } => format!("{from}-{to} {}", reason.as_str()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_is_walked_in_id_order_with_its_gaps() {
+        let trimmed = GapReason::Trimmed.as_str();
+        let unreadable = GapReason::Unreadable.as_str();
+        assert_eq!(describe(page(&[1, 2], &[]).steps(0)), ["1", "2"]);
+        assert_eq!(
+            describe(page(&[5, 8], &[6, 7, 9]).steps(2)),
+            [
+                format!("3-4 {trimmed}"),
+                "5".to_owned(),
+                format!("6-7 {unreadable}"),
+                "8".to_owned(),
+                format!("9-9 {unreadable}")
+            ]
+        );
+        assert_eq!(describe(page(&[], &[3]).steps(2)), [format!("3-3 {unreadable}")]);
+        assert!(page(&[], &[]).steps(7).is_empty());
+        let mixed = page(&[4], &[3, 5]);
+        assert_eq!(
+            (mixed.last_id(), mixed.first_entry(), mixed.len()),
+            (Some(5), Some((3, 0)), 3)
+        );
     }
 }

@@ -22,7 +22,7 @@ mod webhooks;
 use super::keys;
 use super::{
     AuditEntry, Current, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation,
-    NewVersion, Result, Retention, StorageError, Store, StoredEvent, StoredEventAt, VersionRecord, missing_version,
+    NewVersion, Result, Retention, StorageError, Store, StoredEvent, VersionRecord, missing_version,
 };
 
 /// Bounds (ms) of the cluster client's jittered pause between retries of a request.
@@ -545,16 +545,6 @@ impl Store for RedisStore {
     }
 
     async fn read_events(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<EventPage> {
-        let LogRead { head, records: entries } = self.read_log(keys::EVENTS, after, limit).await?;
-        let events = entries
-            .into_iter()
-            .map(|(id, record)| {
-                Ok(StoredEventAt {
-                    id,
-                    stored: StoredEvent::decode(&record)?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(EventPage { events, head })
+        Ok(EventPage::decode(self.read_log(keys::EVENTS, after, limit).await?))
     }
 }

@@ -34,7 +34,7 @@ use crate::config::WebhooksConfig;
 use crate::events::{Events, Filter, PAGE};
 use crate::metrics::Metrics;
 use crate::storage::webhooks::{Attempt, Delivery, Finish, StoredEndpoint, Taken};
-use crate::storage::{Result, SharedStore, StorageError, unix_millis};
+use crate::storage::{GapReason, LogStep, Result, SharedStore, StorageError, unix_millis};
 
 /// Deliveries taken from the queue at a time.
 const TAKE: usize = 256;
@@ -276,6 +276,9 @@ impl Webhooks {
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, which reqwest reads by default) resolves the
+            // host itself and would connect to addresses the resolver below never checked.
+            .no_proxy()
             .dns_resolver(Arc::new(Resolver(policy.clone())))
             .user_agent(concat!("forecast-origin-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -347,8 +350,8 @@ impl Webhooks {
         let mut queued = 0;
         loop {
             let page = self.events.read(after, PAGE).await?;
-            let Some(last) = page.events.last() else { break };
-            after = Some(last.id);
+            let Some(last) = page.last_id() else { break };
+            after = Some(last);
             let deliveries: Vec<Delivery> = page
                 .events
                 .iter()
@@ -425,18 +428,9 @@ impl Webhooks {
             }
         };
         let page = self.events.read(Some(cursor), PAGE).await?;
-        let Some(last) = page.events.last().map(|logged| logged.id) else {
+        let Some(last) = page.last_id() else {
             return Ok(false);
         };
-        if let Some(first) = page.events.first()
-            && first.id > cursor + 1
-        {
-            tracing::error!(
-                from = cursor + 1,
-                to = first.id - 1,
-                "events trimmed before webhooks dispatched them"
-            );
-        }
         let routes: Vec<Route> = self
             .store
             .endpoints()
@@ -446,7 +440,17 @@ impl Webhooks {
             .filter_map(Route::of)
             .collect();
         let mut deliveries = Vec::new();
-        for logged in &page.events {
+        for step in page.steps(cursor) {
+            let logged = match step {
+                LogStep::Event(logged) => logged,
+                LogStep::Gap { from, to, reason } => {
+                    tracing::error!(from, to, reason = reason.as_str(), "events passed over by webhooks");
+                    if reason == GapReason::Unreadable {
+                        self.metrics.events_unreadable.inc_by(to - from + 1);
+                    }
+                    continue;
+                }
+            };
             for route in &routes {
                 if logged.stored.appended_at_ms >= route.created_at_ms && route.filter.matches(&logged.stored.event) {
                     deliveries.push(Delivery {

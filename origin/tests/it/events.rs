@@ -16,9 +16,9 @@ use crate::support::{self, ADMIN_TOKEN, TestOrigin, expect_error, forecast};
 /// How long a test waits for an event it expects.
 const WAIT: Duration = Duration::from_secs(10);
 
-type Sse = std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, EventStreamError<reqwest::Error>>> + Send>>;
+pub(crate) type Sse = std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, EventStreamError<reqwest::Error>>> + Send>>;
 
-fn indicator(instrument: &str, name: &str, value: f64) -> Value {
+pub(crate) fn indicator(instrument: &str, name: &str, value: f64) -> Value {
     json!({"topic": format!("indicators.{instrument}.{name}"), "type": "TechnicalIndicatorComputed",
         "instrument": instrument, "timeframe": "1h",
         "payload": {"indicator": "rsi", "period": 14, "value": value, "computed_at": "2026-11-23T14:00:00Z"}})
@@ -36,7 +36,7 @@ fn pattern(instrument: &str) -> Value {
             "detected_at": "2026-11-23T14:00:00Z"}})
 }
 
-async fn publish(origin: &TestOrigin, event: &Value) -> u64 {
+pub(crate) async fn publish(origin: &TestOrigin, event: &Value) -> u64 {
     let response = origin
         .admin(Method::POST, "/admin/v1/events")
         .json(event)
@@ -59,7 +59,12 @@ async fn publish_batch(origin: &TestOrigin, events: &[Value]) -> Value {
 }
 
 /// Opens a stream with `query`, as `token` (none: anonymous) and resuming after `last_event_id`.
-async fn subscribe(origin: &TestOrigin, query: &str, token: Option<&str>, last_event_id: Option<u64>) -> Sse {
+pub(crate) async fn subscribe(
+    origin: &TestOrigin,
+    query: &str,
+    token: Option<&str>,
+    last_event_id: Option<u64>,
+) -> Sse {
     let mut request = origin.get(&format!("/v1/stream?{query}"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -76,7 +81,7 @@ async fn subscribe(origin: &TestOrigin, query: &str, token: Option<&str>, last_e
     Box::pin(response.bytes_stream().eventsource())
 }
 
-async fn next(stream: &mut Sse) -> SseEvent {
+pub(crate) async fn next(stream: &mut Sse) -> SseEvent {
     tokio::time::timeout(WAIT, stream.next())
         .await
         .expect("no event in time")

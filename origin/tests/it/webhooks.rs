@@ -181,7 +181,7 @@ fn verify_with_reference_library(secrets: &[&str], messages: &[Received]) {
     );
 }
 
-fn config(dir: &std::path::Path) -> origin::config::OriginConfig {
+pub(crate) fn config(dir: &std::path::Path) -> origin::config::OriginConfig {
     let mut config = support::config(dir);
     config.webhooks.allowed_targets = vec!["127.0.0.1".into()];
     config.webhooks.allow_http = true;
@@ -208,7 +208,7 @@ async fn admin_json(origin: &TestOrigin, method: Method, path: &str, body: Optio
     response.json().await.unwrap()
 }
 
-async fn register(origin: &TestOrigin, body: Value) -> (String, String) {
+pub(crate) async fn register(origin: &TestOrigin, body: Value) -> (String, String) {
     let created = admin_json(origin, Method::POST, "/admin/v1/webhooks", Some(body), 201).await;
     (
         created["id"].as_str().unwrap().to_owned(),
