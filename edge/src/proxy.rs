@@ -286,6 +286,11 @@ impl ProxyHttp for EdgeProxy {
             // say so, or the client reuses it and meets a reset.
             session.set_keepalive(None);
         }
+        if matches!(phase, CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating) {
+            // Stored responses never hold a cookie (policy strips it); this keeps it so for entries
+            // from any other path.
+            response.remove_header(&http::header::SET_COOKIE);
+        }
         if self.settings.strip_tag_headers {
             for name in &self.settings.tag_headers {
                 response.remove_header(name.as_str());

@@ -19,6 +19,14 @@ pub static DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
 /// can give shared caches their own lifetime and stale windows while browsers get a short one.
 /// `Vary: *`, and Vary on a header outside `vary_allowed`, make a response uncacheable: a cache that
 /// cannot key the variant must not serve it to another client.
+///
+/// Two statements about *who may see* a response are read from either header, because both are
+/// addressed to this cache (`Cache-Control` to every cache, `CDN-Cache-Control` to this one):
+/// * a response to a request with `Authorization` is stored only when one of them marks it
+///   shareable ([`shareable_with_authorization`], RFC 9111 §3.5);
+/// * a response with `Set-Cookie` is stored only when one of them lets shared caches drop that field
+///   ([`cookie_may_be_dropped`]); the stored response never holds `Set-Cookie`, so no client is
+///   handed another's cookie. The client whose request fetched it still gets its cookie.
 pub fn response_cacheability(
     response: &ResponseHeader,
     authorization_present: bool,
@@ -27,19 +35,58 @@ pub fn response_cacheability(
     if !vary_names(response).all(|name| vary_allowed.contains(&name)) {
         return RespCacheable::Uncacheable(NoCacheReason::Custom("vary"));
     }
-    let control = CacheControl::from_resp_headers_named("cdn-cache-control", response)
-        .or_else(|| CacheControl::from_resp_headers(response));
     if response.status.as_u16() == 206 {
         // A partial response is never stored as if it were the whole representation.
         return RespCacheable::Uncacheable(NoCacheReason::Custom("partial content"));
     }
-    match resp_cacheable(control.as_ref(), response.clone(), authorization_present, &DEFAULTS) {
+    let targeted = CacheControl::from_resp_headers_named("cdn-cache-control", response);
+    let general = CacheControl::from_resp_headers(response);
+    let headers = [targeted.as_ref(), general.as_ref()];
+    if authorization_present && !shareable_with_authorization(headers) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("authorization"));
+    }
+    let mut stored = response.clone();
+    if response.headers.contains_key(http::header::SET_COOKIE) {
+        if !cookie_may_be_dropped(headers) {
+            return RespCacheable::Uncacheable(NoCacheReason::Custom("set-cookie"));
+        }
+        stored.remove_header(&http::header::SET_COOKIE);
+    }
+    let control = targeted.as_ref().or(general.as_ref());
+    // Authorization was judged above, over both headers.
+    match resp_cacheable(control, stored, false, &DEFAULTS) {
         RespCacheable::Cacheable(meta) => {
-            let relative = control.as_ref().and_then(|c| c.fresh_duration()).is_some();
+            let relative = control.and_then(|c| c.fresh_duration()).is_some();
             RespCacheable::Cacheable(count_age(meta, response, relative))
         }
         uncacheable => uncacheable,
     }
+}
+
+/// RFC 9111 §3.5: a response to a request with `Authorization` may be stored by a shared cache only
+/// when it says `public`, `s-maxage` or `must-revalidate`. Any of `[CDN-Cache-Control,
+/// Cache-Control]` may say so, unless that same header also says `private` or `no-store`; whether
+/// the response is storable at all (and for how long) is still up to the header that governs.
+pub fn shareable_with_authorization(headers: [Option<&CacheControl>; 2]) -> bool {
+    headers
+        .into_iter()
+        .flatten()
+        .any(|control| !control.private() && !control.no_store() && control.allow_caching_authorized_req())
+}
+
+/// Whether the origin lets shared caches store a response without its `Set-Cookie`: `private` or
+/// `no-cache` qualified with the field name (`private="set-cookie"`, RFC 9111 §5.2.2.7 and
+/// §5.2.2.4) in either of `[CDN-Cache-Control, Cache-Control]`. Without such a statement a response
+/// that sets a cookie is taken to be for its client alone.
+pub fn cookie_may_be_dropped(headers: [Option<&CacheControl>; 2]) -> bool {
+    headers.into_iter().flatten().any(|control| {
+        let mut names = control
+            .private_field_names()
+            .into_iter()
+            .flatten()
+            .chain(control.no_cache_field_names().into_iter().flatten());
+        names.any(|name| name.eq_ignore_ascii_case(b"set-cookie"))
+    })
 }
 
 /// RFC 9111 §4.2.3: a response that arrives with `Age` (from a cache nearer the origin) has already
@@ -296,6 +343,82 @@ mod tests {
                 "{cc}"
             );
         }
+    }
+
+    #[test]
+    fn authorization_needs_a_shareable_mark_in_either_header() {
+        let stored = |headers: &[(&str, &str)]| fresh_secs(response_cacheability(&response(headers), true, &allowed()));
+        assert_eq!(stored(&[("cdn-cache-control", "max-age=60")]), None);
+        assert_eq!(stored(&[("cdn-cache-control", "public, max-age=60")]), Some(60));
+        assert_eq!(
+            stored(&[("cache-control", "private"), ("cdn-cache-control", "s-maxage=60")]),
+            Some(60)
+        );
+        // A mark in Cache-Control counts, the lifetime comes from CDN-Cache-Control.
+        assert_eq!(
+            stored(&[
+                ("cache-control", "public, max-age=5"),
+                ("cdn-cache-control", "max-age=60")
+            ]),
+            Some(60)
+        );
+        assert_eq!(
+            stored(&[
+                ("cache-control", "must-revalidate, max-age=5"),
+                ("cdn-cache-control", "max-age=60")
+            ]),
+            Some(60)
+        );
+        // A header that marks and forbids at once does not mark.
+        assert_eq!(
+            stored(&[
+                ("cache-control", "private, s-maxage=5"),
+                ("cdn-cache-control", "max-age=60")
+            ]),
+            None
+        );
+        // The governing header still decides whether anything is stored.
+        assert_eq!(
+            stored(&[
+                ("cache-control", "public, max-age=60"),
+                ("cdn-cache-control", "no-store")
+            ]),
+            None
+        );
+        assert_eq!(stored(&[("expires", "Wed, 21 Oct 2099 07:28:00 GMT")]), None);
+    }
+
+    #[test]
+    fn set_cookie_is_stored_only_when_the_origin_lets_it_be_dropped_and_never_kept() {
+        let cacheable = |headers: &[(&str, &str)]| {
+            let mut all = vec![("set-cookie", "session=1")];
+            all.extend_from_slice(headers);
+            response_cacheability(&response(&all), false, &allowed())
+        };
+        assert_eq!(fresh_secs(cacheable(&[("cache-control", "public, max-age=60")])), None);
+        assert_eq!(fresh_secs(cacheable(&[("cdn-cache-control", "max-age=60")])), None);
+        for headers in [
+            &[("cache-control", "max-age=60, private=\"set-cookie\"")][..],
+            &[("cache-control", "max-age=60, no-cache=\"Set-Cookie, x-other\"")],
+            &[
+                ("cache-control", "no-cache=\"set-cookie\""),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            &[("cdn-cache-control", "max-age=60, private=set-cookie")],
+        ] {
+            let RespCacheable::Cacheable(meta) = cacheable(headers) else {
+                panic!("{headers:?} is cacheable");
+            };
+            assert_eq!(meta.fresh_sec(), 60, "{headers:?}");
+            assert!(
+                !meta.headers().contains_key("set-cookie"),
+                "{headers:?} kept its cookie"
+            );
+        }
+        assert_eq!(
+            fresh_secs(cacheable(&[("cache-control", "max-age=60, private=\"x-other\"")])),
+            None
+        );
     }
 
     #[test]

@@ -405,6 +405,115 @@ async fn requests_with_authorization_are_stored_only_when_the_response_allows_it
     }
 }
 
+/// RFC 9111 §3.5 with RFC 9213: a response to a request with `Authorization` is shared only when a
+/// header addressed to this cache marks it shareable (`public`, `s-maxage` or `must-revalidate`,
+/// without `private`); lifetimes still come from `CDN-Cache-Control` when present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_fetched_with_a_token_reaches_anonymous_readers_only_when_marked_shareable() {
+    let (origin, edge) = scripted_edge(&[]).await;
+    let cases: [(&str, &[(&str, &str)], bool); 6] = [
+        ("/token/max-age", &[("cache-control", "max-age=60")], false),
+        (
+            "/token/cdn-lifetime",
+            &[("cache-control", "private"), ("cdn-cache-control", "max-age=60")],
+            false,
+        ),
+        (
+            "/token/private-s-maxage",
+            &[
+                ("cache-control", "private, s-maxage=60"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            false,
+        ),
+        (
+            "/token/cdn-public",
+            &[
+                ("cache-control", "private"),
+                ("cdn-cache-control", "public, max-age=60"),
+            ],
+            true,
+        ),
+        (
+            "/token/public-cdn-lifetime",
+            &[
+                ("cache-control", "public, max-age=5"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            true,
+        ),
+        (
+            "/token/s-maxage-cdn-lifetime",
+            &[("cache-control", "s-maxage=5"), ("cdn-cache-control", "max-age=60")],
+            true,
+        ),
+    ];
+    for (path, headers, shareable) in cases {
+        let mut reply = Reply::new(200, "").echo("authorization");
+        for (name, value) in headers {
+            reply = reply.header(name, value);
+        }
+        origin.set(path, reply);
+        let with_token = fetch(edge.request(Method::GET, path).bearer_auth("reader-token")).await;
+        assert_eq!(with_token.text(), "Bearer reader-token", "{path}");
+        let anonymous = edge.get(path).await;
+        if shareable {
+            assert!(anonymous.is_hit(), "{path}: {}", anonymous.cache_status());
+            assert_eq!(origin.count(path), 1, "{path}");
+        } else {
+            assert_eq!(
+                anonymous.text(),
+                "",
+                "{path}: the token's response reached an anonymous reader"
+            );
+            assert_eq!(origin.count(path), 2, "{path}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_setting_cookies_are_stored_only_when_allowed_and_never_with_the_cookie() {
+    let (origin, edge) = scripted_edge(&[]).await;
+    origin.set(
+        "/cookie/plain",
+        Reply::cached(BODY, "max-age=60").header("set-cookie", "session=first"),
+    );
+    for _ in 0..2 {
+        let response = edge.get("/cookie/plain").await;
+        assert_not_stored(&response, "/cookie/plain");
+        assert_eq!(response.header("set-cookie"), Some("session=first"));
+    }
+    assert_eq!(origin.count("/cookie/plain"), 2);
+
+    let allowed = [
+        ("/cookie/private", "max-age=60, private=\"set-cookie\"", None),
+        ("/cookie/no-cache", "max-age=60, no-cache=\"Set-Cookie\"", None),
+        ("/cookie/cdn", "private=\"set-cookie\"", Some("max-age=60")),
+    ];
+    for (path, cache_control, cdn_cache_control) in allowed {
+        let mut reply = Reply::cached(BODY, cache_control).header("set-cookie", "session=first");
+        if let Some(value) = cdn_cache_control {
+            reply = reply.header("cdn-cache-control", value);
+        }
+        origin.set(path, reply);
+        let miss = edge.get(path).await;
+        assert!(
+            miss.cache_status().contains("stored"),
+            "{path}: {}",
+            miss.cache_status()
+        );
+        assert_eq!(
+            miss.header("set-cookie"),
+            Some("session=first"),
+            "{path}: the fetching client"
+        );
+        let hit = edge.get(path).await;
+        assert!(hit.is_hit(), "{path}: {}", hit.cache_status());
+        assert_eq!(hit.header("set-cookie"), None, "{path}: a stored cookie was replayed");
+        assert_eq!(hit.text(), BODY);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdn_cache_control_wins_over_cache_control() {
     let (origin, edge) = scripted_edge(&[]).await;
