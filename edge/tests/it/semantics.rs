@@ -411,7 +411,8 @@ async fn requests_with_authorization_are_stored_only_when_the_response_allows_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_fetched_with_a_token_reaches_anonymous_readers_only_when_marked_shareable() {
     let (origin, edge) = scripted_edge(&[]).await;
-    let cases: [(&str, &[(&str, &str)], bool); 6] = [
+    type Headers = &'static [(&'static str, &'static str)];
+    let cases: [(&str, Headers, bool); 6] = [
         ("/token/max-age", &[("cache-control", "max-age=60")], false),
         (
             "/token/cdn-lifetime",
