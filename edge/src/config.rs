@@ -86,6 +86,10 @@ pub struct UpstreamConfig {
     /// Upper bound of waiting for each read from the upstream.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// The same for event streams (`Accept: text/event-stream`): they are quiet between events and
+    /// heartbeats, so this must be longer than the origin's heartbeat interval.
+    #[serde(with = "humantime_serde")]
+    pub stream_read_timeout: Duration,
     /// How often each upstream is probed with a TCP connection; unhealthy ones get no requests
     /// while a healthy one remains.
     #[serde(with = "humantime_serde")]
@@ -98,6 +102,7 @@ impl Default for UpstreamConfig {
             url: vec!["http://127.0.0.1:8080".into()],
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(5),
+            stream_read_timeout: Duration::from_secs(60),
             health_check_interval: Duration::from_secs(1),
         }
     }

@@ -16,7 +16,7 @@ use crate::cache::policy::{self, Outcome};
 use crate::cache::{Cache, PurgeMode, Selector, key};
 use crate::control::ControlState;
 use crate::metrics::Metrics;
-use crate::upstream::Upstreams;
+use crate::upstream::{Expecting, Upstreams};
 
 /// Longest request target (path and query) forwarded upstream; longer ones are answered 414.
 const MAX_TARGET_BYTES: usize = 8 * 1024;
@@ -149,13 +149,19 @@ impl ProxyHttp for EdgeProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
         ctx.upstream_sent = Some(Instant::now());
-        Ok(Box::new(self.upstreams.peer(self.upstreams.pick())))
+        let expecting = if policy::is_stream_request(session.req_header()) {
+            Expecting::Stream
+        } else {
+            Expecting::Response
+        };
+        Ok(Box::new(self.upstreams.peer(self.upstreams.pick(), expecting)))
     }
 
     fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<()> {
-        if !filters::request_cacheable(session.req_header()) {
+        let request = session.req_header();
+        if !filters::request_cacheable(request) || policy::is_stream_request(request) {
             return Ok(());
         }
         let cache = self.cache;

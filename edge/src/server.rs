@@ -44,6 +44,7 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
         &config.upstream.url,
         config.upstream.connect_timeout,
         config.upstream.read_timeout,
+        config.upstream.stream_read_timeout,
     )?);
     let compress_min_bytes = (config.cache.compress_min_bytes > 0).then_some(config.cache.compress_min_bytes);
     let store_settings = StoreSettings {

@@ -67,10 +67,25 @@ pub struct Upstreams {
     next: AtomicUsize,
     connect_timeout: Duration,
     read_timeout: Duration,
+    stream_read_timeout: Duration,
+}
+
+/// What a request expects from the upstream, which sets how long the edge waits for each read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expecting {
+    /// An ordinary response: `upstream.read_timeout`.
+    Response,
+    /// An event stream, quiet between events and heartbeats: `upstream.stream_read_timeout`.
+    Stream,
 }
 
 impl Upstreams {
-    pub fn new(urls: &[String], connect_timeout: Duration, read_timeout: Duration) -> Result<Self> {
+    pub fn new(
+        urls: &[String],
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        stream_read_timeout: Duration,
+    ) -> Result<Self> {
         ensure!(!urls.is_empty(), "no upstream url configured (upstream.url)");
         let list = urls
             .iter()
@@ -81,6 +96,7 @@ impl Upstreams {
             next: AtomicUsize::new(0),
             connect_timeout,
             read_timeout,
+            stream_read_timeout,
         })
     }
 
@@ -96,10 +112,13 @@ impl Upstreams {
     }
 
     /// A pingora peer for `upstream` with the configured timeouts.
-    pub fn peer(&self, upstream: &Upstream) -> HttpPeer {
+    pub fn peer(&self, upstream: &Upstream, expecting: Expecting) -> HttpPeer {
         let mut peer = HttpPeer::new(upstream.address, upstream.tls, upstream.host.clone());
         peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.read_timeout = Some(match expecting {
+            Expecting::Response => self.read_timeout,
+            Expecting::Stream => self.stream_read_timeout,
+        });
         peer.options.write_timeout = Some(self.read_timeout);
         peer
     }
@@ -148,7 +167,7 @@ mod tests {
     fn unhealthy_upstreams_are_skipped_while_a_healthy_one_remains() {
         let timeout = Duration::from_secs(1);
         let urls = ["http://127.0.0.1:1".to_string(), "http://127.0.0.1:2".to_string()];
-        let upstreams = Upstreams::new(&urls, timeout, timeout).unwrap();
+        let upstreams = Upstreams::new(&urls, timeout, timeout, timeout).unwrap();
         upstreams.list[0].healthy.store(false, Ordering::Relaxed);
         for _ in 0..4 {
             assert_eq!(upstreams.pick().address.port(), 2);

@@ -39,6 +39,9 @@ pub fn response_cacheability(
         // A partial response is never stored as if it were the whole representation.
         return RespCacheable::Uncacheable(NoCacheReason::Custom("partial content"));
     }
+    if is_stream_response(response) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("event stream"));
+    }
     let targeted = CacheControl::from_resp_headers_named("cdn-cache-control", response);
     let general = CacheControl::from_resp_headers(response);
     let headers = [targeted.as_ref(), general.as_ref()];
@@ -61,6 +64,35 @@ pub fn response_cacheability(
         }
         uncacheable => uncacheable,
     }
+}
+
+/// Whether a request asks for an event stream (`Accept: text/event-stream`, as `EventSource` sends):
+/// it is passed through uncached, and the upstream may stay quiet between events for longer.
+pub fn is_stream_request(request: &RequestHeader) -> bool {
+    request
+        .headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| media_type_is(item, "text/event-stream"))
+}
+
+/// Whether a response is an event stream (`Content-Type: text/event-stream`): never stored, whatever
+/// its `Cache-Control` says, since a stored stream would replay old events as new ones.
+pub fn is_stream_response(response: &ResponseHeader) -> bool {
+    response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| media_type_is(value, "text/event-stream"))
+}
+
+/// Whether `item` (a media type with optional parameters) names `media_type`.
+fn media_type_is(item: &str, media_type: &str) -> bool {
+    item.split(';')
+        .next()
+        .is_some_and(|name| name.trim().eq_ignore_ascii_case(media_type))
 }
 
 /// RFC 9111 §3.5: a response to a request with `Authorization` may be stored by a shared cache only
@@ -419,6 +451,27 @@ mod tests {
             fresh_secs(cacheable(&[("cache-control", "max-age=60, private=\"x-other\"")])),
             None
         );
+    }
+
+    #[test]
+    fn event_streams_are_told_apart_and_never_stored() {
+        let request = |accept: &str| {
+            let mut request = RequestHeader::build("GET", b"/v1/stream", None).unwrap();
+            request.append_header("accept", accept).unwrap();
+            request
+        };
+        assert!(is_stream_request(&request("text/event-stream")));
+        assert!(is_stream_request(&request("application/json, Text/Event-Stream;q=0.9")));
+        assert!(!is_stream_request(&request("application/json")));
+        assert!(!is_stream_request(&RequestHeader::build("GET", b"/", None).unwrap()));
+
+        let r = response(&[
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("cache-control", "public, max-age=60"),
+        ]);
+        assert!(is_stream_response(&r));
+        assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), None);
+        assert!(!is_stream_response(&response(&[("content-type", "application/json")])));
     }
 
     #[test]

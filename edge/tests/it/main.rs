@@ -9,4 +9,5 @@ mod memory;
 mod process;
 mod semantics;
 mod store;
+mod streams;
 mod support;
