@@ -62,6 +62,16 @@ pub struct HttpConfig {
     /// How long SIGTERM waits for requests in flight before the process exits.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a connection may take to send a whole request head, counted from when it is ready for
+    /// the next request: it closes slow senders (slowloris) and idle keep-alive connections alike.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a request body may take to arrive in full; past it the request gets 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most client connections open at once (SSE streams included); beyond, a new connection is answered
+    /// 503 with `Retry-After` and closed.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +82,9 @@ impl Default for HttpConfig {
             max_batch_reads: NonZeroUsize::new(100).expect("non-zero"),
             max_batch_writes: NonZeroUsize::new(500).expect("non-zero"),
             shutdown_grace: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: NonZeroUsize::new(16_384).expect("non-zero"),
         }
     }
 }
@@ -206,6 +219,11 @@ pub struct EventsConfig {
     pub max_batch: NonZeroUsize,
     /// Events a subscriber's connection may have waiting; beyond, it is closed with `event: overflow`.
     pub queue_events: NonZeroUsize,
+    /// Most streams one token may hold open at once; beyond, `GET /v1/stream` answers 429.
+    pub max_streams_per_token: NonZeroUsize,
+    /// Most streams one client address may hold open at once, whatever the token (anonymous streams
+    /// included); beyond, 429. Behind a load balancer every client has its address: raise it there.
+    pub max_streams_per_address: NonZeroUsize,
     /// How often an idle stream gets a comment, so proxies and clients know it is alive.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -227,6 +245,8 @@ impl Default for EventsConfig {
             anonymous_topics: Vec::new(),
             max_batch: NonZeroUsize::new(1000).expect("non-zero"),
             queue_events: NonZeroUsize::new(1024).expect("non-zero"),
+            max_streams_per_token: NonZeroUsize::new(10_000).expect("non-zero"),
+            max_streams_per_address: NonZeroUsize::new(10_000).expect("non-zero"),
             heartbeat_interval: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             poll_interval: Duration::from_millis(20),

@@ -11,7 +11,8 @@
 //! broadcast (`live_after`): what follows arrives through the queue, what came before is replayed from
 //! the log, so nothing is missed or sent twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -125,9 +126,40 @@ struct Subscriber {
     filter: Filter,
     queue: mpsc::Sender<Frame>,
     progress: Arc<Progress>,
-    remote: String,
-    principal: String,
+    who: Who,
     since_ms: u64,
+}
+
+/// Who holds a stream: its token (`None`: anonymous) and the client's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    pub token: Option<String>,
+    pub remote: Option<SocketAddr>,
+}
+
+/// The most streams one token, and one client address, may hold open at once.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    pub per_token: usize,
+    pub per_address: usize,
+}
+
+/// Which of [`StreamLimits`] a refused subscription reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamLimit {
+    #[error("this token holds the most streams it may (events.max_streams_per_token)")]
+    Token,
+    #[error("this address holds the most streams it may (events.max_streams_per_address)")]
+    Address,
+}
+
+impl StreamLimit {
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamLimit::Token => "token",
+            StreamLimit::Address => "address",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -136,6 +168,36 @@ struct Hub {
     next_id: u64,
     /// The id of the last event offered to subscribers.
     broadcast_through: u64,
+    streams_per_token: HashMap<String, usize>,
+    streams_per_address: HashMap<IpAddr, usize>,
+}
+
+impl Hub {
+    /// Removes a subscriber and what it counted toward its token's and address's limits.
+    fn remove(&mut self, id: u64) -> Option<Subscriber> {
+        let subscriber = self.subscribers.remove(&id)?;
+        if let Some(token) = &subscriber.who.token {
+            release(&mut self.streams_per_token, token);
+        }
+        if let Some(remote) = subscriber.who.remote {
+            release(&mut self.streams_per_address, &remote.ip());
+        }
+        Some(subscriber)
+    }
+}
+
+/// Counts one stream less for `key`, forgetting keys that hold none.
+fn release<K, Q>(counts: &mut HashMap<K, usize>, key: &Q)
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// A registered subscription; dropping it unregisters it.
@@ -162,6 +224,7 @@ pub struct Events {
     appended: watch::Sender<u64>,
     metrics: Metrics,
     queue_events: usize,
+    limits: StreamLimits,
 }
 
 impl std::fmt::Debug for Events {
@@ -171,13 +234,14 @@ impl std::fmt::Debug for Events {
 }
 
 impl Events {
-    pub fn new(store: SharedStore, metrics: Metrics, queue_events: NonZeroUsize) -> Arc<Self> {
+    pub fn new(store: SharedStore, metrics: Metrics, queue_events: NonZeroUsize, limits: StreamLimits) -> Arc<Self> {
         Arc::new(Self {
             store,
             hub: Mutex::default(),
             appended: watch::Sender::new(0),
             metrics,
             queue_events: queue_events.get(),
+            limits,
         })
     }
 
@@ -240,11 +304,37 @@ impl Events {
         Ok(Some(low - 1))
     }
 
-    /// Registers a subscriber; events after `live_after` reach it through its queue.
-    pub fn subscribe(self: &Arc<Self>, filter: Filter, remote: String, principal: String) -> Subscription {
+    /// Registers a subscriber unless `who` holds the most streams it may; events after `live_after`
+    /// reach it through its queue.
+    pub fn subscribe(self: &Arc<Self>, filter: Filter, who: Who) -> Result<Subscription, StreamLimit> {
+        let mut hub = self.hub();
+        let hub = &mut *hub;
+        let token_count = who
+            .token
+            .as_ref()
+            .map(|token| hub.streams_per_token.get(token).copied().unwrap_or(0));
+        let address_count = who
+            .remote
+            .map(|remote| hub.streams_per_address.get(&remote.ip()).copied().unwrap_or(0));
+        let refused = if token_count.is_some_and(|count| count >= self.limits.per_token) {
+            Some(StreamLimit::Token)
+        } else if address_count.is_some_and(|count| count >= self.limits.per_address) {
+            Some(StreamLimit::Address)
+        } else {
+            None
+        };
+        if let Some(limit) = refused {
+            self.metrics.streams_refused.with_label_values(&[limit.label()]).inc();
+            return Err(limit);
+        }
+        if let Some(token) = &who.token {
+            *hub.streams_per_token.entry(token.clone()).or_default() += 1;
+        }
+        if let Some(remote) = who.remote {
+            *hub.streams_per_address.entry(remote.ip()).or_default() += 1;
+        }
         let (sender, queue) = mpsc::channel(self.queue_events);
         let progress = Arc::new(Progress::default());
-        let mut hub = self.hub();
         hub.next_id += 1;
         let id = hub.next_id;
         let live_after = hub.broadcast_through;
@@ -254,32 +344,32 @@ impl Events {
                 filter,
                 queue: sender,
                 progress: progress.clone(),
-                remote,
-                principal,
+                who,
                 since_ms: unix_millis(OffsetDateTime::now_utc()),
             },
         );
         self.metrics.subscribers.set(hub.subscribers.len() as i64);
-        drop(hub);
-        Subscription {
+        Ok(Subscription {
             id,
             live_after,
             queue,
             progress,
             events: self.clone(),
-        }
+        })
     }
 
     /// Ends every stream (the origin is stopping): clients resume elsewhere with `Last-Event-ID`.
     pub fn close(&self) {
         let mut hub = self.hub();
         hub.subscribers.clear();
+        hub.streams_per_token.clear();
+        hub.streams_per_address.clear();
         self.metrics.subscribers.set(0);
     }
 
     fn unsubscribe(&self, id: u64) {
         let mut hub = self.hub();
-        hub.subscribers.remove(&id);
+        hub.remove(id);
         self.metrics.subscribers.set(hub.subscribers.len() as i64);
     }
 
@@ -299,8 +389,11 @@ impl Events {
                 let filter = &subscriber.filter;
                 SubscriberStatus {
                     id,
-                    remote: subscriber.remote.clone(),
-                    principal: subscriber.principal.clone(),
+                    remote: subscriber
+                        .who
+                        .remote
+                        .map_or_else(|| "unknown".to_owned(), |remote| remote.to_string()),
+                    principal: subscriber.who.token.clone().unwrap_or_else(|| "anonymous".to_owned()),
                     topics: filter.topics.iter().map(ToString::to_string).collect(),
                     types: filter.types.as_ref().map(sorted),
                     instruments: filter.instruments.as_ref().map(|set| {
@@ -358,7 +451,7 @@ impl Events {
         }
         for id in overflowed {
             // Dropping the sender ends the stream once it has written what it holds.
-            hub.subscribers.remove(&id);
+            hub.remove(id);
             self.metrics.overflows.inc();
         }
         hub.broadcast_through = through;

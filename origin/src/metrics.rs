@@ -9,6 +9,12 @@ use shared::wire::DropReason;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Client connections open now.
+    pub connections_open: IntGauge,
+    /// Connections answered 503 and closed because `http.max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// SSE streams refused with 429, by the limit reached: token, address.
+    pub streams_refused: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub storage_duration: HistogramVec,
@@ -69,6 +75,21 @@ const PROPAGATION_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let connections_open =
+            IntGauge::new("origin_http_connections_open", "Client connections open now").expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "origin_http_connections_refused_total",
+            "Connections answered 503 and closed because http.max_connections were open",
+        )
+        .expect("valid metric");
+        let streams_refused = IntCounterVec::new(
+            Opts::new(
+                "origin_events_streams_refused_total",
+                "SSE streams refused with 429, by the limit reached (token, address)",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "origin_http_requests_total",
@@ -237,6 +258,9 @@ impl Metrics {
             Box::new(storage_errors.clone()),
             Box::new(l1_lookups.clone()),
             Box::new(invalidations_appended.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(streams_refused.clone()),
             Box::new(invalidation_log_head.clone()),
             Box::new(control_edges.clone()),
             Box::new(control_sent.clone()),
@@ -263,6 +287,9 @@ impl Metrics {
         }
         Self {
             registry,
+            connections_open,
+            connections_refused,
+            streams_refused,
             http_requests,
             http_duration,
             storage_duration,

@@ -102,14 +102,24 @@ fn header_value(text: &str) -> HeaderValue {
 /// Freshness settings: browsers cannot be purged, shared caches can.
 #[derive(Debug, Clone)]
 pub struct CachePolicy {
+    /// Whether shared caches may store responses: only when reads need no token. A response a reader
+    /// fetched with its token is `private` and `CDN-Cache-Control: no-store`, so no edge or proxy serves
+    /// it to anyone else.
+    shared: bool,
     browser_max_age: u64,
     /// `, stale-while-revalidate=N, stale-if-error=M`, the part of `CDN-Cache-Control` that never changes.
     shared_suffix: String,
 }
 
 impl CachePolicy {
-    pub fn new(browser_max_age: Duration, stale_while_revalidate: Duration, stale_if_error: Duration) -> Self {
+    pub fn new(
+        shared: bool,
+        browser_max_age: Duration,
+        stale_while_revalidate: Duration,
+        stale_if_error: Duration,
+    ) -> Self {
         Self {
+            shared,
             browser_max_age: browser_max_age.as_secs(),
             shared_suffix: format!(
                 ", stale-while-revalidate={}, stale-if-error={}",
@@ -186,15 +196,31 @@ impl Representation {
         if let Some((_, last_modified)) = &self.last_modified {
             headers.insert(header::LAST_MODIFIED, last_modified.clone());
         }
-        if self.immutable {
-            let value = HeaderValue::from_static("public, max-age=31536000, immutable");
-            headers.insert(header::CACHE_CONTROL, value.clone());
-            headers.insert(CDN_CACHE_CONTROL, value);
-        } else {
-            let remaining = self.valid_until.duration_since(now).unwrap_or_default().as_secs();
-            let browser = remaining.min(policy.browser_max_age);
-            headers.insert(header::CACHE_CONTROL, max_age_value(browser, ""));
-            headers.insert(CDN_CACHE_CONTROL, max_age_value(remaining, &policy.shared_suffix));
+        match (self.immutable, policy.shared) {
+            (true, true) => {
+                let value = HeaderValue::from_static("public, max-age=31536000, immutable");
+                headers.insert(header::CACHE_CONTROL, value.clone());
+                headers.insert(CDN_CACHE_CONTROL, value);
+            }
+            (true, false) => {
+                let value = HeaderValue::from_static("private, max-age=31536000, immutable");
+                headers.insert(header::CACHE_CONTROL, value);
+                headers.insert(CDN_CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            (false, shared) => {
+                let remaining = self.valid_until.duration_since(now).unwrap_or_default().as_secs();
+                let browser = remaining.min(policy.browser_max_age);
+                if shared {
+                    headers.insert(header::CACHE_CONTROL, max_age_value("public", browser, ""));
+                    headers.insert(
+                        CDN_CACHE_CONTROL,
+                        max_age_value("public", remaining, &policy.shared_suffix),
+                    );
+                } else {
+                    headers.insert(header::CACHE_CONTROL, max_age_value("private", browser, ""));
+                    headers.insert(CDN_CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                }
+            }
         }
         headers.insert(SURROGATE_KEY, self.surrogate_key.clone());
         headers
@@ -226,10 +252,10 @@ impl Representation {
     }
 }
 
-/// `public, max-age=N` followed by `suffix`.
-fn max_age_value(seconds: u64, suffix: &str) -> HeaderValue {
+/// `public, max-age=N` (or `private, …`) followed by `suffix`.
+fn max_age_value(visibility: &str, seconds: u64, suffix: &str) -> HeaderValue {
     let mut text = String::with_capacity(32 + suffix.len());
-    let _ = write!(text, "public, max-age={seconds}{suffix}");
+    let _ = write!(text, "{visibility}, max-age={seconds}{suffix}");
     header_value(&text)
 }
 
@@ -260,7 +286,12 @@ mod tests {
     }
 
     fn policy() -> CachePolicy {
+        policy_shared(true)
+    }
+
+    fn policy_shared(shared: bool) -> CachePolicy {
         CachePolicy::new(
+            shared,
             Duration::from_secs(5),
             Duration::from_secs(30),
             Duration::from_secs(600),
@@ -283,6 +314,17 @@ mod tests {
         let later: SystemTime = datetime!(2026-11-23 16:00:00 UTC).into();
         let headers = Representation::single(&rendered, false).headers(&policy(), later);
         assert_eq!(headers["cache-control"], "public, max-age=0");
+    }
+
+    #[test]
+    fn reads_that_need_a_token_are_never_stored_by_shared_caches() {
+        let rendered = Rendered::new(&record(3));
+        let now: SystemTime = datetime!(2026-11-23 14:30:00 UTC).into();
+        for immutable in [false, true] {
+            let headers = Representation::single(&rendered, immutable).headers(&policy_shared(false), now);
+            assert!(headers["cache-control"].to_str().unwrap().starts_with("private, "));
+            assert_eq!(headers["cdn-cache-control"], "no-store");
+        }
     }
 
     #[test]

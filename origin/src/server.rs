@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpListener;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api::auth::{self, Authenticator};
 use crate::api::events::StreamSettings;
@@ -14,10 +15,11 @@ use crate::api::{self, AppState, Inner, Limits};
 use crate::cache::{L1Cache, L1Settings};
 use crate::config::OriginConfig;
 use crate::control::{self, ControlPlane, Edges};
-use crate::events::Events;
+use crate::events::{Events, StreamLimits};
 use crate::forecasts::Forecasts;
 use crate::metrics::Metrics;
 use crate::representation::CachePolicy;
+use crate::serve::{ConnectionLimits, serve};
 use crate::storage::embedded::EmbeddedStore;
 use crate::storage::redis::{RedisSettings, RedisStore};
 use crate::storage::{LogRetention, Retention, SharedStore};
@@ -113,7 +115,16 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
         heartbeat: config.events.heartbeat_interval,
         retry: config.events.retry,
     };
-    let events = Events::new(store.clone(), metrics.clone(), config.events.queue_events);
+    let stream_limits = StreamLimits {
+        per_token: config.events.max_streams_per_token.get(),
+        per_address: config.events.max_streams_per_address.get(),
+    };
+    let events = Events::new(
+        store.clone(),
+        metrics.clone(),
+        config.events.queue_events,
+        stream_limits,
+    );
     let webhooks = Webhooks::new(store.clone(), events.clone(), &config.webhooks, metrics.clone())
         .context("invalid [webhooks] configuration")?;
     Ok(Arc::new(Inner {
@@ -125,6 +136,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
         webhooks,
         auth,
         policy: CachePolicy::new(
+            config.auth.public_reads,
             config.caching.browser_max_age,
             config.caching.stale_while_revalidate,
             config.caching.stale_if_error,
@@ -136,6 +148,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
             public_reads: config.auth.public_reads,
         },
         metrics,
+        refusals: Default::default(),
     }))
 }
 
@@ -171,9 +184,12 @@ pub async fn start(
     tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
     tokio::spawn(Events::tail(Arc::downgrade(&state.events), config.events.poll_interval));
     state.webhooks.start();
-    // The remote address is shown for each SSE subscriber.
-    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
+    let limits = ConnectionLimits {
+        max_connections: config.http.max_connections.get(),
+        header_read_timeout: config.http.header_read_timeout,
+    };
+    let app = api::router(state.clone()).layer(RequestBodyTimeoutLayer::new(config.http.body_read_timeout));
+    let task = tokio::spawn(serve(listener, app, limits, state.metrics.clone(), shutdown));
     tracing::info!(%addr, storage = state.forecasts.store().backend(), "origin listening");
     Ok(Running {
         addr,

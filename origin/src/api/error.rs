@@ -17,7 +17,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds, for `Retry-After` on 503.
+    /// Seconds, for `Retry-After` on 503 and 429.
     pub retry_after: Option<u64>,
 }
 
@@ -84,6 +84,14 @@ impl ApiError {
         Self {
             retry_after: Some(1),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
+    /// 429, to be tried again after `retry_after` (rounded up to whole seconds).
+    pub fn too_many(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
         }
     }
 }

@@ -2,7 +2,6 @@
 //! (`GET /v1/stream`) and the list of subscribers (`GET /admin/v1/subscribers`).
 
 use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -22,10 +21,10 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::auth::Scope;
+use super::auth::{Principal, Scope};
 use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody, ErrorDetail};
 use super::extract::{ApiQuery, JsonBody, parse_value};
-use crate::events::{Events, Filter, Frame, PAGE, SubscriberStatus, Subscription};
+use crate::events::{Events, Filter, Frame, PAGE, SubscriberStatus, Subscription, Who};
 use crate::storage::{LogStep, StorageError, unix_millis};
 
 /// The longest `?batch_ms=`.
@@ -57,6 +56,22 @@ pub(super) async fn forecasts_changed(state: &AppState, changes: Vec<(ForecastKe
         let keys: Vec<String> = changes.iter().map(|(key, _)| key.to_string()).collect();
         tracing::warn!(%error, keys = %keys.join(","), "ForecastUpdated events not appended");
     }
+}
+
+/// Who published how many events, to which topics, under which ids.
+async fn audit_published(
+    state: &AppState,
+    principal: &Principal,
+    status: StatusCode,
+    topics: impl IntoIterator<Item = String>,
+    ids: &[u64],
+) {
+    let topics: std::collections::BTreeSet<String> = topics.into_iter().collect();
+    let detail = serde_json::json!({
+        "count": ids.len(), "first_id": ids.first(), "last_id": ids.last(), "topics": topics,
+    });
+    let target = topics.iter().next().cloned().unwrap_or_default();
+    state.audit(principal, "events.publish", target, status, detail).await;
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -96,13 +111,15 @@ pub async fn publish(
     headers: HeaderMap,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<Published>)> {
-    state.principal(&headers, Scope::EventsPublish)?;
+    let principal = state.principal(&headers, Scope::EventsPublish)?;
     let event = checked(&state, body)?;
+    let topic = event.topic.to_string();
     let ids = state.events.publish(vec![event]).await?;
     let id = ids
         .first()
         .copied()
         .ok_or_else(|| ApiError::unavailable("the event log answered no id"))?;
+    audit_published(&state, &principal, StatusCode::CREATED, [topic], &ids).await;
     Ok((StatusCode::CREATED, Json(Published { id })))
 }
 
@@ -151,7 +168,7 @@ pub async fn publish_batch(
     headers: HeaderMap,
     JsonBody(batch): JsonBody<PublishBatch>,
 ) -> ApiResult<Json<BatchPublished>> {
-    state.principal(&headers, Scope::EventsPublish)?;
+    let principal = state.principal(&headers, Scope::EventsPublish)?;
     let max = state.streams.max_batch.get();
     if batch.events.len() > max {
         return Err(ApiError::bad_request(
@@ -183,7 +200,12 @@ pub async fn publish_batch(
             }),
         }
     }
-    let mut ids = state.events.publish(valid).await?.into_iter();
+    let topics: Vec<String> = valid.iter().map(|event| event.topic.to_string()).collect();
+    let ids = state.events.publish(valid).await?;
+    if !ids.is_empty() {
+        audit_published(&state, &principal, StatusCode::OK, topics, &ids).await;
+    }
+    let mut ids = ids.into_iter();
     for result in results.iter_mut().filter(|result| result.error.is_none()) {
         result.id = ids.next();
     }
@@ -287,6 +309,7 @@ pub(super) fn instant_ms(text: &str) -> Option<u64> {
         (status = 400, description = "A bad pattern, instrument, Last-Event-ID, since or batch_ms", body = ErrorBody),
         (status = 401, description = "These topics need a token with events:subscribe", body = ErrorBody),
         (status = 403, description = "The token may not subscribe to these topics", body = ErrorBody),
+        (status = 429, description = "The token or the client address holds the most streams it may", body = ErrorBody),
         (status = 503, description = "The event log is unavailable", body = ErrorBody),
     )
 )]
@@ -296,10 +319,7 @@ pub async fn stream(
     request: Request,
 ) -> ApiResult<Response> {
     let headers = request.headers();
-    let remote = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |ConnectInfo(remote)| remote.to_string());
+    let remote = crate::serve::remote_of(&request);
     let filter = filter_of(&query)?;
     let batch = match query.batch_ms {
         Some(ms) if ms > MAX_BATCH_MS => {
@@ -311,10 +331,10 @@ pub async fn stream(
         Some(ms) if ms > 0 => Some(Duration::from_millis(ms)),
         _ => None,
     };
-    let principal = if headers.contains_key(header::AUTHORIZATION) {
+    let token = if headers.contains_key(header::AUTHORIZATION) {
         let principal = state.auth.authenticate(headers)?;
         principal.allow_topics(&filter.topics)?;
-        principal.name
+        Some(principal.name)
     } else {
         let anonymous = &state.streams.anonymous;
         if let Some(outside) = filter.topics.iter().find(|w| !anonymous.iter().any(|a| w.within(a))) {
@@ -322,10 +342,13 @@ pub async fn stream(
                 "subscribing to {outside} needs a token with the events:subscribe scope"
             )));
         }
-        "anonymous".to_owned()
+        None
     };
     let start = start_of(&state.events, headers, &query).await?;
-    let subscription = state.events.subscribe(filter.clone(), remote, principal);
+    let subscription = state
+        .events
+        .subscribe(filter.clone(), Who { token, remote })
+        .map_err(|limit| ApiError::too_many(limit.to_string(), state.streams.retry))?;
     let live_after = subscription.live_after;
     let mut pending = VecDeque::new();
     let (replay, last_sent) = match start {

@@ -45,12 +45,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     "body_too_large",
                     "the request body is too large",
                 )
+            } else if caused_by::<tower_http::timeout::TimeoutError>(&rejection) {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time (http.body_read_timeout)",
+                )
             } else {
                 ApiError::bad_request("unreadable_body", rejection.body_text())
             }
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Whether `error` or one of its sources is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<E>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

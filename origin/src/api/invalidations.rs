@@ -344,7 +344,7 @@ pub async fn warm(
     headers: HeaderMap,
     JsonBody(body): JsonBody<WarmBody>,
 ) -> ApiResult<Json<WarmReport>> {
-    state.principal(&headers, Scope::InvalidationsWrite)?;
+    let principal = state.principal(&headers, Scope::InvalidationsWrite)?;
     if body.keys.is_empty() && body.prefixes.is_empty() {
         return Err(ApiError::unprocessable(
             "warming needs at least one of keys or prefixes",
@@ -361,12 +361,29 @@ pub async fn warm(
                 "{field}[{index}] must start with / and hold only visible ASCII, at most {MAX_KEY_BYTES} bytes"
             )));
         }
+        // Only forecast reads are cacheable: anything else (a stream that never ends, an admin path) is
+        // nothing an edge could store.
+        if let Some(index) = paths.iter().position(|p| !is_forecast_read(p)) {
+            return Err(ApiError::unprocessable(format!(
+                "{field}[{index}] is not a cacheable read: warming takes paths under /v1/forecasts"
+            )));
+        }
     }
     let warmed = warming::on_demand(&state, &body.keys, &body.prefixes).await?;
+    let detail = serde_json::json!({"keys": body.keys, "prefixes": body.prefixes, "warmed": warmed});
+    state
+        .audit(&principal, "warm", "edges".to_owned(), StatusCode::OK, detail)
+        .await;
     Ok(Json(WarmReport {
         warmed,
         edges: state.edges.list().len(),
     }))
+}
+
+/// A forecast read: `/v1/forecasts` itself, or below it, with or without a query.
+fn is_forecast_read(path: &str) -> bool {
+    path.strip_prefix("/v1/forecasts")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
 }
 
 /// A path and query as a client requests it.

@@ -9,6 +9,7 @@ pub mod invalidations;
 pub mod openapi;
 pub mod ops;
 pub mod read;
+pub mod refusals;
 pub mod strict_json;
 pub mod webhooks;
 
@@ -20,7 +21,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
 use self::auth::{Authenticator, Scope};
@@ -53,6 +54,7 @@ pub struct Inner {
     pub policy: CachePolicy,
     pub limits: Limits,
     pub metrics: Metrics,
+    pub refusals: refusals::Refusals,
 }
 
 pub type AppState = Arc<Inner>;
@@ -145,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -159,6 +162,37 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this endpoint",
     )
+}
+
+/// Every `/admin/` request is authenticated before anything reads its body, so a caller without a
+/// valid token learns nothing about what the body should be (401, not a schema error). Refusals of any
+/// request (401, 403) reach the audit log, at most [`refusals::PER_SECOND`] a second.
+async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let admin = request.uri().path().starts_with("/admin/");
+    let refused = |status, actor: Option<&str>, request: &Request| refusals::Refusal {
+        actor: actor.map_or_else(|| "unauthenticated".to_owned(), str::to_owned),
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+        remote: crate::serve::remote_of(request),
+        status,
+    };
+    let actor = match state.auth.authenticate(request.headers()) {
+        Ok(principal) => Some(principal.name),
+        Err(error) if admin => {
+            let refusal = refused(error.status, None, &request);
+            state.refusals.record(&state.forecasts, refusal).await;
+            return error.into_response();
+        }
+        Err(_) => None,
+    };
+    let refusal = refused(StatusCode::OK, actor.as_deref(), &request);
+    let response = next.run(request).await;
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let refusal = refusals::Refusal { status, ..refusal };
+        state.refusals.record(&state.forecasts, refusal).await;
+    }
+    response
 }
 
 /// Counts and times every request by its route template, never by its raw path.

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::auth::Scope;
+use super::auth::{Principal, Scope};
 use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody, page_limit, parse_value};
 use crate::storage::unix_millis;
@@ -231,7 +231,7 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<CreatedEndpoint>)> {
-    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     let new: NewEndpoint = parse_value(body)?;
     let secret = Secret::generate();
     let now = now_ms();
@@ -258,6 +258,7 @@ pub async fn create(
     if !state.webhooks.store().put_endpoint(&endpoint, None).await? {
         return Err(ApiError::unavailable("endpoint id collision; retry"));
     }
+    audit_endpoint(&state, &principal, "webhook.create", &endpoint, StatusCode::CREATED).await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedEndpoint {
@@ -265,6 +266,25 @@ pub async fn create(
             secret: secret.expose(),
         }),
     ))
+}
+
+/// An endpoint's creation or change in the audit log: where it sends and what it takes. The URL's query
+/// is left out (it may carry a receiver's credentials); secrets never appear.
+async fn audit_endpoint(
+    state: &AppState,
+    principal: &Principal,
+    action: &str,
+    endpoint: &StoredEndpoint,
+    status: StatusCode,
+) {
+    let url = endpoint.url.split(['?', '#']).next().unwrap_or_default();
+    let detail = serde_json::json!({
+        "url": url, "topics": endpoint.topics, "types": endpoint.types, "enabled": endpoint.enabled,
+        "revision": endpoint.revision,
+    });
+    state
+        .audit(principal, action, endpoint.id.clone(), status, detail)
+        .await;
 }
 
 #[utoipa::path(get, path = "/admin/v1/webhooks", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
@@ -298,7 +318,7 @@ pub async fn update(
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<Json<EndpointView>> {
-    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     let change: EndpointChange = parse_value(body)?;
     let mut endpoint = load(&state, &id).await?;
     let revision = endpoint.revision;
@@ -328,9 +348,9 @@ pub async fn update(
         endpoint.enabled = enabled;
     }
     check_endpoint(&state, &endpoint).await?;
-    Ok(Json(EndpointView::from(
-        &store_change(&state, endpoint, revision).await?,
-    )))
+    let stored = store_change(&state, endpoint, revision).await?;
+    audit_endpoint(&state, &principal, "webhook.update", &stored, StatusCode::OK).await;
+    Ok(Json(EndpointView::from(&stored)))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
@@ -340,8 +360,12 @@ pub async fn delete(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     if state.webhooks.store().delete_endpoint(&id).await? {
+        let detail = serde_json::Value::Null;
+        state
+            .audit(&principal, "webhook.delete", id, StatusCode::NO_CONTENT, detail)
+            .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no webhook endpoint {id}")))
@@ -364,7 +388,7 @@ pub async fn rotate_secret(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<RotatedSecret>> {
-    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     let mut endpoint = load(&state, &id).await?;
     let revision = endpoint.revision;
     let now = now_ms();
@@ -386,6 +410,10 @@ pub async fn rotate_secret(
     }
     endpoint.secrets = secrets;
     store_change(&state, endpoint, revision).await?;
+    let detail = serde_json::json!({"previous_expires_at": rfc3339(expires)});
+    state
+        .audit(&principal, "webhook.secret.rotate", id, StatusCode::OK, detail)
+        .await;
     Ok(Json(RotatedSecret {
         secret: secret.expose(),
         previous_expires_at: rfc3339(expires),
@@ -469,9 +497,13 @@ pub async fn redrive(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
-    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     load(&state, &id).await?;
     let queued = state.webhooks.redrive(&id).await?;
+    let detail = serde_json::json!({"queued": queued});
+    state
+        .audit(&principal, "webhook.redrive", id, StatusCode::ACCEPTED, detail)
+        .await;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }
 
@@ -483,13 +515,17 @@ pub async fn resend(
     headers: HeaderMap,
     ApiPath((id, event_id)): ApiPath<(String, u64)>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
-    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     load(&state, &id).await?;
     if !state.webhooks.resend(&id, event_id).await? {
         return Err(ApiError::not_found(format!(
             "event {event_id} is not in the log (never appended, or trimmed by retention)"
         )));
     }
+    let detail = serde_json::json!({"event_id": event_id});
+    state
+        .audit(&principal, "webhook.resend", id, StatusCode::ACCEPTED, detail)
+        .await;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued: 1 })))
 }
 
@@ -511,11 +547,15 @@ pub async fn replay(
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
-    state.principal(&headers, Scope::WebhooksAdmin)?;
+    let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     let replay: Replay = parse_value(body)?;
     let since_ms = super::events::instant_ms(&replay.since)
         .ok_or_else(|| ApiError::unprocessable("since: give an RFC 3339 time or unix milliseconds"))?;
     let endpoint = load(&state, &id).await?;
     let queued = state.webhooks.replay_since(&endpoint, since_ms).await?;
+    let detail = serde_json::json!({"since_ms": since_ms, "queued": queued});
+    state
+        .audit(&principal, "webhook.replay", id, StatusCode::ACCEPTED, detail)
+        .await;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }

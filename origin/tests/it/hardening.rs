@@ -1,13 +1,18 @@
 //! What hostile or unlucky input must not break: each test here is a defect that once was.
 
-use std::time::Duration;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
 
 use loadtest::launch::{RedisServer, redis_command};
+use origin::api::auth::{format_hash, hash_token};
+use origin::config::TokenConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::events::{indicator, next, publish, subscribe};
-use crate::support::{ADMIN_TOKEN, TestOrigin, expect_error, forecast};
+use crate::support::{self, ADMIN_TOKEN, TestOrigin, expect_error, forecast};
 use crate::webhooks::{Receiver, register};
 
 /// Instruments whose dots would make `forecasts.{instrument}.{timeframe}` an invalid topic are refused
@@ -99,4 +104,319 @@ async fn an_unreadable_event_log_entry_is_passed_over_by_every_reader() {
             .any(|line| line.starts_with("origin_events_unreadable_total") && !line.ends_with(" 0")),
         "{metrics}"
     );
+}
+
+fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenConfig {
+    TokenConfig {
+        name: name.to_owned(),
+        hash: format_hash(&hash_token(secret)),
+        scopes: scopes.iter().map(|&scope| scope.to_owned()).collect(),
+        topics: Vec::new(),
+    }
+}
+
+/// With `auth.public_reads = false` a read is the reader's alone: no shared cache may store it.
+#[tokio::test]
+async fn reads_that_need_a_token_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.auth.public_reads = false;
+    config.auth.tokens = vec![token("reader", "reader-secret", &["forecasts:read"])];
+    let origin = TestOrigin::start(config).await;
+    let written = origin.put("AAPL", "1h", &forecast(("lstm", "1"), 1.0)).await;
+    let version = written["version"].as_u64().unwrap();
+    for path in [
+        "/v1/forecasts/AAPL/1h".to_owned(),
+        format!("/v1/forecasts/AAPL/1h/versions/{version}"),
+        "/v1/forecasts?keys=AAPL:1h".to_owned(),
+    ] {
+        let read = origin.get(&path).bearer_auth("reader-secret").send().await.unwrap();
+        assert_eq!(read.status(), 200, "{path}");
+        let cache_control = read.headers()["cache-control"].to_str().unwrap();
+        assert!(cache_control.starts_with("private, "), "{path}: {cache_control}");
+        assert_eq!(read.headers()["cdn-cache-control"], "no-store", "{path}");
+    }
+}
+
+/// An admin request without a valid token is refused before its body is read: a bad body tells a
+/// stranger nothing about what a good one would be.
+#[tokio::test]
+async fn admin_requests_are_authenticated_before_their_body_is_read() {
+    let origin = TestOrigin::embedded().await;
+    for token in [None, Some("not-a-token")] {
+        for (method, path) in [
+            (Method::PUT, "/admin/v1/forecasts/AAPL/1h"),
+            (Method::POST, "/admin/v1/events"),
+            (Method::POST, "/admin/v1/webhooks"),
+        ] {
+            let mut request = origin
+                .client
+                .request(method, origin.url(path))
+                .header("content-type", "application/json")
+                .body(r#"{"horizon": 5}"#);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            expect_error(request.send().await.unwrap(), 401, "unauthorized").await;
+        }
+    }
+}
+
+/// Warming takes forecast reads only: a stream path would never end, an admin path is not a read.
+#[tokio::test]
+async fn warming_refuses_paths_that_are_not_forecast_reads() {
+    let origin = TestOrigin::embedded().await;
+    for body in [
+        json!({"keys": ["/v1/stream"]}),
+        json!({"keys": ["/admin/v1/audit"]}),
+        json!({"prefixes": ["/v1/stream?topics=**"]}),
+        json!({"keys": ["/v1/forecastsX"]}),
+    ] {
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            origin.admin(Method::POST, "/admin/v1/warm").json(&body).send(),
+        )
+        .await
+        .expect("warming answers")
+        .unwrap();
+        expect_error(response, 422, "invalid_body").await;
+    }
+}
+
+/// Who did what with webhooks, events, warming, and who was refused, is in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_relevant_actions_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::webhooks::config(dir.path());
+    config.auth.tokens = vec![token("reader", "reader-secret", &["forecasts:read"])];
+    let origin = TestOrigin::start(config).await;
+    let receiver = Receiver::start().await;
+    let (id, _) = register(
+        &origin,
+        json!({"url": format!("{}?key=hidden", receiver.url), "topics": ["indicators.**"]}),
+    )
+    .await;
+    let admin = |method, path: String| origin.admin(method, &path);
+    let rotated = admin(Method::POST, format!("/admin/v1/webhooks/{id}/secret:rotate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
+    let event = publish(&origin, &indicator("AAPL", "rsi14", 1.0)).await;
+    for (path, body) in [
+        (format!("/admin/v1/webhooks/{id}/messages/{event}/resend"), None),
+        (format!("/admin/v1/webhooks/{id}/dead-letters:redrive"), None),
+        (format!("/admin/v1/webhooks/{id}/replay"), Some(json!({"since": "0"}))),
+    ] {
+        let mut request = admin(Method::POST, path.clone());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 202, "{path}");
+    }
+    let changed = admin(Method::PATCH, format!("/admin/v1/webhooks/{id}")).json(&json!({"enabled": false}));
+    assert_eq!(changed.send().await.unwrap().status(), 200);
+    let warmed = admin(Method::POST, "/admin/v1/warm".to_owned()).json(&json!({"keys": ["/v1/forecasts/AAPL/1h"]}));
+    assert_eq!(warmed.send().await.unwrap().status(), 200);
+    assert_eq!(
+        admin(Method::DELETE, format!("/admin/v1/webhooks/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let stranger = origin.get("/admin/v1/audit").bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(stranger.status(), 401);
+    let reader = origin
+        .get("/admin/v1/audit")
+        .bearer_auth("reader-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reader.status(), 403);
+
+    let audit: Value = admin(Method::GET, "/admin/v1/audit".to_owned())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    let find = |action: &str| {
+        entries
+            .iter()
+            .find(|entry| entry["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} in {audit}"))
+    };
+    for action in [
+        "webhook.create",
+        "webhook.update",
+        "webhook.delete",
+        "webhook.secret.rotate",
+        "webhook.resend",
+        "webhook.redrive",
+        "webhook.replay",
+        "events.publish",
+        "warm",
+    ] {
+        let entry = find(action);
+        assert_eq!(entry["actor"], "bootstrap", "{entry}");
+    }
+    let created = find("webhook.create");
+    assert_eq!(created["target"], id.as_str());
+    assert!(
+        !created.to_string().contains("hidden"),
+        "the URL's query is left out: {created}"
+    );
+    assert!(!audit.to_string().contains("whsec_"), "no secret in the audit log");
+    let published = find("events.publish");
+    assert_eq!(published["detail"]["count"], 1);
+    assert_eq!(published["detail"]["topics"], json!(["indicators.AAPL.rsi14"]));
+    let refusals: Vec<&Value> = entries
+        .iter()
+        .filter(|entry| entry["action"] == "auth.refused")
+        .collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|entry| entry["status"] == 401 && entry["actor"] == "unauthenticated"),
+        "{audit}"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|entry| entry["status"] == 403 && entry["actor"] == "reader"),
+        "{audit}"
+    );
+    assert!(
+        refusals.iter().all(|entry| entry["target"] == "/admin/v1/audit"),
+        "{audit}"
+    );
+}
+
+/// Reads a raw HTTP/1.1 exchange until the server closes the connection, within `bound`.
+async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(bound, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client that sends half a request head, or nothing after its last request, is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.http.header_read_timeout = Duration::from_millis(300);
+    let origin = TestOrigin::start(config).await;
+    let address = origin.base.trim_start_matches("http://").to_owned();
+
+    let mut slow = TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    read_until_closed(&mut slow, Duration::from_secs(10)).await;
+
+    let mut idle = TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Beyond `http.max_connections`, a new connection is told 503 and closed; once others close, the
+/// origin accepts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_bound_are_refused_until_others_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.http.max_connections = NonZeroUsize::new(2).unwrap();
+    let origin = TestOrigin::start(config).await;
+    let address = origin.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        // A complete exchange proves the connection holds a place before the next one is opened.
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 512];
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let mut refused = TcpStream::connect(&address).await.unwrap();
+    let answer = read_until_closed(&mut refused, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections");
+
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = TcpStream::connect(&address).await.unwrap();
+        again
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut again, Duration::from_secs(10)).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = origin.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(
+        !metrics.contains("origin_http_connections_refused_total 0"),
+        "{metrics}"
+    );
+}
+
+/// One token, or one address, holds at most the streams it is allowed; the next gets 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_token_and_per_address_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.events.max_streams_per_token = NonZeroUsize::new(1).unwrap();
+    config.events.max_streams_per_address = NonZeroUsize::new(2).unwrap();
+    config.events.anonymous_topics = vec!["public.**".to_owned()];
+    let origin = TestOrigin::start(config).await;
+    let open = |token: Option<&str>| {
+        let mut request = origin.get("/v1/stream?topics=public.**");
+        if let Some(token) = token {
+            request = request.bearer_auth(token.to_owned());
+        }
+        request.send()
+    };
+    let first = open(Some(ADMIN_TOKEN)).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = open(Some(ADMIN_TOKEN)).await.unwrap();
+    assert!(second.headers().contains_key("retry-after"));
+    let message = expect_error(second, 429, "too_many_requests").await;
+    assert!(message.contains("max_streams_per_token"), "{message}");
+
+    let anonymous = open(None).await.unwrap();
+    assert_eq!(anonymous.status(), 200);
+    let third = open(None).await.unwrap();
+    let message = expect_error(third, 429, "too_many_requests").await;
+    assert!(message.contains("max_streams_per_address"), "{message}");
+
+    // A closed stream gives its place back.
+    drop(anonymous);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = open(None).await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(first);
 }
