@@ -126,6 +126,28 @@ fn oversized(request: &RequestHeader) -> Option<u16> {
     (header_bytes > MAX_HEADER_BYTES).then_some(431)
 }
 
+/// What makes an HTTP/1 request's framing or target ambiguous, if anything: several `Content-Length`
+/// values (repeated lines or a list, even of equal values: RFC 9112 §6.3 lets a recipient refuse
+/// them, and forwarding them unchanged would leave the next hop to guess), no `Host` in HTTP/1.1, or
+/// several `Host` lines (RFC 9112 §3.2). Pingora has already refused differing lengths and removed a
+/// `Content-Length` sent beside `Transfer-Encoding`.
+fn ambiguous_framing(request: &RequestHeader) -> Option<&'static str> {
+    let lengths: usize = request
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .map(|value| value.as_bytes().split(|&b| b == b',').count())
+        .sum();
+    if lengths > 1 {
+        return Some("several content-length values");
+    }
+    match request.headers.get_all(http::header::HOST).iter().count() {
+        0 if request.version == http::Version::HTTP_11 => Some("no host"),
+        0 | 1 => None,
+        _ => Some("several host lines"),
+    }
+}
+
 fn is_unsafe(method: &http::Method) -> bool {
     !matches!(
         *method,
@@ -142,6 +164,14 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+        if let Some(problem) = ambiguous_framing(session.req_header()) {
+            // RFC 9112 §6.3 and §3.2: answer 400 and close, since where the next request would
+            // start is unknown.
+            tracing::debug!(problem, "request refused");
+            session.set_keepalive(None);
+            session.respond_error(400).await?;
+            return Ok(true);
+        }
         let Some(status) = oversized(session.req_header()) else {
             return Ok(false);
         };
@@ -352,6 +382,40 @@ mod tests {
         assert_eq!(oversized(&request(&long_path, 100)), Some(414));
         assert_eq!(oversized(&request("/", MAX_HEADER_BYTES)), Some(431));
         assert_eq!(oversized(&request("/", MAX_HEADER_BYTES - "x-filler".len())), None);
+    }
+
+    #[test]
+    fn ambiguous_lengths_and_hosts_are_refused() {
+        let request = |version: http::Version, headers: &[(&str, &str)]| {
+            let mut request = RequestHeader::build("POST", b"/", None).unwrap();
+            request.set_version(version);
+            for (name, value) in headers {
+                request.append_header(name.to_string(), *value).unwrap();
+            }
+            request
+        };
+        let http11 = http::Version::HTTP_11;
+        assert_eq!(ambiguous_framing(&request(http11, &[("host", "edge")])), None);
+        assert_eq!(
+            ambiguous_framing(&request(http11, &[("host", "edge"), ("content-length", "3")])),
+            None
+        );
+        for lengths in [&["3, 3"][..], &["3", "3"], &["3,4"]] {
+            let mut headers = vec![("host", "edge")];
+            headers.extend(lengths.iter().map(|length| ("content-length", *length)));
+            assert_eq!(
+                ambiguous_framing(&request(http11, &headers)),
+                Some("several content-length values"),
+                "{lengths:?}"
+            );
+        }
+        assert_eq!(ambiguous_framing(&request(http11, &[])), Some("no host"));
+        assert_eq!(ambiguous_framing(&request(http::Version::HTTP_10, &[])), None);
+        assert_eq!(ambiguous_framing(&request(http::Version::HTTP_2, &[])), None);
+        assert_eq!(
+            ambiguous_framing(&request(http11, &[("host", "a"), ("host", "b")])),
+            Some("several host lines")
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! origin or the real origin; the encrypted store driven in-process where no HTTP path reaches it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod connections;
 mod control;
 mod control_origin;
 mod failures;
