@@ -58,6 +58,19 @@ pub struct HttpConfig {
     pub tag_headers: Vec<String>,
     /// Whether tag headers are removed before responses leave the edge.
     pub strip_tag_headers: bool,
+    /// A new connection must send a whole request header within this; a kept-alive one within
+    /// `idle_timeout` plus this.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A kept-alive connection that starts no new request for this long is closed (whole seconds,
+    /// rounded up).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Upper bound of each read of a request body.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Client connections open at once, over both listeners; more are refused at once.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for HttpConfig {
@@ -70,6 +83,10 @@ impl Default for HttpConfig {
             cache_name: "edge".into(),
             tag_headers: vec!["surrogate-key".into(), "cache-tag".into()],
             strip_tag_headers: true,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
         }
     }
 }

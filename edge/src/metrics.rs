@@ -52,6 +52,12 @@ pub struct Metrics {
     pub control_warm_stored: IntCounter,
     /// Pushed responses not stored: no `control.warm_hosts`, not cacheable, Vary, or out of order.
     pub control_warm_ignored: IntCounter,
+    /// Client connections open now (at most `http.max_connections`).
+    pub client_connections: IntGauge,
+    /// Client connections refused because `http.max_connections` were open.
+    pub client_connections_refused: IntCounter,
+    /// Client connections closed because a request header did not arrive in time.
+    pub client_header_timeouts: IntCounter,
 }
 
 /// Request outcomes, the label values of `edge_cache_requests_total`.
@@ -150,6 +156,15 @@ impl Metrics {
             control_warm_ignored: register_int_counter!(
                 "edge_control_warm_ignored_total",
                 "Responses pushed by the origin and not stored (no warm_hosts, not cacheable, Vary)"
+            )?,
+            client_connections: register_int_gauge!("edge_client_connections", "Client connections open")?,
+            client_connections_refused: register_int_counter!(
+                "edge_client_connections_refused_total",
+                "Client connections refused because http.max_connections were open"
+            )?,
+            client_header_timeouts: register_int_counter!(
+                "edge_client_header_timeouts_total",
+                "Client connections closed because a request header did not arrive in time"
             )?,
         };
         for status in STATUSES {

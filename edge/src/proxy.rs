@@ -1,6 +1,7 @@
 //! Pingora's request phases wired to the cache. Decisions live in [`crate::cache::policy`]; this file
 //! only connects them to the session.
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -15,6 +16,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::cache::policy::{self, Outcome};
 use crate::cache::{Cache, PurgeMode, Selector, key};
 use crate::control::ControlState;
+use crate::downstream;
 use crate::metrics::Metrics;
 use crate::upstream::{Expecting, Upstreams};
 
@@ -161,6 +163,11 @@ impl ProxyHttp for EdgeProxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestContext::default()
+    }
+
+    fn on_connection_reuse(&self, _session: &mut Session, _ctx: &mut Self::CTX, context: Box<dyn Any + Send + Sync>) {
+        // The request header is in: its deadline is over.
+        downstream::header_read(context);
     }
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::http::ServerSession;
@@ -21,6 +22,7 @@ use shared::crypto::Keyring;
 use crate::cache::{Cache, EncryptedStore, StoreSettings};
 use crate::config::EdgeConfig;
 use crate::control::{ClientSettings, ControlClient, ControlState};
+use crate::downstream::{ConnectionLimits, Downstream};
 use crate::metrics::Metrics;
 use crate::proxy::{EdgeProxy, ProxySettings};
 use crate::upstream::Upstreams;
@@ -82,7 +84,17 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
         ))
     });
     let proxy = EdgeProxy::new(cache, upstreams.clone(), settings, control_state.clone());
-    let mut proxy_service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge");
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.http.idle_timeout);
+    proxy.server_options = Some(options);
+    let limits = ConnectionLimits {
+        header_read_timeout: config.http.header_read_timeout,
+        idle_timeout: config.http.idle_timeout,
+        body_read_timeout: config.http.body_read_timeout,
+        max_connections: config.http.max_connections,
+    };
+    let mut proxy_service = Service::new("edge".to_string(), Downstream::new(proxy, limits));
     // No userspace write buffer on client connections: pingora's would keep the last response sent,
     // plaintext of a cached body, for as long as the connection stays open.
     let unbuffered_writes = L4BufferSettings::default().write(0);

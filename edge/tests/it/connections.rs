@@ -1,11 +1,13 @@
-//! Client connections as raw TCP sees them: HTTP/1.1 framing (RFC 9112).
+//! Client connections as raw TCP sees them: HTTP/1.1 framing (RFC 9112), and the limits
+//! that keep slow, idle or too many clients from holding the edge: header and idle timeouts and the
+//! connection cap.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::support::{Edge, Reply, ScriptedOrigin, WAIT};
+use crate::support::{Edge, Reply, ScriptedOrigin, WAIT, eventually};
 
 /// A response read off a raw connection.
 #[derive(Debug)]
@@ -117,4 +119,75 @@ async fn ambiguous_framing_and_a_missing_host_are_answered_400_and_never_forward
     client.send(b"GET /one HTTP/1.0\r\n\r\n").await;
     let response = client.response().await.map(|response| (response.status, response.body));
     assert_eq!(response, Some((200, "one".to_owned())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_header_trickled_byte_by_byte_is_cut_off_at_the_header_read_timeout() {
+    let (_origin, edge) = scripted_edge(&[("EDGE_HTTP__HEADER_READ_TIMEOUT", "1s")]).await;
+    let mut client = Raw::connect(&edge).await;
+    client.send(b"GET /one HTTP/1.1\r\nHost: edge\r\nX-Slow: ").await;
+    // One byte every 200 ms keeps every single read short; only a deadline on the whole header ends it.
+    let closed = eventually("the edge to close a header that never ends", async || {
+        let _ = client.reader.get_mut().write_all(b"a").await;
+        client.closed_within(Duration::from_millis(200)).await.then_some(())
+    })
+    .await;
+    assert_eq!(closed, ());
+    assert_eq!(edge.metric("edge_client_header_timeouts_total").await, 1.0);
+
+    // A connection that sends nothing at all is closed too.
+    let mut silent = Raw::connect(&edge).await;
+    assert!(silent.closed_within(WAIT).await, "a silent connection stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let (_origin, edge) = scripted_edge(&[("EDGE_HTTP__IDLE_TIMEOUT", "1s")]).await;
+    let mut client = Raw::connect(&edge).await;
+    client.send(b"GET /one HTTP/1.1\r\nHost: edge\r\n\r\n").await;
+    assert_eq!(
+        client.response().await.map(|response| response.body).as_deref(),
+        Some("one")
+    );
+    assert!(client.closed_within(WAIT).await, "an idle connection stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused_while_the_open_ones_keep_working() {
+    let (_origin, edge) = scripted_edge(&[("EDGE_HTTP__MAX_CONNECTIONS", "2")]).await;
+    let request = b"GET /one HTTP/1.1\r\nHost: edge\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut client = Raw::connect(&edge).await;
+        client.send(request).await;
+        assert_eq!(client.response().await.map(|response| response.status), Some(200));
+        open.push(client);
+    }
+
+    for _ in 0..3 {
+        let mut refused = Raw::connect(&edge).await;
+        // The write may already meet the closed connection.
+        let _ = refused.reader.get_mut().write_all(request).await;
+        let status = refused.response().await.map(|response| response.status);
+        assert!(
+            matches!(status, None | Some(503)),
+            "a connection beyond the cap was answered {status:?}"
+        );
+        assert!(refused.closed_within(WAIT).await, "a refused connection stayed open");
+    }
+    assert_eq!(edge.metric("edge_client_connections_refused_total").await, 3.0);
+    assert_eq!(edge.metric("edge_client_connections").await, 2.0);
+
+    for client in &mut open {
+        client.send(request).await;
+        assert_eq!(client.response().await.map(|response| response.status), Some(200));
+    }
+
+    drop(open);
+    eventually("the edge to accept again once connections closed", async || {
+        let mut client = Raw::connect(&edge).await;
+        let _ = client.reader.get_mut().write_all(request).await;
+        (client.response().await.map(|response| response.status) == Some(200)).then_some(())
+    })
+    .await;
 }

@@ -47,7 +47,14 @@ async fn stream_origin() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_stream_quiet_for_longer_than_the_read_timeout_arrives_whole_and_uncached() {
     let origin = stream_origin().await;
-    let edge = Edge::start(&origin, &[("EDGE_UPSTREAM__READ_TIMEOUT", READ_TIMEOUT)]).await;
+    // The client side's timeouts are short too: none of them may cut a stream that is being served.
+    let env = [
+        ("EDGE_UPSTREAM__READ_TIMEOUT", READ_TIMEOUT),
+        ("EDGE_HTTP__HEADER_READ_TIMEOUT", READ_TIMEOUT),
+        ("EDGE_HTTP__BODY_READ_TIMEOUT", READ_TIMEOUT),
+        ("EDGE_HTTP__IDLE_TIMEOUT", READ_TIMEOUT),
+    ];
+    let edge = Edge::start(&origin, &env).await;
     let client = client();
     for _ in 0..2 {
         let response = client
