@@ -1,13 +1,14 @@
 //! Client connections before pingora's proxy reads them: a cap on how many are open, a deadline for
-//! each request header, an idle keep-alive timeout and a body read timeout.
+//! each request header, an idle keep-alive timeout, a body read timeout, and HTTP/1.1 pipelining.
 //!
 //! Pingora 0.9 has none of the first three as settings: its HTTP/1 loop waits 60 s for each read of
 //! a first request header (so a client trickling a byte a minute holds the connection forever),
 //! waits without any bound for the next request on a kept-alive connection, and accepts every
-//! connection until the process runs out of files. [`Downstream`] runs that loop itself around the
-//! proxy, with pingora's own per-session settings (keep-alive, read timeouts) and a deadline of its
-//! own for the whole header, which the proxy reports through the connection context (see
-//! [`header_read`]).
+//! connection until the process runs out of files. It also leaves pipelining off, and then drops
+//! a connection whose next request arrived with the current one: the bytes read past a request are
+//! discarded at reuse. [`Downstream`] runs that loop itself around the proxy, with pingora's own
+//! per-session settings (keep-alive, read timeouts, pipelining) and a deadline of its own for the
+//! whole header, which the proxy reports through the connection context (see [`header_read`]).
 
 use std::any::Any;
 use std::num::NonZeroUsize;
@@ -146,6 +147,7 @@ where
             }
             session.set_read_timeout(Some(self.limits.body_read_timeout));
             session.set_total_drain_timeout(Some(self.limits.body_read_timeout));
+            session.set_pipelining_enabled(true);
             let (read, header_read) = oneshot::channel();
             session.set_connection_user_context(Some(Box::new(HeaderRead(read))));
 

@@ -6,7 +6,7 @@
 //! * [`upstream`]: the origins behind the edge and their health.
 //! * [`control`]: the QUIC control-plane client (invalidations pushed by the origin) and the
 //!   staleness bound the proxy enforces when it is cut off.
-//! * [`downstream`]: client connections: the cap on them, header, idle and body timeouts.
+//! * [`downstream`]: client connections: the cap on them, header, idle and body timeouts, pipelining.
 //! * [`server`]: builds the pingora server from [`config::EdgeConfig`].
 //!
 //! Purges from outside a request go through [`cache::EncryptedStore::purge`] with a

@@ -1,4 +1,4 @@
-//! Client connections as raw TCP sees them: HTTP/1.1 framing (RFC 9112), and the limits
+//! Client connections as raw TCP sees them: HTTP/1.1 framing (RFC 9112), pipelining, and the limits
 //! that keep slow, idle or too many clients from holding the edge: header and idle timeouts and the
 //! connection cap.
 
@@ -119,6 +119,26 @@ async fn ambiguous_framing_and_a_missing_host_are_answered_400_and_never_forward
     client.send(b"GET /one HTTP/1.0\r\n\r\n").await;
     let response = client.response().await.map(|response| (response.status, response.body));
     assert_eq!(response, Some((200, "one".to_owned())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let (origin, edge) = scripted_edge(&[]).await;
+    let mut client = Raw::connect(&edge).await;
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n");
+    // Both misses (upstream) in one write, then a hit and a miss of a new path.
+    client
+        .send(format!("{}{}", request("/one"), request("/two")).as_bytes())
+        .await;
+    origin.set("/three", Reply::new(200, "three"));
+    client
+        .send(format!("{}{}{}", request("/one"), request("/three"), request("/two")).as_bytes())
+        .await;
+    for expected in ["one", "two", "one", "three", "two"] {
+        let response = client.response().await;
+        let response = response.unwrap_or_else(|| panic!("the edge closed before answering /{expected}"));
+        assert_eq!((response.status, response.body.as_str()), (200, expected));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
