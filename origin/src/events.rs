@@ -265,14 +265,19 @@ impl Events {
             .collect();
         let first = self.store.append_events(&stored).await?;
         let ids: Vec<u64> = (first..first + stored.len() as u64).collect();
-        self.metrics.events_in.inc_by(stored.len() as u64);
-        let last = first + stored.len() as u64 - 1;
+        self.appended_through(first + stored.len() as u64 - 1, stored.len() as u64);
+        Ok(ids)
+    }
+
+    /// Counts `count` events appended through this origin, the last of them `last`, and wakes the tail
+    /// to stream them.
+    pub fn appended_through(&self, last: u64, count: u64) {
+        self.metrics.events_in.inc_by(count);
         self.appended.send_if_modified(|newest| {
             let newer = last > *newest;
             *newest = (*newest).max(last);
             newer
         });
-        Ok(ids)
     }
 
     /// Follows the newest id appended through this origin.

@@ -1,13 +1,21 @@
 //! Forecast operations between the HTTP API and storage: the L1 cache, rendering, rollbacks, and the
-//! invalidation log. Every change of a forecast appends an invalidation of its tag once the change is
-//! durable, and before it is answered (see [`StorageError::NotInvalidated`] for when that fails).
+//! invalidation log.
+//!
+//! Every change of a forecast (write, delete, rollback, model rollback) goes the same way: a note that a
+//! change of the key is coming, the change itself (marked pending in the same atomic step), then its
+//! announcement: an invalidation of its tag for edges and its `ForecastUpdated` event for subscribers,
+//! which clears the mark. All of it happens before the change is answered (see
+//! [`StorageError::NotInvalidated`] for when the announcement fails). Whatever a crash or an outage
+//! leaves marked is announced later by [`announce_pending_changes`], so every stored change has exactly
+//! one event.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
+use shared::events::{ForecastChange, ForecastUpdated, NewEvent};
 use shared::wire::{Invalidate, Selector};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -16,17 +24,24 @@ use utoipa::ToSchema;
 use prometheus::IntCounter;
 
 use crate::cache::{Entry, L1Cache, Lookup};
+use crate::events::Events;
 use crate::invalidation::{Cause, HeadGauge, forecast_tag};
 use crate::metrics::Metrics;
 use crate::representation::Rendered;
 use crate::storage::{
-    AuditEntry, Expect, History, InvalidationPage, NewInvalidation, NewVersion, Result, SharedStore, StorageError,
-    VersionRecord, unix_millis,
+    AuditEntry, Expect, History, InvalidationPage, NewInvalidation, NewVersion, PendingChange, Result, SharedStore,
+    StorageError, StoredEvent, VersionRecord, unix_millis,
 };
+
+/// How long a change may stay pending before it counts as left behind (its own request announces it
+/// well within this), and how often left-behind changes are looked for.
+pub const PENDING_SETTLE: Duration = Duration::from_secs(5);
+pub const PENDING_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Forecasts {
     store: SharedStore,
+    events: Arc<Events>,
     l1: Option<L1Cache>,
     metrics: Metrics,
     l1_hits: IntCounter,
@@ -91,7 +106,7 @@ pub fn model_rollback_target(history: &History, model: &ModelRef) -> Result<(u64
 }
 
 impl Forecasts {
-    pub fn new(store: SharedStore, l1: Option<L1Cache>, metrics: Metrics) -> Self {
+    pub fn new(store: SharedStore, events: Arc<Events>, l1: Option<L1Cache>, metrics: Metrics) -> Self {
         let l1_counter = |result: &str| metrics.l1_lookups.with_label_values(&[result]);
         for cause in Cause::ALL {
             // Every cause is listed from the start, at 0.
@@ -104,6 +119,7 @@ impl Forecasts {
             invalidation_head: HeadGauge::new(metrics.invalidation_log_head.clone()),
             appended: watch::Sender::new(0),
             store,
+            events,
             l1,
             metrics,
         }
@@ -257,24 +273,94 @@ impl Forecasts {
             rollback_of,
             forecast,
         };
+        self.timed("change_note", self.store.intend_change(key)).await?;
         let record = self.timed("write", self.store.write(key, new, expect)).await?;
         let rendered = Arc::new(Rendered::new(&record));
         if let Some(l1) = &self.l1 {
             l1.write(key, Some(rendered.clone()));
         }
-        self.invalidate_forecast(key, record.version, cause).await?;
+        self.announce(&PendingChange::of_version(&record), updated(&record), cause)
+            .await?;
         Ok((record, rendered))
     }
 
     pub async fn delete(&self, key: &ForecastKey) -> Result<Option<u64>> {
+        self.timed("change_note", self.store.intend_change(key)).await?;
         let deleted = self.timed("delete", self.store.delete(key)).await?;
         if let Some(l1) = &self.l1 {
             l1.write(key, None);
         }
         if let Some(version) = deleted {
-            self.invalidate_forecast(key, version, Cause::Delete).await?;
+            let change = PendingChange {
+                key: key.clone(),
+                version,
+                change: ForecastChange::Deleted,
+            };
+            let update = ForecastUpdated::new(ForecastChange::Deleted, version);
+            self.announce(&change, update, Cause::Delete).await?;
         }
         Ok(deleted)
+    }
+
+    /// Tells edges (an invalidation of the key's tag) and subscribers (`ForecastUpdated`) about a stored
+    /// change, which clears its pending mark.
+    async fn announce(&self, change: &PendingChange, update: ForecastUpdated, cause: Cause) -> Result<()> {
+        let not_announced = |error: StorageError| StorageError::NotInvalidated {
+            key: change.key.clone(),
+            version: change.version,
+            error: error.to_string(),
+        };
+        let selectors = vec![Selector::Tag(forecast_tag(&change.key))];
+        self.invalidate(cause, selectors, false).await.map_err(not_announced)?;
+        let now = OffsetDateTime::now_utc();
+        let event = StoredEvent {
+            appended_at_ms: unix_millis(now),
+            event: NewEvent::forecast_updated(&change.key.instrument, change.key.timeframe, &update, now),
+        };
+        let appended = self
+            .timed("change_complete", self.store.complete_change(change, &event))
+            .await
+            .map_err(not_announced)?;
+        if let Some(id) = appended {
+            self.events.appended_through(id, 1);
+        }
+        Ok(())
+    }
+
+    /// Announces the changes left pending longer than [`PENDING_SETTLE`] (by a crash, or an outage of
+    /// the logs); answers how many.
+    pub async fn announce_pending(&self) -> Result<usize> {
+        let settle = u64::try_from(PENDING_SETTLE.as_millis()).unwrap_or(u64::MAX);
+        let before = unix_millis(OffsetDateTime::now_utc()).saturating_sub(settle);
+        let pending = self
+            .timed("pending_changes", self.store.pending_changes(before))
+            .await?;
+        for change in &pending {
+            let (update, cause) = match change.change {
+                ForecastChange::Deleted => (
+                    ForecastUpdated::new(ForecastChange::Deleted, change.version),
+                    Cause::Delete,
+                ),
+                kind => {
+                    let cause = if kind == ForecastChange::Written {
+                        Cause::Write
+                    } else {
+                        Cause::Rollback
+                    };
+                    // A version trimmed meanwhile is announced by its number alone.
+                    match self.store.version(&change.key, change.version).await {
+                        Ok(record) => (updated(&record), cause),
+                        Err(StorageError::VersionTrimmed { .. } | StorageError::VersionNotFound { .. }) => {
+                            (ForecastUpdated::new(kind, change.version), cause)
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            };
+            tracing::warn!(key = %change.key, version = change.version, "announcing a change left pending");
+            self.announce(change, update, cause).await?;
+        }
+        Ok(pending.len())
     }
 
     /// Makes the content of `to_version` current again, as a new version.
@@ -426,19 +512,6 @@ impl Forecasts {
         self.appended.subscribe()
     }
 
-    /// Tells edges that `key` changed: a hard invalidation of the tag every response including it carries.
-    async fn invalidate_forecast(&self, key: &ForecastKey, version: u64, cause: Cause) -> Result<()> {
-        let selectors = vec![Selector::Tag(forecast_tag(key))];
-        match self.invalidate(cause, selectors, false).await {
-            Ok(_) => Ok(()),
-            Err(error) => Err(StorageError::NotInvalidated {
-                key: key.clone(),
-                version,
-                error: error.to_string(),
-            }),
-        }
-    }
-
     /// Invalidations after `after` (from the oldest kept when `None`), oldest first.
     pub async fn invalidation_log(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<InvalidationPage> {
         let page = self
@@ -448,6 +521,34 @@ impl Forecasts {
             self.invalidation_head.observe(head);
         }
         Ok(page)
+    }
+}
+
+/// The `ForecastUpdated` payload of a stored version: written, or a rollback's copy.
+fn updated(record: &VersionRecord) -> ForecastUpdated {
+    let change = PendingChange::of_version(record).change;
+    ForecastUpdated {
+        change,
+        version: record.version,
+        model: Some(record.forecast.model.clone()),
+        point: Some(record.forecast.point),
+        rollback_of: record.rollback_of,
+    }
+}
+
+/// Announces what crashes and outages left pending, every [`PENDING_CHECK_INTERVAL`], until the origin's
+/// state is dropped.
+pub async fn announce_pending_changes(state: std::sync::Weak<crate::api::Inner>) {
+    let mut tick = tokio::time::interval(PENDING_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if let Err(error) = state.forecasts.announce_pending().await {
+            tracing::debug!(%error, "pending changes not announced; retried at the next tick");
+        }
     }
 }
 

@@ -128,7 +128,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     let webhooks = Webhooks::new(store.clone(), events.clone(), &config.webhooks, metrics.clone())
         .context("invalid [webhooks] configuration")?;
     Ok(Arc::new(Inner {
-        forecasts: Forecasts::new(store, l1, metrics.clone()),
+        forecasts: Forecasts::new(store, events.clone(), l1, metrics.clone()),
         edges: Edges::default(),
         warming: Warming::new(&config.warming),
         events,
@@ -183,6 +183,7 @@ pub async fn start(
     };
     tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
     tokio::spawn(Events::tail(Arc::downgrade(&state.events), config.events.poll_interval));
+    tokio::spawn(crate::forecasts::announce_pending_changes(Arc::downgrade(&state)));
     state.webhooks.start();
     let limits = ConnectionLimits {
         max_connections: config.http.max_connections.get(),

@@ -9,13 +9,11 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
-use shared::events::{ForecastChange, ForecastUpdated};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::auth::{Principal, Scope};
 use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody, INVALIDATION_FAILED};
-use super::events;
 use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, page_limit, parse_value};
 use super::{AppState, Inner};
 use crate::forecasts::{ModelForecast, ModelRollbackOutcome, ModelRollbackResult};
@@ -160,7 +158,6 @@ pub async fn put_forecast(
         .changed(&principal, "forecast.write", key.to_string(), outcome)
         .await?;
     warming::after_change(&state, std::slice::from_ref(&key));
-    events::forecasts_changed(&state, vec![(key.clone(), update(ForecastChange::Written, &record))]).await;
     let response = written(&record, &rendered);
     let detail = serde_json::json!({"version": record.version, "model": record.forecast.model.to_string()});
     state
@@ -271,18 +268,12 @@ pub async fn batch_write(
         .collect()
         .await;
     let written = results.iter().filter(|r| r.version.is_some()).count();
-    let changed: Vec<(ForecastKey, u64)> = results
+    let keys: Vec<ForecastKey> = results
         .iter()
-        .filter(|r| r.error.is_none())
-        .filter_map(|r| Some((r.key.clone()?, r.version?)))
+        .filter(|r| r.error.is_none() && r.version.is_some())
+        .filter_map(|r| r.key.clone())
         .collect();
-    let keys: Vec<ForecastKey> = changed.iter().map(|(key, _)| key.clone()).collect();
     warming::after_change(&state, &keys);
-    let updates = changed
-        .into_iter()
-        .map(|(key, version)| (key, ForecastUpdated::new(ForecastChange::Written, version)))
-        .collect();
-    events::forecasts_changed(&state, updates).await;
     // Written too, though answered 503: their edges were not told (each message names the version).
     let not_invalidated = results
         .iter()
@@ -350,8 +341,6 @@ pub async fn delete_forecast(
     let Some(deleted_version) = deleted else {
         return Err(ApiError::not_found(format!("no forecast for {key}")));
     };
-    let deletion = ForecastUpdated::new(ForecastChange::Deleted, deleted_version);
-    events::forecasts_changed(&state, vec![(key.clone(), deletion)]).await;
     let detail = serde_json::json!({"version": deleted_version});
     state
         .audit(&principal, "forecast.delete", key.to_string(), StatusCode::OK, detail)
@@ -476,7 +465,6 @@ pub async fn rollback(
         .changed(&principal, "forecast.rollback", key.to_string(), outcome)
         .await?;
     warming::after_change(&state, std::slice::from_ref(&key));
-    events::forecasts_changed(&state, vec![(key.clone(), update(ForecastChange::RolledBack, &record))]).await;
     let mut response = written(&record, &rendered);
     *response.status_mut() = StatusCode::OK;
     let detail = serde_json::json!({"to_version": request.to_version, "new_version": record.version});
@@ -484,17 +472,6 @@ pub async fn rollback(
         .audit(&principal, "forecast.rollback", key.to_string(), StatusCode::OK, detail)
         .await;
     Ok(response)
-}
-
-/// The `ForecastUpdated` payload of a stored version.
-fn update(change: ForecastChange, record: &VersionRecord) -> ForecastUpdated {
-    ForecastUpdated {
-        change,
-        version: record.version,
-        model: Some(record.forecast.model.clone()),
-        point: Some(record.forecast.point),
-        rollback_of: record.rollback_of,
-    }
 }
 
 fn model_ref(id: &str, version: &str) -> ApiResult<ModelRef> {
@@ -561,24 +538,12 @@ pub async fn model_rollback(
     let results = state
         .changed(&principal, "model.rollback", model.to_string(), outcome)
         .await?;
-    let rolled_back: Vec<(ForecastKey, ForecastUpdated)> = results
+    let keys: Vec<ForecastKey> = results
         .iter()
-        .filter_map(|result| match result.outcome {
-            ModelRollbackOutcome::RolledBack {
-                to_version,
-                new_version,
-                ..
-            } => {
-                let mut update = ForecastUpdated::new(ForecastChange::RolledBack, new_version);
-                update.rollback_of = Some(to_version);
-                Some((result.key.clone(), update))
-            }
-            _ => None,
-        })
+        .filter(|result| matches!(result.outcome, ModelRollbackOutcome::RolledBack { .. }))
+        .map(|result| result.key.clone())
         .collect();
-    let keys: Vec<ForecastKey> = rolled_back.iter().map(|(key, _)| key.clone()).collect();
     warming::after_change(&state, &keys);
-    events::forecasts_changed(&state, rolled_back).await;
     let detail = serde_json::to_value(&results).unwrap_or_default();
     state
         .audit(&principal, "model.rollback", model.to_string(), StatusCode::OK, detail)

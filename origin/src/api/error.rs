@@ -115,10 +115,9 @@ impl From<StorageError> for ApiError {
             StorageError::NotInvalidated { ref key, version, .. } => {
                 tracing::error!(%error, "answering 503: edges were not told about a change");
                 let message = format!(
-                    "{key} changed (version {version}), but the invalidation that tells edges was not recorded: \
-                     they may serve the previous content until it expires. Once storage answers again, POST \
-                     /admin/v1/invalidations with {{\"tags\":[\"{}\"]}}",
-                    crate::invalidation::forecast_tag(key)
+                    "{key} changed (version {version}), but the invalidation that tells edges, or the event \
+                     that tells subscribers, was not recorded yet: the origin records both as soon as storage \
+                     answers again, and edges may serve the previous content until then"
                 );
                 Self {
                     retry_after: Some(1),

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use shared::domain::{ForecastKey, Instrument};
-use shared::events::{ForecastUpdated, NewEvent, Publish, TopicPattern};
+use shared::domain::Instrument;
+use shared::events::{NewEvent, Publish, TopicPattern};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -38,24 +38,6 @@ pub struct StreamSettings {
     pub max_batch: NonZeroUsize,
     pub heartbeat: Duration,
     pub retry: Duration,
-}
-
-/// Emits the origin's own `ForecastUpdated` events on `forecasts.{instrument}.{timeframe}`, in one
-/// append, before the change is answered. The change itself is stored and invalidated whatever
-/// happens here: a failure is logged, not answered as the change's failure.
-pub(super) async fn forecasts_changed(state: &AppState, changes: Vec<(ForecastKey, ForecastUpdated)>) {
-    if changes.is_empty() {
-        return;
-    }
-    let now = OffsetDateTime::now_utc();
-    let events = changes
-        .iter()
-        .map(|(key, update)| NewEvent::forecast_updated(&key.instrument, key.timeframe, update, now))
-        .collect();
-    if let Err(error) = state.events.publish(events).await {
-        let keys: Vec<String> = changes.iter().map(|(key, _)| key.to_string()).collect();
-        tracing::warn!(%error, keys = %keys.join(","), "ForecastUpdated events not appended");
-    }
 }
 
 /// Who published how many events, to which topics, under which ids.

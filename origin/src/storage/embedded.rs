@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use shared::domain::{ForecastKey, ModelRef};
+use shared::events::ForecastChange;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
@@ -20,7 +21,8 @@ mod webhooks;
 
 use super::{
     AuditEntry, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation, NewVersion,
-    Result, Retention, StorageError, Store, StoredEvent, VersionRecord, check_expect, missing_version,
+    PendingChange, Result, Retention, StorageError, Store, StoredEvent, VersionRecord, check_expect, missing_version,
+    unix_millis,
 };
 
 /// `AAPL:1h` → [`KeyState`] as JSON.
@@ -35,6 +37,8 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const INVALIDATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("invalidations");
 /// Id → [`StoredEvent`] as JSON: the event log.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// (`AAPL:1h`, version, change) → when it was marked (unix ms): changes whose event is not appended yet.
+const PENDING: TableDefinition<(&str, u64, &str), u64> = TableDefinition::new("pending_changes");
 /// Name → value, for single settings such as the generated admin token's hash.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ADMIN_TOKEN: &str = "admin-token";
@@ -89,6 +93,7 @@ pub struct EmbeddedStore {
     writer_thread: Option<std::thread::JoinHandle<()>>,
     /// Webhook deliveries taken and not finished, by queue key, with when they were taken.
     taken: webhooks::TakenDeliveries,
+    retention: Retention,
 }
 
 impl Drop for EmbeddedStore {
@@ -121,6 +126,7 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(fail)?;
             txn.open_table(INVALIDATIONS).map_err(fail)?;
             txn.open_table(EVENTS).map_err(fail)?;
+            txn.open_table(PENDING).map_err(fail)?;
             webhooks::create_tables(&txn)?;
         }
         txn.commit().map_err(fail)?;
@@ -136,6 +142,7 @@ impl EmbeddedStore {
             writer: Some(writer),
             writer_thread: Some(writer_thread),
             taken: webhooks::TakenDeliveries::default(),
+            retention,
         })
     }
 
@@ -234,6 +241,7 @@ impl Group<'_> {
             .map_err(fail)?
             .insert((model.as_str(), name.as_str()), ())
             .map_err(fail)?;
+        self.mark_pending(&PendingChange::of_version(&record))?;
         Ok(Ok(record))
     }
 
@@ -242,12 +250,28 @@ impl Group<'_> {
         let mut forecasts = self.txn.open_table(FORECASTS).map_err(fail)?;
         let mut state = key_state(&forecasts, &name)?;
         let deleted = state.current.take();
-        if deleted.is_some() {
+        if let Some(version) = deleted {
             forecasts
                 .insert(name.as_str(), encode(&state)?.as_slice())
                 .map_err(fail)?;
+            self.mark_pending(&PendingChange {
+                key: key.clone(),
+                version,
+                change: ForecastChange::Deleted,
+            })?;
         }
         Ok(deleted)
+    }
+
+    fn mark_pending(&self, change: &PendingChange) -> Result<()> {
+        let name = change.key.to_string();
+        let at = (name.as_str(), change.version, PendingChange::change_name(change.change));
+        self.txn
+            .open_table(PENDING)
+            .map_err(fail)?
+            .insert(at, unix_millis(OffsetDateTime::now_utc()))
+            .map_err(fail)?;
+        Ok(())
     }
 
     fn audit(&self, entry: &AuditEntry) -> Result<()> {
@@ -538,6 +562,57 @@ impl Store for EmbeddedStore {
     async fn append_events(&self, events: &[StoredEvent]) -> Result<u64> {
         let events = events.to_vec();
         self.submit(|reply| Command::AppendEvents { events, reply }).await
+    }
+
+    /// Nothing to note: pending marks are a table of their own, read whole.
+    async fn intend_change(&self, _key: &ForecastKey) -> Result<()> {
+        Ok(())
+    }
+
+    async fn pending_changes(&self, before_ms: u64) -> Result<Vec<PendingChange>> {
+        self.read(|txn| {
+            let table = txn.open_table(PENDING).map_err(fail)?;
+            let mut pending = Vec::new();
+            for entry in table.iter().map_err(fail)? {
+                let (mark, marked_at) = entry.map_err(fail)?;
+                let (key, version, change) = mark.value();
+                if marked_at.value() < before_ms {
+                    pending.push(PendingChange {
+                        key: key.parse().map_err(StorageError::corrupt)?,
+                        version,
+                        change: PendingChange::parse_change(change)?,
+                    });
+                }
+            }
+            // By key, then in the order the changes were made.
+            pending.sort_by(|a, b| (&a.key, a.order()).cmp(&(&b.key, b.order())));
+            Ok(pending)
+        })
+    }
+
+    /// One transaction checks the mark, appends the event and clears the mark: exactly once.
+    async fn complete_change(&self, change: &PendingChange, event: &StoredEvent) -> Result<Option<u64>> {
+        let name = change.key.to_string();
+        let version = change.version;
+        let change_name = PendingChange::change_name(change.change);
+        let record = event.encode()?.into_bytes();
+        let retention = self.retention.events;
+        self.change(move |txn| {
+            let mut marks = txn.open_table(PENDING).map_err(fail)?;
+            if marks
+                .remove((name.as_str(), version, change_name))
+                .map_err(fail)?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let mut log = txn.open_table(EVENTS).map_err(fail)?;
+            let id = append_numbered(&mut log, &[record], retention, |raw| {
+                Ok(StoredEvent::appended_at_ms_of(raw))
+            })?;
+            Ok(Some(id))
+        })
+        .await
     }
 
     async fn read_events(&self, after: Option<u64>, limit: NonZeroUsize) -> Result<EventPage> {

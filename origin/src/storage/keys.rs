@@ -5,12 +5,14 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `fc:{AAPL}:1h` | hash | `seq` last version number, `lo` oldest kept, `curv` current version (absent when deleted), `cur` current record JSON, `v:N` record JSON of version N |
+//! | `fc:{AAPL}:1h` | hash | `seq` last version number, `lo` oldest kept, `curv` current version (absent when deleted), `cur` current record JSON, `v:N` record JSON of version N, `pend:N:CHANGE` (value empty) a change of version N (`written`, `rolled_back`, `deleted`) whose event is not appended yet |
+//! | `changes:{chg}` | sorted set | `AAPL:1h` members, scored by when (unix ms) a change of them was last about to be made: where pending changes are looked for |
 //! | `model:{lstm@3.2.0}` | set | `AAPL:1h` members: keys the model may have versions in (a superset) |
 //! | `audit` | stream | field `e`: one audit entry as JSON |
 //! | `auth:admin-token` | string | SHA-256 (hex) of the token generated at first start |
 //! | `invalidations:{inv}` | stream | the invalidation log: entry ID `<sequence>-0`, field `t` issued at (unix ms, for trimming by age), field `e` the invalidation as JSON |
 //! | `events:{ev}` | stream | the event log: entry ID `<id>-0`, field `t` appended at (unix ms), field `e` the event as JSON |
+//! | `events:{ev}:change:AAPL:1h@5` | string | the id of the event a change was announced by, so it is announced once (expires with the log's retention age, at least a day) |
 //! | `webhooks:{wh}:endpoints` | hash | endpoint id → endpoint JSON (with its `revision`) |
 //! | `webhooks:{wh}:cursor` | string | the last event id dispatched to endpoints |
 //! | `webhooks:{wh}:queue` | stream | deliveries due now, field `d` the delivery JSON; consumer group `deliverers` (one consumer per origin): pending entries are taken and not finished, reclaimed with XAUTOCLAIM |
@@ -39,6 +41,20 @@ pub fn forecast(key: &ForecastKey) -> String {
 
 pub fn version_field(version: u64) -> String {
     format!("v:{version}")
+}
+
+/// The prefix of the per-forecast hash's fields that mark pending changes, `pend:N:CHANGE`.
+pub const PENDING_PREFIX: &str = "pend:";
+
+pub fn pending_field(version: u64, change: &str) -> String {
+    format!("{PENDING_PREFIX}{version}:{change}")
+}
+
+pub const CHANGE_NOTES: &str = "changes:{chg}";
+
+/// `change` is a [`super::PendingChange::id`].
+pub fn change_event(change: &str) -> String {
+    format!("events:{{ev}}:change:{change}")
 }
 
 pub fn model_directory(model: &ModelRef) -> String {

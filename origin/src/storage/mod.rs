@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
-use shared::events::NewEvent;
+use shared::events::{ForecastChange, NewEvent};
 use shared::wire::{Invalidate, Selector};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -54,9 +54,10 @@ pub enum StorageError {
     },
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// A change of `key` is durable, but the invalidation that tells edges about it is not: they may
-    /// serve the old content until it expires. Raised after the change, never instead of it.
-    #[error("{key} changed (version {version}) but its invalidation was not recorded: {error}")]
+    /// A change of `key` is durable, but the invalidation that tells edges about it, or the event that
+    /// tells subscribers, is not yet: the change stays marked pending until both are (see
+    /// [`PendingChange`]). Raised after the change, never instead of it.
+    #[error("{key} changed (version {version}) but its invalidation or event was not recorded: {error}")]
     NotInvalidated {
         key: ForecastKey,
         /// The version the change stored, or deleted.
@@ -452,6 +453,73 @@ pub struct StoredEventAt {
     pub stored: StoredEvent,
 }
 
+/// A change of a forecast that is stored while its follow-ups may not be: the invalidation edges need
+/// and the `ForecastUpdated` event subscribers need. The store marks it in the same atomic step as the
+/// change itself, and the mark stays until [`Store::complete_change`] appends the event; so a crash
+/// between the steps leaves a mark that [`Store::pending_changes`] finds, never a change without its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingChange {
+    pub key: ForecastKey,
+    /// The version written (or rolled back to, as a new version), or the one deleted.
+    pub version: u64,
+    pub change: ForecastChange,
+}
+
+impl PendingChange {
+    /// What a written version is marked as: a rollback when it copies an older version.
+    pub fn of_version(record: &VersionRecord) -> Self {
+        Self {
+            key: record.key(),
+            version: record.version,
+            change: if record.rollback_of.is_some() {
+                ForecastChange::RolledBack
+            } else {
+                ForecastChange::Written
+            },
+        }
+    }
+
+    /// The mark as stored: the change's name.
+    pub fn change_name(change: ForecastChange) -> &'static str {
+        match change {
+            ForecastChange::Written => "written",
+            ForecastChange::Deleted => "deleted",
+            ForecastChange::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn parse_change(name: &str) -> Result<ForecastChange> {
+        match name {
+            "written" => Ok(ForecastChange::Written),
+            "deleted" => Ok(ForecastChange::Deleted),
+            "rolled_back" => Ok(ForecastChange::RolledBack),
+            other => Err(StorageError::corrupt(format!("unknown change mark {other:?}"))),
+        }
+    }
+
+    /// A mark as `N:CHANGE` (`5:written`) reads back as the change of `key` it stands for.
+    pub fn parse_mark(key: &ForecastKey, mark: &str) -> Result<Self> {
+        let (version, change) = mark
+            .split_once(':')
+            .ok_or_else(|| StorageError::corrupt(format!("pending mark {mark:?} is not N:CHANGE")))?;
+        Ok(Self {
+            key: key.clone(),
+            version: version.parse().map_err(StorageError::corrupt)?,
+            change: Self::parse_change(change)?,
+        })
+    }
+
+    /// The order changes of one key were made in: by version, a version's deletion after its write.
+    pub fn order(&self) -> (u64, bool) {
+        (self.version, self.change == ForecastChange::Deleted)
+    }
+
+    /// Names the change once in the whole system (`AAPL:1h@5:written`): what its event is deduplicated by.
+    pub fn id(&self) -> String {
+        format!("{}@{}:{}", self.key, self.version, Self::change_name(self.change))
+    }
+}
+
 /// Milliseconds since the unix epoch (0 before it).
 pub fn unix_millis(at: OffsetDateTime) -> u64 {
     u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
@@ -465,11 +533,25 @@ pub trait Store: webhooks::WebhookStore + Send + Sync + std::fmt::Debug + 'stati
     /// Succeeds when the store can serve reads and writes now.
     async fn ping(&self) -> Result<()>;
 
-    /// Stores `new` as the next version of `key` and makes it current, if `expect` holds.
+    /// Stores `new` as the next version of `key` and makes it current, if `expect` holds; marks the
+    /// change pending (see [`PendingChange`]) in the same atomic step.
     async fn write(&self, key: &ForecastKey, new: NewVersion, expect: Expect) -> Result<VersionRecord>;
 
-    /// Makes `key` have no current version; its history stays. Returns the version that was current.
+    /// Makes `key` have no current version; its history stays. Returns the version that was current,
+    /// and marks its deletion pending in the same atomic step.
     async fn delete(&self, key: &ForecastKey) -> Result<Option<u64>>;
+
+    /// Notes, before a change of `key` is made, that one is coming, so that what a crash leaves
+    /// pending is found without scanning every key ([`Store::pending_changes`]).
+    async fn intend_change(&self, key: &ForecastKey) -> Result<()>;
+
+    /// Changes marked pending among the keys noted before `before_ms` (unix ms), oldest first per key;
+    /// the notes of keys with nothing pending are dropped, unless a new one was made meanwhile.
+    async fn pending_changes(&self, before_ms: u64) -> Result<Vec<PendingChange>>;
+
+    /// Appends `event`, the change's `ForecastUpdated`, unless it was appended already, and clears the
+    /// change's mark. Answers the event's id, or `None` when the change was completed before.
+    async fn complete_change(&self, change: &PendingChange, event: &StoredEvent) -> Result<Option<u64>>;
 
     async fn current(&self, key: &ForecastKey) -> Result<Option<VersionRecord>>;
 

@@ -14,6 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::streams::StreamId;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use shared::domain::{ForecastKey, ModelRef};
+use shared::events::ForecastChange;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
@@ -22,15 +23,17 @@ mod webhooks;
 use super::keys;
 use super::{
     AuditEntry, Current, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation,
-    NewVersion, Result, Retention, StorageError, Store, StoredEvent, VersionRecord, missing_version,
+    NewVersion, PendingChange, Result, Retention, StorageError, Store, StoredEvent, VersionRecord, missing_version,
+    unix_millis,
 };
 
 /// Bounds (ms) of the cluster client's jittered pause between retries of a request.
 const RETRY_WAIT_MS: std::ops::Range<u64> = 10..250;
 
-/// Appends a version atomically: assigns the number, checks the precondition, updates the current pointer
-/// and trims old versions. KEYS[1] the forecast hash; ARGV: expect mode, expected version, record tail,
-/// versions kept. Returns `{"ok", n}` or `{"conflict", current or ""}`.
+/// Appends a version atomically: assigns the number, checks the precondition, updates the current pointer,
+/// marks the change pending and trims old versions. KEYS[1] the forecast hash; ARGV: expect mode,
+/// expected version, record tail, versions kept, the change's mark. Returns `{"ok", n}` or
+/// `{"conflict", current or ""}`.
 const WRITE_SCRIPT: &str = r#"
 local k = KEYS[1]
 local mode, expected, tail, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -40,7 +43,7 @@ if (mode == 'exists' and not curv) or (mode == 'version' and curv ~= expected) t
 end
 local n = tonumber(redis.call('HGET', k, 'seq') or '0') + 1
 local rec = '{"version":' .. n .. tail
-redis.call('HSET', k, 'seq', n, 'curv', n, 'cur', rec, 'v:' .. n, rec)
+redis.call('HSET', k, 'seq', n, 'curv', n, 'cur', rec, 'v:' .. n, rec, 'pend:' .. n .. ':' .. ARGV[5], '')
 local lo = tonumber(redis.call('HGET', k, 'lo') or '1')
 while lo <= n - keep do
   redis.call('HDEL', k, 'v:' .. lo)
@@ -55,9 +58,17 @@ return {'ok', n}
 /// is its entry's ID `<number>-0`. Then trims: to `keep` entries, and the oldest entries appended before
 /// `cutoff`, at most 64 per append and never the newest. KEYS[1] the log; ARGV: appended at (ms),
 /// entries kept, cutoff (ms), then the records. Returns the first number.
+///
+/// With KEYS[2] (a key in the log's slot naming what the one record stands for) the append happens
+/// once: a second one answers the first's number. The name lives as long as the log keeps records
+/// (ARGV[1] minus ARGV[3]), at least a day.
 const APPEND_LOG_SCRIPT: &str = r#"
 local k = KEYS[1]
 local at, keep, cutoff = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if KEYS[2] then
+  local done = redis.call('GET', KEYS[2])
+  if done then return tonumber(done) end
+end
 local newest = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)[1]
 local first = 1
 if newest then first = tonumber(string.match(newest[1], '^%d+')) + 1 end
@@ -72,6 +83,10 @@ for _, entry in ipairs(redis.call('XRANGE', k, '-', '+', 'COUNT', 64)) do
   expired = expired + 1
 end
 if expired > 0 then redis.call('XTRIM', k, 'MAXLEN', redis.call('XLEN', k) - expired) end
+if KEYS[2] then
+  local ttl = math.max(86400000, tonumber(at) - cutoff)
+  redis.call('SET', KEYS[2], first, 'PX', ttl)
+end
 return first
 "#;
 
@@ -84,11 +99,22 @@ if newest then head = newest[1] end
 return {head, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
 "#;
 
-/// Removes the current pointer. Returns the version that was current, or false.
+/// Removes the current pointer and marks the deletion pending. Returns the version that was current,
+/// or false.
 const DELETE_SCRIPT: &str = r#"
 local curv = redis.call('HGET', KEYS[1], 'curv')
-if curv then redis.call('HDEL', KEYS[1], 'curv', 'cur') end
+if curv then
+  redis.call('HDEL', KEYS[1], 'curv', 'cur')
+  redis.call('HSET', KEYS[1], 'pend:' .. curv .. ':' .. ARGV[1], '')
+end
 return curv
+"#;
+
+/// Drops the note of a coming change of ARGV[1] if it is still the one read (score ARGV[2]): a change
+/// noted since keeps it. KEYS[1] the notes.
+const FORGET_INTENT_SCRIPT: &str = r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
 "#;
 
 #[derive(Debug, Clone)]
@@ -141,6 +167,7 @@ pub struct RedisStore {
     delete_script: Script,
     append_log_script: Script,
     read_log_script: Script,
+    forget_intent_script: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -169,6 +196,7 @@ impl RedisStore {
             delete_script: Script::new(DELETE_SCRIPT),
             append_log_script: Script::new(APPEND_LOG_SCRIPT),
             read_log_script: Script::new(READ_LOG_SCRIPT),
+            forget_intent_script: Script::new(FORGET_INTENT_SCRIPT),
         })
     }
 
@@ -256,11 +284,22 @@ fn log_entry(entry: &StreamId) -> Result<(u64, Vec<u8>)> {
 }
 
 impl RedisStore {
-    /// Appends `records` to the numbered log at `key`; answers the first one's number.
-    async fn append_log(&self, key: &str, at_ms: u64, retention: LogRetention, records: &[String]) -> Result<u64> {
+    /// Appends `records` to the numbered log at `key`; answers the first one's number. With `once`, a
+    /// key in the log's slot, the one record is appended only if nothing was under that name before.
+    async fn append_log(
+        &self,
+        key: &str,
+        once: Option<&str>,
+        at_ms: u64,
+        retention: LogRetention,
+        records: &[String],
+    ) -> Result<u64> {
         let cutoff = retention.cutoff_ms(OffsetDateTime::now_utc());
         self.run(|mut c| {
             let mut invocation = self.append_log_script.key(key);
+            if let Some(once) = once {
+                invocation.key(once);
+            }
             invocation.arg(at_ms).arg(retention.kept).arg(cutoff);
             for record in records {
                 invocation.arg(record);
@@ -331,6 +370,11 @@ impl Store for RedisStore {
                 .await
         })
         .await?;
+        let change = PendingChange::change_name(if new.rollback_of.is_some() {
+            ForecastChange::RolledBack
+        } else {
+            ForecastChange::Written
+        });
         let (status, value): (String, String) = self
             .run(|mut c| {
                 let script = &self.write_script;
@@ -343,6 +387,7 @@ impl Store for RedisStore {
                         .arg(expected)
                         .arg(tail)
                         .arg(keep)
+                        .arg(change)
                         .invoke_async(&mut c)
                         .await
                 }
@@ -363,10 +408,84 @@ impl Store for RedisStore {
 
     async fn delete(&self, key: &ForecastKey) -> Result<Option<u64>> {
         let hash = keys::forecast(key);
+        let mark = PendingChange::change_name(ForecastChange::Deleted);
         let deleted: Option<u64> = self
-            .run(|mut c| async move { self.delete_script.key(&hash).invoke_async(&mut c).await })
+            .run(|mut c| async move { self.delete_script.key(&hash).arg(mark).invoke_async(&mut c).await })
             .await?;
         Ok(deleted)
+    }
+
+    async fn intend_change(&self, key: &ForecastKey) -> Result<()> {
+        let now = unix_millis(OffsetDateTime::now_utc());
+        let member = key.to_string();
+        self.run(|mut c| async move {
+            redis::cmd("ZADD")
+                .arg(keys::CHANGE_NOTES)
+                .arg(now)
+                .arg(&member)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn pending_changes(&self, before_ms: u64) -> Result<Vec<PendingChange>> {
+        let noted: Vec<(String, String)> = self
+            .run(|mut c| async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(keys::CHANGE_NOTES)
+                    .arg("-inf")
+                    .arg(before_ms)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut pending = Vec::new();
+        for (member, score) in noted {
+            let key: ForecastKey = member.parse().map_err(StorageError::corrupt)?;
+            let hash = keys::forecast(&key);
+            let fields: HashMap<String, Vec<u8>> = self
+                .run(|mut c| async move { redis::cmd("HGETALL").arg(&hash).query_async(&mut c).await })
+                .await?;
+            let mut marks = fields
+                .keys()
+                .filter_map(|name| name.strip_prefix(keys::PENDING_PREFIX))
+                .map(|mark| PendingChange::parse_mark(&key, mark))
+                .collect::<Result<Vec<_>>>()?;
+            if marks.is_empty() {
+                self.run(|mut c| async move {
+                    self.forget_intent_script
+                        .key(keys::CHANGE_NOTES)
+                        .arg(&member)
+                        .arg(&score)
+                        .invoke_async::<()>(&mut c)
+                        .await
+                })
+                .await?;
+            }
+            marks.sort_by_key(PendingChange::order);
+            pending.extend(marks);
+        }
+        Ok(pending)
+    }
+
+    async fn complete_change(&self, change: &PendingChange, event: &StoredEvent) -> Result<Option<u64>> {
+        let record = event.encode()?;
+        let once = keys::change_event(&change.id());
+        let retention = self.settings.retention.events;
+        let id = self
+            .append_log(keys::EVENTS, Some(&once), event.appended_at_ms, retention, &[record])
+            .await?;
+        let hash = keys::forecast(&change.key);
+        let field = keys::pending_field(change.version, PendingChange::change_name(change.change));
+        let cleared: u64 = self
+            .run(|mut c| async move { redis::cmd("HDEL").arg(&hash).arg(&field).query_async(&mut c).await })
+            .await?;
+        Ok((cleared > 0).then_some(id))
     }
 
     async fn current(&self, key: &ForecastKey) -> Result<Option<VersionRecord>> {
@@ -524,7 +643,7 @@ impl Store for RedisStore {
     async fn append_invalidation(&self, new: &NewInvalidation) -> Result<u64> {
         let record = new.encode()?;
         let retention = self.settings.retention.invalidations;
-        self.append_log(keys::INVALIDATIONS, new.issued_at_ms, retention, &[record])
+        self.append_log(keys::INVALIDATIONS, None, new.issued_at_ms, retention, &[record])
             .await
     }
 
@@ -540,7 +659,7 @@ impl Store for RedisStore {
     async fn append_events(&self, events: &[StoredEvent]) -> Result<u64> {
         let records = events.iter().map(StoredEvent::encode).collect::<Result<Vec<_>>>()?;
         let at = events.first().map_or(0, |event| event.appended_at_ms);
-        self.append_log(keys::EVENTS, at, self.settings.retention.events, &records)
+        self.append_log(keys::EVENTS, None, at, self.settings.retention.events, &records)
             .await
     }
 

@@ -11,11 +11,11 @@ use origin::storage::embedded::EmbeddedStore;
 use origin::storage::redis::{RedisSettings, RedisStore};
 use origin::storage::webhooks::{Attempt, Delivery, Finish, StoredEndpoint, StoredSecret, Taken};
 use origin::storage::{
-    AuditEntry, Expect, InvalidationPage, LogRetention, NewInvalidation, NewVersion, Retention, SharedStore,
-    StorageError, StoredEvent, unix_millis,
+    AuditEntry, Expect, InvalidationPage, LogRetention, NewInvalidation, NewVersion, PendingChange, Retention,
+    SharedStore, StorageError, StoredEvent, unix_millis,
 };
 use shared::domain::{Forecast, ForecastKey, ModelRef};
-use shared::events::NewEvent;
+use shared::events::{ForecastChange, NewEvent};
 use shared::wire::Selector;
 use time::OffsetDateTime;
 
@@ -595,6 +595,52 @@ async fn attempts_keep_the_newest_and_count_outcomes(store: &SharedStore) {
 }
 
 /// Runs every case against `store`, then checks that a new connection (`reopen`) sees what was written.
+/// A change stays pending from its atomic step until its event is appended, and that event is appended
+/// once however often the announcement is made.
+async fn changes_are_pending_until_announced_once(store: &SharedStore) {
+    let key = key("PENDING");
+    let noted = |pending: Vec<PendingChange>| -> Vec<PendingChange> {
+        pending.into_iter().filter(|change| change.key == key).collect()
+    };
+    store.intend_change(&key).await.unwrap();
+    let written = write(store, &key, 1.0).await;
+    let deleted = store.delete(&key).await.unwrap().unwrap();
+    assert_eq!(written, deleted);
+    assert!(
+        noted(store.pending_changes(0).await.unwrap()).is_empty(),
+        "noted after the cut-off"
+    );
+    let later = now_ms() + 1;
+    let pending = noted(store.pending_changes(later).await.unwrap());
+    let expected = [ForecastChange::Written, ForecastChange::Deleted].map(|change| PendingChange {
+        key: key.clone(),
+        version: written,
+        change,
+    });
+    assert_eq!(pending, expected, "both changes, in the order they were made");
+
+    let head = store.read_events(None, WHOLE_LOG).await.unwrap().head.unwrap_or(0);
+    let announce = event("forecasts.PENDING.1h", 1);
+    let first = store.complete_change(&expected[0], &announce).await.unwrap();
+    assert_eq!(first, Some(head + 1));
+    assert_eq!(
+        store.complete_change(&expected[0], &announce).await.unwrap(),
+        None,
+        "announced twice"
+    );
+    assert_eq!(
+        noted(store.pending_changes(later).await.unwrap()),
+        [expected[1].clone()]
+    );
+    assert_eq!(
+        store.complete_change(&expected[1], &announce).await.unwrap(),
+        Some(head + 2)
+    );
+    assert!(noted(store.pending_changes(later).await.unwrap()).is_empty());
+    let log = store.read_events(Some(head), WHOLE_LOG).await.unwrap();
+    assert_eq!(log.events.len(), 2, "one event per change");
+}
+
 async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> SharedStore) {
     store.ping().await.unwrap();
     versions_are_numbered_and_current(&store).await;
@@ -616,6 +662,7 @@ async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> S
     endpoints_change_only_from_the_revision_they_were_read_at(&store).await;
     deliveries_are_dispatched_once_taken_once_and_finished(&store).await;
     attempts_keep_the_newest_and_count_outcomes(&store).await;
+    changes_are_pending_until_announced_once(&store).await;
 
     let key = key("DURABLE");
     write(&store, &key, 42.0).await;

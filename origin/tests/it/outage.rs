@@ -131,8 +131,8 @@ async fn not_invalidated(response: reqwest::Response, key: &str, version: u64) {
     assert_eq!(response.headers()["retry-after"], "1");
     let message = expect_error(response, 503, "invalidation_failed").await;
     assert!(
-        message.contains(&format!("version {version}")) && message.contains(&format!("{{\"tags\":[\"{key}\"]}}")),
-        "the message must name the stored version and the purge to send: {message}"
+        message.contains(&format!("{key} changed (version {version})")) && message.contains("records both"),
+        "the message must name the stored version and say the origin finishes the announcement: {message}"
     );
 }
 
@@ -198,11 +198,12 @@ async fn a_change_stored_while_the_log_is_down_is_not_answered_as_a_success() {
     expect_error(purge, 503, "unavailable").await;
 }
 
-/// The log alone refuses appends (its key is closed to the origin's Redis user), forecasts still write:
-/// each kind of change is answered 503 `invalidation_failed`, recorded in the audit log, and the purge
-/// the answer names is accepted once the log is open again.
+/// The logs alone refuse appends (their keys are closed to the origin's Redis user), forecasts still
+/// write: each kind of change is answered 503 `invalidation_failed` and recorded in the audit log; once
+/// the logs are open again the origin announces every one of those changes by itself, each with one
+/// invalidation and one `ForecastUpdated` event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_purge_a_failed_invalidation_names_can_be_sent_once_the_log_is_back() {
+async fn changes_stored_while_the_logs_are_closed_are_announced_once_they_open() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = support::config(dir.path());
@@ -214,7 +215,7 @@ async fn the_purge_a_failed_invalidation_names_can_be_sent_once_the_log_is_back(
         args.extend_from_slice(keys);
         redis_command(redis.port(), &args).unwrap();
     };
-    acl(&["~fc:*", "~model:*", "~audit", "~auth:*"]);
+    acl(&["~fc:*", "~model:*", "~audit", "~auth:*", "~changes:*"]);
 
     let path = "/admin/v1/forecasts/LOG/1h";
     let written = origin
@@ -262,12 +263,71 @@ async fn the_purge_a_failed_invalidation_names_can_be_sent_once_the_log_is_back(
     );
 
     acl(&["allkeys"]);
-    let tags = json!({"tags": ["LOG:1h", "LOG:1d"]});
-    let purge = admin_json(&origin, Method::POST, "/admin/v1/invalidations", Some(tags), 202).await;
+    // The write of version 1 was announced at once (invalidation 1, event 1); the three changes made
+    // while the logs were closed follow, in the order they were made, each once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let invalidations = loop {
+        let log = admin_json(&origin, Method::GET, "/admin/v1/invalidations", None, 200).await;
+        if log["head"] == 4 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tags: Vec<Value> = invalidations["invalidations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["tags"][0].clone())
+        .collect();
     assert_eq!(
-        purge,
-        json!({"id": 2, "seq": 2, "selectors": 2}),
-        "the failed appends left no trace"
+        tags,
+        [json!("LOG:1h"), json!("LOG:1h"), json!("LOG:1h"), json!("LOG:1d")],
+        "{invalidations}"
     );
+    let stream = origin
+        .get("/v1/stream?topics=forecasts.**&since=0")
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut body = stream.bytes_stream();
+    let mut text = String::new();
+    while text.matches("event: ForecastUpdated").count() < 4 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut body))
+            .await
+            .expect("four ForecastUpdated events")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let changes: Vec<(String, String, u64)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str::<Value>(data).unwrap())
+        .map(|event| {
+            let key = format!(
+                "{}:{}",
+                event["instrument"].as_str().unwrap(),
+                event["timeframe"].as_str().unwrap()
+            );
+            let payload = &event["payload"];
+            (
+                key,
+                payload["change"].as_str().unwrap().to_owned(),
+                payload["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("LOG:1h", "written", 1),
+        ("LOG:1h", "written", 2),
+        ("LOG:1h", "rolled_back", 3),
+        ("LOG:1d", "written", 1),
+    ];
+    let expected: Vec<(String, String, u64)> = expected
+        .iter()
+        .map(|(key, change, version)| ((*key).to_owned(), (*change).to_owned(), *version))
+        .collect();
+    assert_eq!(changes, expected, "{text}");
     origin.put("LOG", "1h", &forecast(("m", "1"), 4.0)).await;
 }
