@@ -486,7 +486,8 @@ pub struct TokenConfig {
     /// `sha256:` followed by the hex SHA-256 of the token (`origin hash-token` prints it).
     pub hash: String,
     /// Scopes: `forecasts:read`, `forecasts:write`, `audit:read`, `invalidations:read`,
-    /// `invalidations:write`, `events:publish`, `events:subscribe`, `webhooks:admin`, `admin` (all of them).
+    /// `invalidations:write`, `events:publish`, `events:subscribe`, `webhooks:admin`, `tokens:admin`,
+    /// `admin` (all of them).
     pub scopes: Vec<String>,
     /// Topic patterns the token may subscribe to (`events:subscribe`); empty: every topic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpListener;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -22,6 +21,7 @@ use crate::representation::CachePolicy;
 use crate::serve::{ConnectionLimits, serve};
 use crate::storage::embedded::EmbeddedStore;
 use crate::storage::redis::{RedisSettings, RedisStore};
+use crate::storage::tokens::StoredToken;
 use crate::storage::{LogRetention, Retention, SharedStore};
 use crate::warming::{self, Warming};
 use crate::webhooks::Webhooks;
@@ -60,7 +60,9 @@ pub fn open_store(config: &OriginConfig) -> anyhow::Result<SharedStore> {
     })
 }
 
-/// Tokens that hold every scope: the bootstrap token, or one generated on first start.
+/// The bootstrap token, which holds every scope, when one is configured. Without it and without
+/// configured tokens, the origin generates an admin token on first start: a stored token
+/// (`generated-admin`) that can be revoked like any other, and is never generated again.
 async fn admin_tokens(config: &OriginConfig, store: &SharedStore) -> anyhow::Result<Vec<(&'static str, [u8; 32])>> {
     if let Some(token) = &config.auth.bootstrap_token {
         return Ok(vec![("bootstrap", auth::hash_token(token))]);
@@ -68,13 +70,10 @@ async fn admin_tokens(config: &OriginConfig, store: &SharedStore) -> anyhow::Res
     if !config.auth.tokens.is_empty() {
         return Ok(Vec::new());
     }
-    let mut secret = [0u8; 24];
-    SystemRandom::new()
-        .fill(&mut secret)
-        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
-    let token: String = std::iter::once("ft_".to_owned())
-        .chain(secret.iter().map(|b| format!("{b:02x}")))
-        .collect();
+    let token = format!(
+        "ft_{}",
+        auth::random_hex(24).ok_or_else(|| anyhow::anyhow!("no system randomness"))?
+    );
     let candidate = auth::format_hash(&auth::hash_token(&token));
     let stored = store
         .admin_token_hash(&candidate)
@@ -86,8 +85,24 @@ async fn admin_tokens(config: &OriginConfig, store: &SharedStore) -> anyhow::Res
     } else {
         tracing::info!("using the admin token generated at first start (only its hash is stored)");
     }
-    let hash = Authenticator::parse_stored_hash(&stored).context("the stored admin token hash is corrupt")?;
-    Ok(vec![("generated-admin", hash)])
+    Authenticator::parse_stored_hash(&stored).context("the stored admin token hash is corrupt")?;
+    // Stored once under its own id: revoking it revokes it for good.
+    let generated = StoredToken {
+        id: api::tokens::GENERATED_ADMIN.to_owned(),
+        name: api::tokens::GENERATED_ADMIN.to_owned(),
+        hash: stored,
+        scopes: vec![auth::Scope::Admin.name().to_owned()],
+        topics: Vec::new(),
+        created_at_ms: crate::storage::unix_millis(time::OffsetDateTime::now_utc()),
+        created_by: "origin".to_owned(),
+        expires_at_ms: None,
+        revoked_at_ms: None,
+    };
+    store
+        .add_token(&generated)
+        .await
+        .context("storing the generated admin token")?;
+    Ok(Vec::new())
 }
 
 /// Builds the application state from a configuration.
@@ -103,6 +118,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     });
     let extra = admin_tokens(config, &store).await?;
     let auth = Authenticator::new(&config.auth.tokens, &extra).context("invalid [auth] configuration")?;
+    auth.set_stored(&store.tokens().await.context("reading the stored tokens")?);
     let patterns = |key: &str, list: &[String]| -> anyhow::Result<Vec<TopicPattern>> {
         list.iter()
             .map(|pattern| pattern.parse().with_context(|| format!("events.{key}")))
@@ -184,6 +200,7 @@ pub async fn start(
     tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
     tokio::spawn(Events::tail(Arc::downgrade(&state.events), config.events.poll_interval));
     tokio::spawn(crate::forecasts::announce_pending_changes(Arc::downgrade(&state)));
+    tokio::spawn(api::tokens::follow_stored_tokens(Arc::downgrade(&state)));
     state.webhooks.start();
     let limits = ConnectionLimits {
         max_connections: config.http.max_connections.get(),

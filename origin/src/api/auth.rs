@@ -2,6 +2,7 @@
 //! compared with every configured hash in constant time, so neither a match nor its position leaks.
 
 use std::fmt::Write as _;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::http::{HeaderMap, header};
 use ring::digest;
@@ -11,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::config::TokenConfig;
+use crate::storage::tokens::StoredToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scope {
@@ -32,6 +34,8 @@ pub enum Scope {
     /// Webhook endpoints: register, change, rotate secrets, replay.
     #[serde(rename = "webhooks:admin")]
     WebhooksAdmin,
+    #[serde(rename = "tokens:admin")]
+    TokensAdmin,
     /// Every scope.
     #[serde(rename = "admin")]
     Admin,
@@ -48,11 +52,12 @@ impl Scope {
             Scope::EventsPublish => "events:publish",
             Scope::EventsSubscribe => "events:subscribe",
             Scope::WebhooksAdmin => "webhooks:admin",
+            Scope::TokensAdmin => "tokens:admin",
             Scope::Admin => "admin",
         }
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    pub fn parse(name: &str) -> Option<Self> {
         serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
     }
 }
@@ -90,6 +95,11 @@ impl Principal {
         }
     }
 
+    /// Whether its subscriptions are limited to some topics.
+    pub fn has_topic_limits(&self) -> bool {
+        !self.topics.is_empty()
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.iter().any(|&s| s == scope || s == Scope::Admin) {
             Ok(())
@@ -108,10 +118,41 @@ struct Token {
     hash: [u8; 32],
     scopes: Vec<Scope>,
     topics: Vec<TopicPattern>,
+    /// Unix ms from which it is refused; `None`: never.
+    expires_at_ms: Option<u64>,
 }
 
+impl Token {
+    /// A stored token that may authenticate: not revoked, and well-formed (a malformed one is logged
+    /// and left out, never trusted).
+    fn of_stored(stored: &StoredToken) -> Option<Self> {
+        if stored.revoked_at_ms.is_some() {
+            return None;
+        }
+        let parsed = (|| {
+            let hash = parse_hash(&stored.hash)?;
+            let scopes = stored.scopes.iter().map(|s| Scope::parse(s)).collect::<Option<_>>()?;
+            let topics = stored.topics.iter().map(|t| t.parse().ok()).collect::<Option<_>>()?;
+            Some(Self {
+                name: stored.name.clone(),
+                hash,
+                scopes,
+                topics,
+                expires_at_ms: stored.expires_at_ms,
+            })
+        })();
+        if parsed.is_none() {
+            tracing::error!(id = %stored.id, "stored token is malformed and cannot authenticate");
+        }
+        parsed
+    }
+}
+
+/// Knows every token: those of the configuration (fixed) and those of the store (made through
+/// `/admin/v1/tokens`, replaced whenever the store is read again).
 pub struct Authenticator {
     tokens: Vec<Token>,
+    stored: RwLock<Arc<Vec<Token>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -119,6 +160,18 @@ impl std::fmt::Debug for Authenticator {
         // Names only: hashes stay out of logs too.
         f.debug_list().entries(self.tokens.iter().map(|t| &t.name)).finish()
     }
+}
+
+/// `bytes` random bytes from the system's generator, as lowercase hex; `None` without randomness.
+pub fn random_hex(bytes: usize) -> Option<String> {
+    use ring::rand::SecureRandom;
+    let mut buffer = vec![0u8; bytes];
+    ring::rand::SystemRandom::new().fill(&mut buffer).ok()?;
+    let mut text = String::with_capacity(2 * bytes);
+    for byte in buffer {
+        let _ = write!(text, "{byte:02x}");
+    }
+    Some(text)
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -170,6 +223,7 @@ impl Authenticator {
                 hash,
                 scopes,
                 topics,
+                expires_at_ms: None,
             });
         }
         for (name, hash) in extra {
@@ -178,9 +232,24 @@ impl Authenticator {
                 hash: *hash,
                 scopes: vec![Scope::Admin],
                 topics: Vec::new(),
+                expires_at_ms: None,
             });
         }
-        Ok(Self { tokens })
+        Ok(Self {
+            tokens,
+            stored: RwLock::default(),
+        })
+    }
+
+    /// Takes the stored tokens as they are now: made ones authenticate, revoked ones no longer do.
+    pub fn set_stored(&self, stored: &[StoredToken]) {
+        let tokens: Vec<Token> = stored.iter().filter_map(Token::of_stored).collect();
+        *self.stored.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
+    }
+
+    /// The names of the configured tokens (the stored ones are listed from the store).
+    pub fn configured_names(&self) -> Vec<String> {
+        self.tokens.iter().map(|token| token.name.clone()).collect()
     }
 
     pub fn parse_stored_hash(text: &str) -> Option<[u8; 32]> {
@@ -200,19 +269,23 @@ impl Authenticator {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authorization must be: Bearer <token>"))?;
         let presented = hash_token(token);
+        let stored = self.stored.read().unwrap_or_else(PoisonError::into_inner).clone();
         let mut found: Option<&Token> = None;
-        for candidate in &self.tokens {
+        for candidate in self.tokens.iter().chain(stored.iter()) {
             if bool::from(candidate.hash.ct_eq(&presented)) && found.is_none() {
                 found = Some(candidate);
             }
         }
-        found
-            .map(|t| Principal {
-                name: t.name.clone(),
-                scopes: t.scopes.clone(),
-                topics: t.topics.clone(),
-            })
-            .ok_or_else(|| ApiError::unauthorized("unknown token"))
+        let found = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+        let now = crate::storage::unix_millis(time::OffsetDateTime::now_utc());
+        if found.expires_at_ms.is_some_and(|expires| expires <= now) {
+            return Err(ApiError::unauthorized("this token has expired"));
+        }
+        Ok(Principal {
+            name: found.name.clone(),
+            scopes: found.scopes.clone(),
+            topics: found.topics.clone(),
+        })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod read;
 pub mod refusals;
 pub mod strict_json;
+pub mod tokens;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -140,6 +141,8 @@ pub fn router(state: AppState) -> Router {
             post(webhooks::resend),
         )
         .route("/admin/v1/webhooks/{id}/replay", post(webhooks::replay))
+        .route("/admin/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/admin/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use shared::events::TopicPattern;
 use shared::webhooks::Secret;
@@ -101,7 +100,7 @@ pub struct EndpointView {
     failing_since: Option<String>,
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(super) fn rfc3339(ms: u64) -> String {
     let at =
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     at.format(&time::format_description::well_known::Rfc3339)
@@ -146,14 +145,8 @@ fn now_ms() -> u64 {
 }
 
 fn new_id() -> ApiResult<String> {
-    let mut bytes = [0u8; 12];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| ApiError::unavailable("no system randomness"))?;
-    Ok(format!(
-        "ep_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    let hex = super::auth::random_hex(12).ok_or_else(|| ApiError::unavailable("no system randomness"))?;
+    Ok(format!("ep_{hex}"))
 }
 
 /// Checks every field an endpoint may be given, with a message that says what is wrong.

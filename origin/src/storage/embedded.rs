@@ -17,6 +17,7 @@ use shared::events::ForecastChange;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+mod tokens;
 mod webhooks;
 
 use super::{
@@ -128,6 +129,7 @@ impl EmbeddedStore {
             txn.open_table(EVENTS).map_err(fail)?;
             txn.open_table(PENDING).map_err(fail)?;
             webhooks::create_tables(&txn)?;
+            tokens::create_tables(&txn)?;
         }
         txn.commit().map_err(fail)?;
         let db = Arc::new(db);

@@ -10,6 +10,7 @@
 //! | `model:{lstm@3.2.0}` | set | `AAPL:1h` members: keys the model may have versions in (a superset) |
 //! | `audit` | stream | field `e`: one audit entry as JSON |
 //! | `auth:admin-token` | string | SHA-256 (hex) of the token generated at first start |
+//! | `auth:tokens` | hash | token id → [`super::tokens::StoredToken`] JSON (hash of the secret, scopes, expiry, revocation) |
 //! | `invalidations:{inv}` | stream | the invalidation log: entry ID `<sequence>-0`, field `t` issued at (unix ms, for trimming by age), field `e` the invalidation as JSON |
 //! | `events:{ev}` | stream | the event log: entry ID `<id>-0`, field `t` appended at (unix ms), field `e` the event as JSON |
 //! | `events:{ev}:change:AAPL:1h@5` | string | the id of the event a change was announced by, so it is announced once (expires with the log's retention age, at least a day) |
@@ -64,6 +65,7 @@ pub fn model_directory(model: &ModelRef) -> String {
 pub const AUDIT: &str = "audit";
 pub const AUDIT_FIELD: &str = "e";
 pub const ADMIN_TOKEN: &str = "auth:admin-token";
+pub const TOKENS: &str = "auth:tokens";
 pub const INVALIDATIONS: &str = "invalidations:{inv}";
 pub const EVENTS: &str = "events:{ev}";
 pub const WEBHOOK_ENDPOINTS: &str = "webhooks:{wh}:endpoints";

@@ -18,6 +18,7 @@
 pub mod embedded;
 pub mod keys;
 pub mod redis;
+pub mod tokens;
 pub mod webhooks;
 
 use std::num::NonZeroUsize;
@@ -526,7 +527,7 @@ pub fn unix_millis(at: OffsetDateTime) -> u64 {
 }
 
 #[async_trait]
-pub trait Store: webhooks::WebhookStore + Send + Sync + std::fmt::Debug + 'static {
+pub trait Store: webhooks::WebhookStore + tokens::TokenStore + Send + Sync + std::fmt::Debug + 'static {
     /// Short name for metrics and logs.
     fn backend(&self) -> &'static str;
 

@@ -18,6 +18,7 @@ use shared::events::ForecastChange;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
+mod tokens;
 mod webhooks;
 
 use super::keys;

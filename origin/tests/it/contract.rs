@@ -9,6 +9,7 @@ use std::time::Duration;
 use loadtest::launch::{RedisCluster, RedisServer};
 use origin::storage::embedded::EmbeddedStore;
 use origin::storage::redis::{RedisSettings, RedisStore};
+use origin::storage::tokens::StoredToken;
 use origin::storage::webhooks::{Attempt, Delivery, Finish, StoredEndpoint, StoredSecret, Taken};
 use origin::storage::{
     AuditEntry, Expect, InvalidationPage, LogRetention, NewInvalidation, NewVersion, PendingChange, Retention,
@@ -641,6 +642,54 @@ async fn changes_are_pending_until_announced_once(store: &SharedStore) {
     assert_eq!(log.events.len(), 2, "one event per change");
 }
 
+fn stored_token(id: &str) -> StoredToken {
+    StoredToken {
+        id: id.to_owned(),
+        name: format!("name of {id}"),
+        hash: format!("sha256:{}", "ab".repeat(32)),
+        scopes: vec!["forecasts:read".to_owned()],
+        topics: vec!["indicators.**".to_owned()],
+        created_at_ms: 1,
+        created_by: "test".to_owned(),
+        expires_at_ms: Some(2),
+        revoked_at_ms: None,
+    }
+}
+
+/// Tokens are added once under an id, listed, and revoked for good (a second revocation keeps the first
+/// time); nothing removes them.
+async fn tokens_are_added_once_and_revoked_for_good(store: &SharedStore) {
+    let first = stored_token("tok_first");
+    assert!(store.add_token(&first).await.unwrap());
+    let mut changed = first.clone();
+    changed.name = "another".to_owned();
+    assert!(!store.add_token(&changed).await.unwrap(), "an id is taken once");
+    assert!(store.add_token(&stored_token("tok_second")).await.unwrap());
+    let mut listed = store.tokens().await.unwrap();
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(listed, [first.clone(), stored_token("tok_second")]);
+
+    let revoked = store.revoke_token("tok_first", 10).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at_ms, Some(10));
+    let again = store.revoke_token("tok_first", 20).await.unwrap().unwrap();
+    assert_eq!(again.revoked_at_ms, Some(10), "revoked once, at its first time");
+    assert_eq!(store.revoke_token("tok_none", 10).await.unwrap(), None);
+    let first_now = store
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == "tok_first")
+        .unwrap();
+    assert_eq!(
+        first_now,
+        StoredToken {
+            revoked_at_ms: Some(10),
+            ..first
+        }
+    );
+}
+
 async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> SharedStore) {
     store.ping().await.unwrap();
     versions_are_numbered_and_current(&store).await;
@@ -663,6 +712,7 @@ async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> S
     deliveries_are_dispatched_once_taken_once_and_finished(&store).await;
     attempts_keep_the_newest_and_count_outcomes(&store).await;
     changes_are_pending_until_announced_once(&store).await;
+    tokens_are_added_once_and_revoked_for_good(&store).await;
 
     let key = key("DURABLE");
     write(&store, &key, 42.0).await;
@@ -670,8 +720,13 @@ async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> S
     let log = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
     let events = store.read_events(None, WHOLE_LOG).await.unwrap();
     let endpoints = store.endpoints().await.unwrap();
+    let mut tokens = store.tokens().await.unwrap();
     let reopened = reopen(store).await;
     assert_eq!(reopened.endpoints().await.unwrap(), endpoints);
+    let mut reopened_tokens = reopened.tokens().await.unwrap();
+    tokens.sort_by(|a, b| a.id.cmp(&b.id));
+    reopened_tokens.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(reopened_tokens, tokens);
     assert_eq!(reopened.dispatch_cursor().await.unwrap(), Some(4));
     assert_eq!(reopened.read_events(None, WHOLE_LOG).await.unwrap(), events);
     assert_eq!(reopened.current(&key).await.unwrap().unwrap().forecast.point, 42.0);

@@ -420,3 +420,126 @@ async fn streams_per_token_and_per_address_are_bounded() {
     }
     drop(first);
 }
+
+async fn make_token(origin: &TestOrigin, as_token: &str, body: Value) -> reqwest::Response {
+    origin
+        .client
+        .post(origin.url("/admin/v1/tokens"))
+        .bearer_auth(as_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Tokens are made with the scopes their maker holds, shown once, listed without secrets, refused once
+/// expired, and refused at once when revoked; their use and their management are audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_made_listed_expired_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.auth.tokens = vec![token("keeper", "keeper-secret", &["tokens:admin", "forecasts:write"])];
+    let origin = TestOrigin::start(config).await;
+
+    // The keeper may grant what it holds, not more.
+    let refused = make_token(&origin, "keeper-secret", json!({"name": "x", "scopes": ["admin"]})).await;
+    expect_error(refused, 403, "forbidden").await;
+    for bad in [
+        json!({"name": "", "scopes": ["forecasts:write"]}),
+        json!({"name": "x", "scopes": []}),
+        json!({"name": "x", "scopes": ["root"]}),
+        json!({"name": "x", "scopes": ["forecasts:write"], "topics": ["a..b"]}),
+        json!({"name": "x", "scopes": ["forecasts:write"], "expires_at": "2001-01-01T00:00:00Z"}),
+        json!({"name": "x", "scopes": ["forecasts:write"], "expires_at": "soon"}),
+    ] {
+        expect_error(make_token(&origin, "keeper-secret", bad).await, 422, "invalid_body").await;
+    }
+    let made = make_token(
+        &origin,
+        "keeper-secret",
+        json!({"name": "writer", "scopes": ["forecasts:write"]}),
+    )
+    .await;
+    assert_eq!(made.status(), 201);
+    let made: Value = made.json().await.unwrap();
+    let (id, secret) = (
+        made["id"].as_str().unwrap().to_owned(),
+        made["secret"].as_str().unwrap().to_owned(),
+    );
+    assert!(secret.starts_with("ft_") && id.starts_with("tok_"), "{made}");
+    let write = |token: &str| {
+        origin
+            .client
+            .put(origin.url("/admin/v1/forecasts/TOK/1h"))
+            .bearer_auth(token.to_owned())
+            .json(&forecast(("m", "1"), 1.0))
+            .send()
+    };
+    assert_eq!(write(&secret).await.unwrap().status(), 201);
+
+    let listed: Value = origin
+        .client
+        .get(origin.url("/admin/v1/tokens"))
+        .bearer_auth("keeper-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !listed.to_string().contains(&secret) && !listed.to_string().contains("sha256:"),
+        "{listed}"
+    );
+    assert_eq!(listed["tokens"][0]["name"], "writer");
+    assert_eq!(listed["configured"], json!(["keeper", "bootstrap"]));
+
+    let revoke = |id: String| {
+        origin
+            .client
+            .delete(origin.url(&format!("/admin/v1/tokens/{id}")))
+            .bearer_auth("keeper-secret")
+            .send()
+    };
+    assert_eq!(revoke(id.clone()).await.unwrap().status(), 204);
+    expect_error(write(&secret).await.unwrap(), 401, "unauthorized").await;
+    expect_error(revoke("tok_none".to_owned()).await.unwrap(), 404, "not_found").await;
+
+    // One that expires in a moment works until then.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let soon = soon.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let short: Value = make_token(
+        &origin,
+        "keeper-secret",
+        json!({"name": "short", "scopes": ["forecasts:write"], "expires_at": soon}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let short = short["secret"].as_str().unwrap().to_owned();
+    assert_eq!(write(&short).await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let message = expect_error(write(&short).await.unwrap(), 401, "unauthorized").await;
+    assert!(message.contains("expired"), "{message}");
+
+    let audit: Value = origin
+        .admin(Method::GET, "/admin/v1/audit")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"token.create") && actions.contains(&"token.revoke"),
+        "{audit}"
+    );
+    assert!(!audit.to_string().contains(&secret), "no secret in the audit log");
+}

@@ -244,3 +244,47 @@ async fn a_change_stored_before_a_sigkill_is_announced_by_the_next_origin() {
     };
     assert_eq!(versions, [1, 2], "one event per stored version");
 }
+
+/// The admin token generated at first start is a token like the others: revoked, it stays revoked
+/// across restarts, and no new one is generated in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_admin_token_can_be_revoked_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), &[]);
+    first.ready().await;
+    let generated = first
+        .generated_token()
+        .expect("the first start prints a generated token");
+    let client = reqwest::Client::new();
+    let made: serde_json::Value = client
+        .post(format!("{}/admin/v1/tokens", first.base))
+        .bearer_auth(&generated)
+        .json(&serde_json::json!({"name": "successor", "scopes": ["admin"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let successor = made["secret"].as_str().unwrap().to_owned();
+    let revoked = client
+        .delete(format!("{}/admin/v1/tokens/generated-admin", first.base))
+        .bearer_auth(&successor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(first.put(&generated).await, 401);
+    let mut first = first;
+    first.process.terminate(Duration::from_secs(10)).unwrap();
+
+    let second = start(dir.path(), &[]);
+    second.ready().await;
+    assert_eq!(
+        second.generated_token(),
+        None,
+        "a revoked generated token is not replaced"
+    );
+    assert_eq!(second.put(&generated).await, 401);
+    assert_eq!(second.put(&successor).await, 201);
+}
