@@ -103,10 +103,16 @@ pub struct UpstreamConfig {
     /// Upper bound of waiting for each read from the upstream.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
-    /// The same for event streams (`Accept: text/event-stream`): they are quiet between events and
-    /// heartbeats, so this must be longer than the origin's heartbeat interval.
+    /// The same for event streams (`Accept: text/event-stream`, or a path under `stream_paths`): they
+    /// are quiet between events and heartbeats, so this must be longer than the origin's heartbeat
+    /// interval.
     #[serde(with = "humantime_serde")]
     pub stream_read_timeout: Duration,
+    /// Path prefixes, comma-separated, whose requests are event streams whatever their `Accept` says
+    /// (uncached, `stream_read_timeout`). A prefix matches whole segments: `/v1/stream` covers
+    /// `/v1/stream` and `/v1/stream/…` (with any query), not `/v1/streams`. Each starts with `/`.
+    #[serde(with = "path_prefixes")]
+    pub stream_paths: Vec<String>,
     /// How often each upstream is probed with a TCP connection; unhealthy ones get no requests
     /// while a healthy one remains.
     #[serde(with = "humantime_serde")]
@@ -120,6 +126,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(5),
             stream_read_timeout: Duration::from_secs(60),
+            stream_paths: vec!["/v1/stream".into()],
             health_check_interval: Duration::from_secs(1),
         }
     }
@@ -260,6 +267,42 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// A list of path prefixes: one comma-separated string, as environment variables carry it (or a
+/// TOML array), each entry starting with `/`.
+mod path_prefixes {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+        shared::config::comma_list::serialize(list, serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            List(Vec<String>),
+        }
+        let items: Vec<String> = match Written::deserialize(deserializer)? {
+            Written::Text(text) => text.split(',').map(String::from).collect(),
+            Written::List(list) => list,
+        };
+        items
+            .iter()
+            .map(|item| item.trim())
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                if item.starts_with('/') {
+                    Ok(item.to_string())
+                } else {
+                    Err(D::Error::custom(format!("path prefix `{item}` must start with /")))
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +335,23 @@ mod tests {
         .unwrap();
         assert_eq!(config.control.origins, ["127.0.0.1:4433", "origin.example:4433"]);
         assert_eq!(config.control.staleness_bound, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn stream_paths_are_a_comma_separated_list_of_paths() {
+        let paths =
+            |toml: &str| shared::config::from_toml::<EdgeConfig>(toml).map(|config| config.upstream.stream_paths);
+        assert_eq!(
+            paths("[upstream]\nstream_paths = \"/v1/stream, /v1/events/\"\n").unwrap(),
+            ["/v1/stream", "/v1/events/"]
+        );
+        assert_eq!(
+            paths("[upstream]\nstream_paths = [\"/v1/stream\"]\n").unwrap(),
+            ["/v1/stream"]
+        );
+        assert!(paths("[upstream]\nstream_paths = \"\"\n").unwrap().is_empty());
+        let error = paths("[upstream]\nstream_paths = \"/v1/stream,v1/events\"\n").unwrap_err();
+        assert!(error.to_string().contains("v1/events"), "{error}");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct ProxySettings {
     pub tag_headers: Vec<String>,
     pub strip_tag_headers: bool,
     pub max_object_bytes: usize,
+    /// Path prefixes whose requests are event streams whatever they accept (`upstream.stream_paths`).
+    pub stream_paths: Vec<String>,
 }
 
 pub struct EdgeProxy {
@@ -188,7 +190,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
         ctx.upstream_sent = Some(Instant::now());
-        let expecting = if policy::is_stream_request(session.req_header()) {
+        let expecting = if policy::is_stream_request(session.req_header(), &self.settings.stream_paths) {
             Expecting::Stream
         } else {
             Expecting::Response
@@ -198,7 +200,7 @@ impl ProxyHttp for EdgeProxy {
 
     fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<()> {
         let request = session.req_header();
-        if !filters::request_cacheable(request) || policy::is_stream_request(request) {
+        if !filters::request_cacheable(request) || policy::is_stream_request(request, &self.settings.stream_paths) {
             return Ok(());
         }
         let cache = self.cache;

@@ -75,6 +75,7 @@ pub fn build(config: &EdgeConfig) -> Result<Edge> {
         tag_headers: lower_case(&config.http.tag_headers),
         strip_tag_headers: config.http.strip_tag_headers,
         max_object_bytes: config.cache.max_object_bytes.get(),
+        stream_paths: config.upstream.stream_paths.clone(),
     };
     let control_state = control.as_ref().map(|_| {
         Arc::new(ControlState::new(

@@ -66,9 +66,20 @@ pub fn response_cacheability(
     }
 }
 
-/// Whether a request asks for an event stream (`Accept: text/event-stream`, as `EventSource` sends):
-/// it is passed through uncached, and the upstream may stay quiet between events for longer.
-pub fn is_stream_request(request: &RequestHeader) -> bool {
+/// Whether a request is for an event stream: it is passed through uncached, and the upstream may
+/// stay quiet between events for longer. The timeout is chosen before the response is seen, so the
+/// request must tell: by asking for one (`Accept: text/event-stream`, as `EventSource` sends), or by
+/// its path lying under one of `stream_paths` (`upstream.stream_paths`), for clients such as curl
+/// that ask for `*/*` or nothing.
+pub fn is_stream_request(request: &RequestHeader, stream_paths: &[String]) -> bool {
+    accepts_event_stream(request)
+        || stream_paths
+            .iter()
+            .any(|prefix| path_is_under(request.uri.path(), prefix))
+}
+
+/// Whether `Accept` names `text/event-stream`.
+fn accepts_event_stream(request: &RequestHeader) -> bool {
     request
         .headers
         .get_all(http::header::ACCEPT)
@@ -76,6 +87,14 @@ pub fn is_stream_request(request: &RequestHeader) -> bool {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|item| media_type_is(item, "text/event-stream"))
+}
+
+/// Whether `path` (without the query) is `prefix` or lies under it. The prefix matches whole
+/// segments: `/v1/stream` covers `/v1/stream` and `/v1/stream/…`, not `/v1/streams`; a prefix
+/// that ends with `/` covers what follows it.
+pub fn path_is_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
 }
 
 /// Whether a response is an event stream (`Content-Type: text/event-stream`): never stored, whatever
@@ -460,10 +479,16 @@ mod tests {
             request.append_header("accept", accept).unwrap();
             request
         };
-        assert!(is_stream_request(&request("text/event-stream")));
-        assert!(is_stream_request(&request("application/json, Text/Event-Stream;q=0.9")));
-        assert!(!is_stream_request(&request("application/json")));
-        assert!(!is_stream_request(&RequestHeader::build("GET", b"/", None).unwrap()));
+        assert!(is_stream_request(&request("text/event-stream"), &[]));
+        assert!(is_stream_request(
+            &request("application/json, Text/Event-Stream;q=0.9"),
+            &[]
+        ));
+        assert!(!is_stream_request(&request("application/json"), &[]));
+        assert!(!is_stream_request(
+            &RequestHeader::build("GET", b"/", None).unwrap(),
+            &[]
+        ));
 
         let r = response(&[
             ("content-type", "text/event-stream; charset=utf-8"),
@@ -472,6 +497,63 @@ mod tests {
         assert!(is_stream_response(&r));
         assert_eq!(fresh_secs(response_cacheability(&r, false, &allowed())), None);
         assert!(!is_stream_response(&response(&[("content-type", "application/json")])));
+    }
+
+    #[test]
+    fn a_request_on_a_stream_path_is_a_stream_request_whatever_it_accepts() {
+        let paths = ["/v1/stream".to_string(), "/v1/events/".to_string()];
+        let request = |target: &str, accept: Option<&str>| {
+            let mut request = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            if let Some(accept) = accept {
+                request.append_header("accept", accept).unwrap();
+            }
+            request
+        };
+        for target in [
+            "/v1/stream",
+            "/v1/stream?topics=forecasts.**&since=0",
+            "/v1/stream/forecasts",
+            "/v1/stream/",
+            "http://edge.example/v1/stream?topics=x",
+            "/v1/events/forecasts",
+        ] {
+            for accept in [None, Some("*/*"), Some("application/json")] {
+                assert!(
+                    is_stream_request(&request(target, accept), &paths),
+                    "{target} {accept:?}"
+                );
+            }
+        }
+        for target in [
+            "/v1/streamX",
+            "/v1/streams?x=1",
+            "/v1/stream.json",
+            "/v1",
+            "/",
+            "/v1/forecasts?path=/v1/stream",
+            "/v1/forecasts?/v1/stream",
+            "/v2/v1/stream",
+            "/V1/STREAM",
+            "/v1/events",
+        ] {
+            assert!(!is_stream_request(&request(target, None), &paths), "{target}");
+            assert!(
+                is_stream_request(&request(target, Some("text/event-stream")), &paths),
+                "{target} asks for a stream"
+            );
+        }
+        assert!(!is_stream_request(&request("/v1/stream", None), &[]));
+    }
+
+    #[test]
+    fn stream_path_prefixes_match_whole_segments() {
+        assert!(path_is_under("/v1/stream", "/v1/stream"));
+        assert!(path_is_under("/v1/stream/a/b", "/v1/stream"));
+        assert!(!path_is_under("/v1/streamX", "/v1/stream"));
+        assert!(!path_is_under("/v1/strea", "/v1/stream"));
+        assert!(path_is_under("/v1/stream/a", "/v1/stream/"));
+        assert!(!path_is_under("/v1/stream", "/v1/stream/"));
+        assert!(path_is_under("/anything", "/"));
     }
 
     #[test]
