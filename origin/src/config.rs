@@ -460,6 +460,9 @@ impl From<WarmSchedule> for WarmScheduleFields {
 pub struct AuthConfig {
     /// Whether the read API (`/v1/forecasts…`) is open; when false, it needs a `forecasts:read` token.
     pub public_reads: bool,
+    /// Whether `/metrics` is open; when false, it needs a token with `metrics:read` (its labels name
+    /// edges and routes).
+    pub public_metrics: bool,
     /// A token with every scope, for first start and scripts. Empty: none.
     #[serde(with = "shared::config::empty_as_none")]
     pub bootstrap_token: Option<String>,
@@ -472,6 +475,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             public_reads: true,
+            public_metrics: true,
             bootstrap_token: None,
             tokens: Vec::new(),
         }
@@ -487,7 +491,7 @@ pub struct TokenConfig {
     pub hash: String,
     /// Scopes: `forecasts:read`, `forecasts:write`, `audit:read`, `invalidations:read`,
     /// `invalidations:write`, `events:publish`, `events:subscribe`, `webhooks:admin`, `tokens:admin`,
-    /// `admin` (all of them).
+    /// `metrics:read`, `admin` (all of them).
     pub scopes: Vec<String>,
     /// Topic patterns the token may subscribe to (`events:subscribe`); empty: every topic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

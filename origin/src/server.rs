@@ -118,7 +118,13 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     });
     let extra = admin_tokens(config, &store).await?;
     let auth = Authenticator::new(&config.auth.tokens, &extra).context("invalid [auth] configuration")?;
-    auth.set_stored(&store.tokens().await.context("reading the stored tokens")?);
+    // Storage may be down at start: tokens made through the API then count from its return.
+    match store.tokens().await {
+        Ok(stored) => auth.set_stored(&stored),
+        Err(error) => {
+            tracing::warn!(%error, "stored tokens not read yet; configured tokens only until storage answers")
+        }
+    }
     let patterns = |key: &str, list: &[String]| -> anyhow::Result<Vec<TopicPattern>> {
         list.iter()
             .map(|pattern| pattern.parse().with_context(|| format!("events.{key}")))
@@ -162,6 +168,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
             max_batch_reads: config.http.max_batch_reads.get(),
             max_batch_writes: config.http.max_batch_writes.get(),
             public_reads: config.auth.public_reads,
+            public_metrics: config.auth.public_metrics,
         },
         metrics,
         refusals: Default::default(),

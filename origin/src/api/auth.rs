@@ -36,6 +36,8 @@ pub enum Scope {
     WebhooksAdmin,
     #[serde(rename = "tokens:admin")]
     TokensAdmin,
+    #[serde(rename = "metrics:read")]
+    MetricsRead,
     /// Every scope.
     #[serde(rename = "admin")]
     Admin,
@@ -53,6 +55,7 @@ impl Scope {
             Scope::EventsSubscribe => "events:subscribe",
             Scope::WebhooksAdmin => "webhooks:admin",
             Scope::TokensAdmin => "tokens:admin",
+            Scope::MetricsRead => "metrics:read",
             Scope::Admin => "admin",
         }
     }

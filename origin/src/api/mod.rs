@@ -40,6 +40,7 @@ pub struct Limits {
     pub max_batch_reads: usize,
     pub max_batch_writes: usize,
     pub public_reads: bool,
+    pub public_metrics: bool,
 }
 
 #[derive(Debug)]

@@ -2,12 +2,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use super::AppState;
+use super::auth::Scope;
 use super::error::{ApiError, ApiResult, ErrorBody};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -47,15 +48,24 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     }))
 }
 
-/// Prometheus metrics in the text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus metrics in the text format: open, or with `auth.public_metrics = false` for tokens with
+/// `metrics:read` only (the labels name edges and routes).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = ["metrics:read"])),
+    responses(
+        (status = 200, content_type = "text/plain"),
+        (status = 401, description = "Metrics are not public and no valid token was given", body = ErrorBody),
+        (status = 403, description = "The token lacks metrics:read", body = ErrorBody),
+    ))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    if !state.limits.public_metrics {
+        state.principal(&headers, Scope::MetricsRead)?;
+    }
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    response
+    Ok(response)
 }
 
 /// This document.

@@ -38,7 +38,7 @@ pub struct NewToken {
     name: String,
     /// Scopes, each one the caller holds itself: `forecasts:read`, `forecasts:write`, `audit:read`,
     /// `invalidations:read`, `invalidations:write`, `events:publish`, `events:subscribe`,
-    /// `webhooks:admin`, `tokens:admin`, `admin`.
+    /// `webhooks:admin`, `tokens:admin`, `metrics:read`, `admin`.
     #[schema(example = json!(["forecasts:read", "events:subscribe"]))]
     scopes: Vec<String>,
     /// Topic patterns its subscriptions may cover; empty: every topic the caller may cover.

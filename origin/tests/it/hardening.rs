@@ -543,3 +543,32 @@ async fn tokens_are_made_listed_expired_and_revoked() {
     );
     assert!(!audit.to_string().contains(&secret), "no secret in the audit log");
 }
+
+/// With `auth.public_metrics = false`, `/metrics` (which names edges) needs a token with `metrics:read`.
+#[tokio::test]
+async fn closed_metrics_need_a_metrics_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.auth.public_metrics = false;
+    config.auth.tokens = vec![
+        token("scraper", "scraper-secret", &["metrics:read"]),
+        token("reader", "reader-secret", &["forecasts:read"]),
+    ];
+    let origin = TestOrigin::start(config).await;
+    expect_error(origin.get("/metrics").send().await.unwrap(), 401, "unauthorized").await;
+    let reader = origin
+        .get("/metrics")
+        .bearer_auth("reader-secret")
+        .send()
+        .await
+        .unwrap();
+    expect_error(reader, 403, "forbidden").await;
+    let scraped = origin
+        .get("/metrics")
+        .bearer_auth("scraper-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("origin_http_requests_total"));
+}
