@@ -71,7 +71,7 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(remote));
             router.clone().oneshot(request)
         });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connection = http.serve_connection(TokioIo::new(JsonRejections::new(stream)), service);
         let connection = graceful.watch(connection);
         let open = metrics.connections_open.clone();
         open.inc();
@@ -97,6 +97,142 @@ async fn refuse(mut stream: TcpStream) {
     let _ = answer.await;
 }
 
+/// A client connection whose automatic answers from hyper get the API's error shape.
+///
+/// hyper answers a request head it cannot parse (a bad request line or header 400, a head too large
+/// 431, a URI too long 414) by itself, with an empty body, before any handler runs. Every answer of the
+/// API's own has a body, so a whole 4xx head with `content-length: 0` written on its own is one of
+/// hyper's: it is written with a JSON body instead.
+struct JsonRejections<T> {
+    inner: T,
+    /// A rewritten answer being written: its bytes, how many are written, and how many bytes of
+    /// hyper's own it stands for (reported written once all of it is).
+    pending: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl<T> JsonRejections<T> {
+    fn new(inner: T) -> Self {
+        Self { inner, pending: None }
+    }
+}
+
+/// The JSON answer standing for one of hyper's empty automatic ones, or `None` when `head` is not one.
+fn json_rejection(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let (code, message) = match text.get(..13)? {
+        "HTTP/1.1 400 " | "HTTP/1.0 400 " => ("bad_request", "the request line or a header is malformed"),
+        "HTTP/1.1 414 " | "HTTP/1.0 414 " => ("uri_too_long", "the request target is too long"),
+        "HTTP/1.1 431 " | "HTTP/1.0 431 " => ("headers_too_large", "the request head is too large"),
+        _ => return None,
+    };
+    let rest = text.strip_suffix("\r\n\r\n")?;
+    let (status_line, headers) = rest.split_once("\r\n")?;
+    let mut kept = String::new();
+    let mut empty = false;
+    for header in headers.split("\r\n") {
+        if header.eq_ignore_ascii_case("content-length: 0") {
+            empty = true;
+        } else {
+            kept.push_str(header);
+            kept.push_str("\r\n");
+        }
+    }
+    if !empty {
+        return None;
+    }
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    Some(
+        format!(
+            "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{kept}\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> JsonRejections<T> {
+    /// Writes the rewritten answer; ready with hyper's length once all of it is written.
+    fn poll_pending(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        while let Some((bytes, written, stands_for)) = &mut self.pending {
+            if *written == bytes.len() {
+                let stands_for = *stands_for;
+                self.pending = None;
+                return Poll::Ready(Ok(stands_for));
+            }
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonRejections<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonRejections<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.pending.is_none()
+            && let Some(rewritten) = json_rejection(buf)
+        {
+            this.pending = Some((rewritten, 0, buf.len()));
+        }
+        if this.pending.is_some() {
+            return this.poll_pending(cx);
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let mut filled = bufs.iter().filter(|slice| !slice.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next())
+            && (this.pending.is_some() || json_rejection(only).is_some())
+        {
+            return std::pin::Pin::new(this).poll_write(cx, only);
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// The address a request came from, as the accept loop recorded it.
 pub fn remote_of<B>(request: &axum::http::Request<B>) -> Option<SocketAddr> {
     request
@@ -107,6 +243,34 @@ pub fn remote_of<B>(request: &axum::http::Request<B>) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_hypers_empty_rejections_get_a_json_body() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let rewritten = String::from_utf8(super::json_rejection(head).unwrap()).unwrap();
+        let (head, body) = rewritten.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 "), "{rewritten}");
+        assert!(
+            head.contains("content-type: application/json") && head.contains("date: x"),
+            "{rewritten}"
+        );
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{rewritten}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "headers_too_large");
+        // Answers of the API's own, and hyper's other answers, pass as they are.
+        for other in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 52\r\n\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            assert!(
+                super::json_rejection(other).is_none(),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
     #[test]
     fn the_busy_answer_declares_its_length() {
         let text = std::str::from_utf8(super::BUSY).unwrap();

@@ -572,3 +572,37 @@ async fn closed_metrics_need_a_metrics_token() {
     assert_eq!(scraped.status(), 200);
     assert!(scraped.text().await.unwrap().contains("origin_http_requests_total"));
 }
+
+/// What hyper refuses before any handler runs (a malformed request line, a head too large) is answered
+/// with the API's JSON error shape, like everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_heads_get_json_errors() {
+    let origin = TestOrigin::embedded().await;
+    let address = origin.base.trim_start_matches("http://").to_owned();
+    let many_headers: String = (0..200).map(|n| format!("x-h{n}: {n}\r\n")).collect();
+    for (request, status, code) in [
+        ("NOT A REQUEST\r\n\r\n".to_owned(), "400", "bad_request"),
+        (
+            "GET /healthz HTTP/1.1\r\nhost x\r\n\r\n".to_owned(),
+            "400",
+            "bad_request",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n"),
+            "431",
+            "headers_too_large",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-type: application/json"),
+            "{answer}"
+        );
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], code, "{answer}");
+    }
+}
