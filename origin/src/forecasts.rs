@@ -6,7 +6,7 @@
 //! announcement: an invalidation of its tag for edges and its `ForecastUpdated` event for subscribers,
 //! which clears the mark. All of it happens before the change is answered (see
 //! [`StorageError::NotInvalidated`] for when the announcement fails). Whatever a crash or an outage
-//! leaves marked is announced later by [`announce_pending_changes`], so every stored change has exactly
+//! leaves marked is announced later by [`Forecasts::announce_pending`], so every stored change has exactly
 //! one event.
 
 use std::num::NonZeroUsize;
@@ -533,22 +533,6 @@ fn updated(record: &VersionRecord) -> ForecastUpdated {
         model: Some(record.forecast.model.clone()),
         point: Some(record.forecast.point),
         rollback_of: record.rollback_of,
-    }
-}
-
-/// Announces what crashes and outages left pending, every [`PENDING_CHECK_INTERVAL`], until the origin's
-/// state is dropped.
-pub async fn announce_pending_changes(state: std::sync::Weak<crate::api::Inner>) {
-    let mut tick = tokio::time::interval(PENDING_CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(state) = state.upgrade() else {
-            return;
-        };
-        if let Err(error) = state.forecasts.announce_pending().await {
-            tracing::debug!(%error, "pending changes not announced; retried at the next tick");
-        }
     }
 }
 

@@ -175,6 +175,26 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     }))
 }
 
+/// Runs `work` every `interval` (the first time at once) until the origin's state is dropped.
+fn every<F, Fut>(state: &AppState, interval: std::time::Duration, work: F) -> impl Future<Output = ()> + use<F, Fut>
+where
+    F: Fn(AppState) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let state = Arc::downgrade(state);
+    async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            work(state).await;
+        }
+    }
+}
+
 /// A started origin: the address it listens on, and its state.
 #[derive(Debug)]
 pub struct Running {
@@ -206,8 +226,22 @@ pub async fn start(
     };
     tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
     tokio::spawn(Events::tail(Arc::downgrade(&state.events), config.events.poll_interval));
-    tokio::spawn(crate::forecasts::announce_pending_changes(Arc::downgrade(&state)));
-    tokio::spawn(api::tokens::follow_stored_tokens(Arc::downgrade(&state)));
+    // What crashes and outages left pending is announced once storage answers.
+    tokio::spawn(every(
+        &state,
+        crate::forecasts::PENDING_CHECK_INTERVAL,
+        |state| async move {
+            if let Err(error) = state.forecasts.announce_pending().await {
+                tracing::debug!(%error, "pending changes not announced; retried at the next tick");
+            }
+        },
+    ));
+    // Tokens made or revoked through other origins sharing the store.
+    tokio::spawn(every(&state, api::tokens::FOLLOW_INTERVAL, |state| async move {
+        if let Err(error) = state.reload_tokens().await {
+            tracing::debug!(%error, "stored tokens not read; the last ones read stay in force");
+        }
+    }));
     state.webhooks.start();
     let limits = ConnectionLimits {
         max_connections: config.http.max_connections.get(),

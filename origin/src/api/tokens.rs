@@ -2,7 +2,6 @@
 //! lists them without secrets, and revokes them, so no credential the origin made is permanent. Every
 //! origin sharing the store follows it within [`FOLLOW_INTERVAL`].
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use axum::Json;
@@ -240,19 +239,4 @@ pub async fn revoke(
         .audit(&principal, "token.revoke", id, StatusCode::NO_CONTENT, detail)
         .await;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Reads the stored tokens again every [`FOLLOW_INTERVAL`] until the origin's state is dropped.
-pub async fn follow_stored_tokens(state: Weak<Inner>) {
-    let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(state) = state.upgrade() else {
-            return;
-        };
-        if let Err(error) = state.reload_tokens().await {
-            tracing::debug!(%error, "stored tokens not read; the last ones read stay in force");
-        }
-    }
 }

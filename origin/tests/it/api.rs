@@ -5,27 +5,18 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 
-use origin::api::auth::{format_hash, hash_token};
-use origin::config::{OriginConfig, TokenConfig};
+use origin::api::auth::format_hash;
+use origin::config::OriginConfig;
 use reqwest::{Method, Response, header};
 use serde_json::{Value, json};
 
-use crate::support::{self, TestOrigin, expect_error, forecast};
+use crate::support::{self, TestOrigin, expect_error, forecast, token};
 
 /// The example of the issue, as a producer would send it.
 const ISSUE_EXAMPLE: &str = r#"{"horizon":"1h","generated_at":"2026-11-23T14:00:00Z","valid_until":"2026-11-23T15:00:00Z","model":{"id":"lstm","version":"3.2.0"},"point":187.42,"quantiles":{"0.05":181.2,"0.5":187.4,"0.95":193.9},"direction_prob_up":0.61,"metadata":{"features":"ohlcv"}}"#;
 
 fn admin_path(instrument: &str, timeframe: &str) -> String {
     format!("/admin/v1/forecasts/{instrument}/{timeframe}")
-}
-
-fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenConfig {
-    TokenConfig {
-        name: name.to_owned(),
-        hash: format_hash(&hash_token(secret)),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-        topics: Vec::new(),
-    }
 }
 
 /// A write whose answer the test inspects itself.

@@ -3,12 +3,10 @@
 
 use std::num::NonZeroUsize;
 
-use origin::api::auth::{format_hash, hash_token};
-use origin::config::TokenConfig;
 use reqwest::{Method, Response, header};
 use serde_json::{Value, json};
 
-use crate::support::{self, TestOrigin, expect_error, forecast};
+use crate::support::{self, TestOrigin, expect_error, forecast, token};
 
 /// The key every test seeds with one version.
 const SEEDED: &str = "/admin/v1/forecasts/AAPL/1h";
@@ -63,15 +61,6 @@ async fn seeded(origin: TestOrigin) -> (TestOrigin, Snapshot) {
 
 async fn assert_unchanged(origin: &TestOrigin, before: &Snapshot) {
     assert_eq!(&snapshot(origin).await, before, "a refused request changed stored data");
-}
-
-fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenConfig {
-    TokenConfig {
-        name: name.to_owned(),
-        hash: format_hash(&hash_token(secret)),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-        topics: Vec::new(),
-    }
 }
 
 /// A PUT with the admin token and a raw body of the given content type.

@@ -4,15 +4,13 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use loadtest::launch::{RedisServer, redis_command};
-use origin::api::auth::{format_hash, hash_token};
-use origin::config::TokenConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::events::{indicator, next, publish, subscribe};
-use crate::support::{self, ADMIN_TOKEN, TestOrigin, expect_error, forecast};
+use crate::support::{self, ADMIN_TOKEN, TestOrigin, expect_error, forecast, token};
 use crate::webhooks::{Receiver, register};
 
 /// Instruments whose dots would make `forecasts.{instrument}.{timeframe}` an invalid topic are refused
@@ -104,15 +102,6 @@ async fn an_unreadable_event_log_entry_is_passed_over_by_every_reader() {
             .any(|line| line.starts_with("origin_events_unreadable_total") && !line.ends_with(" 0")),
         "{metrics}"
     );
-}
-
-fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenConfig {
-    TokenConfig {
-        name: name.to_owned(),
-        hash: format_hash(&hash_token(secret)),
-        scopes: scopes.iter().map(|&scope| scope.to_owned()).collect(),
-        topics: Vec::new(),
-    }
 }
 
 /// With `auth.public_reads = false` a read is the reader's alone: no shared cache may store it.

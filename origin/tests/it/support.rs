@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use origin::config::OriginConfig;
+use origin::api::auth::{format_hash, hash_token};
+use origin::config::{OriginConfig, TokenConfig};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -139,6 +140,16 @@ pub fn unique_instrument(prefix: &str) -> String {
         std::process::id() % 10_000,
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A configured token `name` whose value is `secret`, with `scopes`.
+pub fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenConfig {
+    TokenConfig {
+        name: name.to_owned(),
+        hash: format_hash(&hash_token(secret)),
+        scopes: scopes.iter().map(|&scope| scope.to_owned()).collect(),
+        topics: Vec::new(),
+    }
 }
 
 /// Asserts the API's error shape and code, and returns the message.
