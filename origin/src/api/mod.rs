@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -173,28 +173,32 @@ async fn method_not_allowed() -> ApiError {
 /// request (401, 403) reach the audit log, at most [`refusals::PER_SECOND`] a second.
 async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let admin = request.uri().path().starts_with("/admin/");
-    let refused = |status, actor: Option<&str>, request: &Request| refusals::Refusal {
-        actor: actor.map_or_else(|| "unauthenticated".to_owned(), str::to_owned),
-        method: request.method().to_string(),
-        path: request.uri().path().to_owned(),
-        remote: crate::serve::remote_of(request),
+    let refusal = |status, actor: Option<String>, method: &Method, uri: &Uri, remote| refusals::Refusal {
+        actor: actor.unwrap_or_else(|| "unauthenticated".to_owned()),
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        remote,
         status,
     };
-    let actor = match state.auth.authenticate(request.headers()) {
-        Ok(principal) => Some(principal.name),
-        Err(error) if admin => {
-            let refusal = refused(error.status, None, &request);
-            state.refusals.record(&state.forecasts, refusal).await;
-            return error.into_response();
-        }
-        Err(_) => None,
-    };
-    let refusal = refused(StatusCode::OK, actor.as_deref(), &request);
+    let remote = crate::serve::remote_of(&request);
+    if admin && let Err(error) = state.auth.authenticate(request.headers()) {
+        let refused = refusal(error.status, None, request.method(), request.uri(), remote);
+        state.refusals.record(&state.forecasts, refused).await;
+        return error.into_response();
+    }
+    // Kept for the rare refusal: cheap clones (the URI and the header share their bytes).
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let response = next.run(request).await;
     let status = response.status();
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        let refusal = refusals::Refusal { status, ..refusal };
-        state.refusals.record(&state.forecasts, refusal).await;
+        let mut presented = HeaderMap::new();
+        if let Some(authorization) = authorization {
+            presented.insert(header::AUTHORIZATION, authorization);
+        }
+        let actor = state.auth.authenticate(&presented).ok().map(|principal| principal.name);
+        let refused = refusal(status, actor, &method, &uri, remote);
+        state.refusals.record(&state.forecasts, refused).await;
     }
     response
 }
