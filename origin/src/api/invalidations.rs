@@ -74,7 +74,7 @@ pub struct CreateQuery {
 /// Appends an invalidation to the durable log, for every edge to apply in order. Answered once it is
 /// durable (202), or with `?wait=` once every connected edge has applied it (200) or the wait is over
 /// (202, naming the edges still pending).
-#[utoipa::path(
+#[utoipa::path(operation_id = "create_invalidation",
     post,
     path = "/admin/v1/invalidations",
     tag = "admin",
@@ -159,6 +159,7 @@ pub struct LoggedInvalidation {
     #[schema(value_type = String, format = DateTime)]
     issued_at: OffsetDateTime,
     #[serde(flatten)]
+    #[schema(value_type = super::openapi::InvalidationFields)]
     selectors: InvalidationBody,
 }
 
@@ -185,7 +186,7 @@ pub struct InvalidationLog {
 }
 
 /// The invalidation log, oldest first, from a sequence on.
-#[utoipa::path(
+#[utoipa::path(operation_id = "list_invalidations", 
     get,
     path = "/admin/v1/invalidations",
     tag = "admin",
@@ -224,7 +225,7 @@ pub struct InvalidationStatus {
 
 /// An invalidation from the log, and which of the edges connected to this origin have applied it
 /// (with the time each took, for those acknowledged on their current connection).
-#[utoipa::path(
+#[utoipa::path(operation_id = "show_invalidation", 
     get,
     path = "/admin/v1/invalidations/{id}",
     tag = "admin",

@@ -5,6 +5,35 @@ use shared::domain::{ConfidenceInterval, Forecast, ModelRef};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+/// The schema of what the API answers with the fields of a request type `T`: `T`'s schema without its
+/// ban on other fields (`deny_unknown_fields` becomes `additionalProperties: false`), since an answer
+/// carries more than was sent. Requests keep the strict schema; answers are described by these.
+macro_rules! read_view {
+    ($($(#[$doc:meta])* $view:ident => $write:ty;)*) => {$(
+        $(#[$doc])*
+        pub struct $view;
+
+        impl utoipa::PartialSchema for $view {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let mut schema = <$write as utoipa::PartialSchema>::schema();
+                if let utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(object)) = &mut schema {
+                    object.additional_properties = None;
+                }
+                schema
+            }
+        }
+
+        impl ToSchema for $view {}
+    )*};
+}
+
+read_view! {
+    /// A forecast's fields as answers carry them.
+    ForecastFields => Forecast;
+    /// An invalidation's selectors as answers carry them.
+    InvalidationFields => crate::invalidation::InvalidationBody;
+}
+
 /// The JSON of one forecast version as the read API serves it: the stored forecast's fields plus these.
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
@@ -21,6 +50,7 @@ pub struct ForecastDocument {
     /// Set when a rollback made this version.
     rollback_of: Option<u64>,
     #[serde(flatten)]
+    #[schema(value_type = ForecastFields)]
     forecast: Forecast,
 }
 
@@ -92,6 +122,14 @@ impl Modify for BearerAuth {
         super::ops::metrics,
         super::ops::openapi,
     ),
-    components(schemas(Forecast, ModelRef, ConfidenceInterval, ForecastDocument, ForecastList))
+    components(schemas(
+        Forecast,
+        ForecastFields,
+        InvalidationFields,
+        ModelRef,
+        ConfidenceInterval,
+        ForecastDocument,
+        ForecastList
+    ))
 )]
 pub struct ApiDoc;

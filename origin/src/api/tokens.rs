@@ -154,7 +154,7 @@ fn checked(principal: &Principal, new: NewToken, now_ms: u64) -> ApiResult<(Vec<
 }
 
 /// Makes a token; its secret is in this answer only.
-#[utoipa::path(post, path = "/admin/v1/tokens", tag = "tokens", security(("bearer" = ["tokens:admin"])),
+#[utoipa::path(operation_id = "create_token", post, path = "/admin/v1/tokens", tag = "tokens", security(("bearer" = ["tokens:admin"])),
     request_body = NewToken,
     responses(
         (status = 201, body = CreatedToken),
@@ -205,7 +205,7 @@ pub async fn create(
 }
 
 /// Every token, without secrets.
-#[utoipa::path(get, path = "/admin/v1/tokens", tag = "tokens", security(("bearer" = ["tokens:admin"])),
+#[utoipa::path(operation_id = "list_tokens", get, path = "/admin/v1/tokens", tag = "tokens", security(("bearer" = ["tokens:admin"])),
     responses((status = 200, body = TokenList), AdminErrors))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<TokenList>> {
     state.principal(&headers, Scope::TokensAdmin)?;
@@ -218,7 +218,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
 }
 
 /// Revokes a token at once on this origin, within a second on the others.
-#[utoipa::path(delete, path = "/admin/v1/tokens/{id}", tag = "tokens", security(("bearer" = ["tokens:admin"])),
+#[utoipa::path(operation_id = "revoke_token", delete, path = "/admin/v1/tokens/{id}", tag = "tokens", security(("bearer" = ["tokens:admin"])),
     params(("id" = String, Path, description = "The token's id, such as tok_… or generated-admin")),
     responses((status = 204, description = "Revoked (or revoked before)"), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn revoke(

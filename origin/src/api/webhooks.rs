@@ -216,7 +216,7 @@ async fn store_change(state: &AppState, mut endpoint: StoredEndpoint, revision: 
 }
 
 /// Registers an endpoint; its secret is in this answer only.
-#[utoipa::path(post, path = "/admin/v1/webhooks", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(operation_id = "create_webhook", post, path = "/admin/v1/webhooks", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
     request_body = NewEndpoint,
     responses((status = 201, body = CreatedEndpoint), (status = 422, description = "A field is invalid, or the target is refused", body = ErrorBody), AdminErrors))]
 pub async fn create(
@@ -280,7 +280,7 @@ async fn audit_endpoint(
         .await;
 }
 
-#[utoipa::path(get, path = "/admin/v1/webhooks", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(operation_id = "list_webhooks", get, path = "/admin/v1/webhooks", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
     responses((status = 200, body = EndpointList), AdminErrors))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<EndpointList>> {
     state.principal(&headers, Scope::WebhooksAdmin)?;
@@ -291,7 +291,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
     }))
 }
 
-#[utoipa::path(get, path = "/admin/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(operation_id = "show_webhook", get, path = "/admin/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn show(
     State(state): State<AppState>,
@@ -302,7 +302,7 @@ pub async fn show(
     Ok(Json(EndpointView::from(&load(&state, &id).await?)))
 }
 
-#[utoipa::path(patch, path = "/admin/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(operation_id = "update_webhook", patch, path = "/admin/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     request_body = EndpointChange,
     responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), AdminErrors))]
 pub async fn update(
@@ -346,7 +346,7 @@ pub async fn update(
     Ok(Json(EndpointView::from(&stored)))
 }
 
-#[utoipa::path(delete, path = "/admin/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(operation_id = "delete_webhook", delete, path = "/admin/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     responses((status = 204, description = "Deleted with its dead letters and attempts"), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -374,7 +374,7 @@ pub struct RotatedSecret {
 }
 
 /// A new secret signs from now on; the previous one also signs until `webhooks.secret_overlap` ends.
-#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/secret:rotate", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/secret:rotate", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     responses((status = 200, body = RotatedSecret), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
@@ -413,7 +413,7 @@ pub async fn rotate_secret(
     }))
 }
 
-#[utoipa::path(get, path = "/admin/v1/webhooks/{id}/stats", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(get, path = "/admin/v1/webhooks/{id}/stats", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     responses((status = 200, body = EndpointStats), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn stats(
     State(state): State<AppState>,
@@ -439,7 +439,7 @@ pub struct AttemptList {
 
 /// The newest attempts: when, status, latency, the start of the response, what came of it.
 #[utoipa::path(get, path = "/admin/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
-    params(("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
+    params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
     responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn deliveries(
     State(state): State<AppState>,
@@ -462,7 +462,7 @@ pub struct DeadLetterList {
     dead_letters: Vec<Delivery>,
 }
 
-#[utoipa::path(get, path = "/admin/v1/webhooks/{id}/dead-letters", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(get, path = "/admin/v1/webhooks/{id}/dead-letters", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     responses((status = 200, body = DeadLetterList), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn dead_letters(
     State(state): State<AppState>,
@@ -483,7 +483,7 @@ pub struct Queued {
 }
 
 /// Every dead letter of the endpoint, queued again with fresh attempts.
-#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/dead-letters:redrive", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/dead-letters:redrive", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     responses((status = 202, body = Queued), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn redrive(
     State(state): State<AppState>,
@@ -501,7 +501,7 @@ pub async fn redrive(
 }
 
 /// One message (by its event id) sent again, whatever became of it before.
-#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/messages/{event_id}/resend", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/messages/{event_id}/resend", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits"), ("event_id" = u64, Path, description = "The event's id in the log")), security(("bearer" = ["webhooks:admin"])),
     responses((status = 202, body = Queued), (status = 404, description = "No such endpoint, or the event is not in the log", body = ErrorBody), AdminErrors))]
 pub async fn resend(
     State(state): State<AppState>,
@@ -531,7 +531,7 @@ pub struct Replay {
 }
 
 /// Everything since a time that the endpoint's filter takes, sent again (within the log's retention).
-#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/replay", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
+#[utoipa::path(post, path = "/admin/v1/webhooks/{id}/replay", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     request_body = Replay,
     responses((status = 202, body = Queued), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), AdminErrors))]
 pub async fn replay(

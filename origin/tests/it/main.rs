@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod contract;
+mod contract_document;
 mod events;
 mod fuzz;
 mod hardening;
