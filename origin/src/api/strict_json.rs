@@ -74,9 +74,43 @@ impl<'de> de::Deserializer<'de> for Strict {
         self.0.deserialize_enum(name, variants, visitor)
     }
 
+    integers! {
+        deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
+        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
+    }
+
     forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit unit_struct
+        bool f32 f64 char str string bytes byte_buf unit unit_struct
         seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+/// Integer fields read a number without a fraction written with one (`3.0`) as that integer, as JSON
+/// Schema does: `{"type": "integer"}` admits `3.0`, so a client following the document may send it.
+macro_rules! integers {
+    ($($method:ident)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            integral(self.0).deserialize_any(visitor)
+        }
+    )*};
+}
+use integers;
+
+/// `value`, with a number that has no fraction and fits an i64 or a u64 made that integer.
+fn integral(value: Value) -> Value {
+    const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+    match value.as_f64() {
+        Some(float) if value.is_f64() && float.fract() == 0.0 => {
+            if (0.0..TWO_POW_64).contains(&float) {
+                Value::from(float as u64)
+            } else if (-TWO_POW_63..0.0).contains(&float) {
+                Value::from(float as i64)
+            } else {
+                value
+            }
+        }
+        _ => value,
     }
 }
 
@@ -135,6 +169,21 @@ mod tests {
         maybe: Option<f64>,
         map: BTreeMap<String, f64>,
         any: Value,
+    }
+
+    #[test]
+    fn integral_numbers_are_integers() {
+        let inner: Inner = from_value(serde_json::json!({"a": 83769511.0})).unwrap();
+        assert_eq!(inner, Inner { a: 83_769_511 });
+        for not_integral in [
+            serde_json::json!({"a": 1.5}),
+            serde_json::json!({"a": -1.0}),
+            serde_json::json!({"a": 1e30}),
+        ] {
+            assert!(from_value::<Inner>(not_integral.clone()).is_err(), "{not_integral}");
+        }
+        let signed: i64 = from_value(serde_json::json!(-3.0)).unwrap();
+        assert_eq!(signed, -3);
     }
 
     #[test]

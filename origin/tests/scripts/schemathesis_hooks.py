@@ -24,8 +24,9 @@ import urllib.parse
 
 import schemathesis
 
-# A public address by the origin's target policy (so registration succeeds and the stateful phase gets
-# endpoints to work on), in the discard-only prefix of RFC 6666: nothing answers there.
+# An address in the discard-only prefix of RFC 6666, where nothing answers. The origin's target policy
+# refuses that prefix unless allow-listed; the campaign's origin allow-lists exactly it, so registration
+# succeeds and the stateful phase gets endpoints to work on.
 STAND_IN_HOST = "[100::1]"
 WEBHOOK_BODIES = {("POST", "/admin/v1/webhooks"), ("PATCH", "/admin/v1/webhooks/{id}")}
 LOOPBACK = "127.0.0.1"
