@@ -127,8 +127,8 @@ fn checked(forecast: Forecast) -> ApiResult<Forecast> {
     tag = "admin",
     security(("bearer" = ["forecasts:write"])),
     params(
-        ("instrument" = String, Path, example = "AAPL"),
-        ("timeframe" = String, Path, example = "1h"),
+        ("instrument" = shared::domain::Instrument, Path, example = "AAPL"),
+        ("timeframe" = shared::domain::Timeframe, Path, example = "1h"),
         ("If-Match" = Option<String>, Header, description = "Write only if this ETag (or `*`: any version) is current"),
     ),
     request_body = Forecast,
@@ -318,7 +318,7 @@ pub struct Deleted {
     path = "/admin/v1/forecasts/{instrument}/{timeframe}",
     tag = "admin",
     security(("bearer" = ["forecasts:write"])),
-    params(("instrument" = String, Path, example = "AAPL"), ("timeframe" = String, Path, example = "1h")),
+    params(("instrument" = shared::domain::Instrument, Path, example = "AAPL"), ("timeframe" = shared::domain::Timeframe, Path, example = "1h")),
     responses(
         (status = 200, description = "Deleted", body = Deleted),
         (status = 400, description = "Invalid instrument or timeframe", body = ErrorBody),
@@ -381,7 +381,7 @@ pub struct VersionHistory {
     path = "/admin/v1/forecasts/{instrument}/{timeframe}/versions",
     tag = "admin",
     security(("bearer" = ["forecasts:read"])),
-    params(("instrument" = String, Path, example = "AAPL"), ("timeframe" = String, Path, example = "1h")),
+    params(("instrument" = shared::domain::Instrument, Path, example = "AAPL"), ("timeframe" = shared::domain::Timeframe, Path, example = "1h")),
     responses(
         (status = 200, description = "History", body = VersionHistory),
         (status = 400, description = "Invalid instrument or timeframe", body = ErrorBody),
@@ -435,7 +435,7 @@ pub struct RollbackRequest {
     path = "/admin/v1/forecasts/{instrument}/{timeframe}/rollback",
     tag = "admin",
     security(("bearer" = ["forecasts:write"])),
-    params(("instrument" = String, Path, example = "AAPL"), ("timeframe" = String, Path, example = "1h")),
+    params(("instrument" = shared::domain::Instrument, Path, example = "AAPL"), ("timeframe" = shared::domain::Timeframe, Path, example = "1h")),
     request_body = RollbackRequest,
     responses(
         (status = 200, description = "The new current version", body = crate::api::openapi::ForecastDocument),
@@ -490,7 +490,7 @@ pub struct ModelForecasts {
     path = "/admin/v1/models/{model_id}/{model_version}/forecasts",
     tag = "admin",
     security(("bearer" = ["forecasts:read"])),
-    params(("model_id" = String, Path, example = "lstm"), ("model_version" = String, Path, example = "3.2.0")),
+    params(("model_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "lstm"), ("model_version" = String, Path, pattern = "^[A-Za-z0-9._+-]{1,64}$", example = "3.2.0")),
     responses(
         (status = 200, description = "Forecasts with versions by this model", body = ModelForecasts),
         (status = 400, description = "Invalid model id or version", body = ErrorBody),
@@ -520,7 +520,7 @@ pub struct ModelRollbackResponse {
     path = "/admin/v1/models/{model_id}/{model_version}/rollback",
     tag = "admin",
     security(("bearer" = ["forecasts:write"])),
-    params(("model_id" = String, Path, example = "lstm"), ("model_version" = String, Path, example = "3.2.0")),
+    params(("model_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "lstm"), ("model_version" = String, Path, pattern = "^[A-Za-z0-9._+-]{1,64}$", example = "3.2.0")),
     responses(
         (status = 200, description = "What happened to each forecast", body = ModelRollbackResponse),
         (status = 400, description = "Invalid model id or version", body = ErrorBody),
@@ -556,6 +556,7 @@ pub async fn model_rollback(
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// How many entries, newest first (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 

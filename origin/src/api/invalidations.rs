@@ -148,6 +148,7 @@ pub struct LogQuery {
     /// The invalidations after this sequence (default: from the oldest kept).
     after: Option<u64>,
     /// How many, oldest first (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -230,7 +231,7 @@ pub struct InvalidationStatus {
     path = "/admin/v1/invalidations/{id}",
     tag = "admin",
     security(("bearer" = ["invalidations:read"])),
-    params(("id" = u64, Path, description = "The id (sequence) `POST /admin/v1/invalidations` answered", example = 42)),
+    params(("id" = u64, Path, minimum = 1, description = "The id (sequence) `POST /admin/v1/invalidations` answered", example = 42)),
     responses(
         (status = 200, description = "The invalidation, the edges that applied it and those still pending", body = InvalidationStatus),
         (status = 400, description = "The id is not a positive integer", body = ErrorBody),

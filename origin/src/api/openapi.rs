@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
 use serde::Serialize;
-use shared::domain::{ConfidenceInterval, Forecast, ModelRef};
+use shared::domain::{ConfidenceInterval, Forecast, Instrument, ModelRef, Timeframe};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -123,6 +123,8 @@ impl Modify for BearerAuth {
         super::ops::openapi,
     ),
     components(schemas(
+        Instrument,
+        Timeframe,
         Forecast,
         ForecastFields,
         InvalidationFields,

@@ -20,8 +20,8 @@ use crate::representation::{Rendered, Representation};
     path = "/v1/forecasts/{instrument}/{timeframe}",
     tag = "read",
     params(
-        ("instrument" = String, Path, description = "1 to 32 of A-Z a-z 0-9 . _ - (case-insensitive)", example = "AAPL"),
-        ("timeframe" = String, Path, description = "1m 5m 15m 1h 4h 1d 1w", example = "1h"),
+        ("instrument" = shared::domain::Instrument, Path, description = "1 to 4 parts of A-Z a-z 0-9 _ - joined by single dots, at most 32 bytes (case-insensitive)", example = "AAPL"),
+        ("timeframe" = shared::domain::Timeframe, Path, example = "1h"),
     ),
     responses(
         (status = 200, description = "The current version, with ETag, Last-Modified, Cache-Control, CDN-Cache-Control and Surrogate-Key", body = crate::api::openapi::ForecastDocument),
@@ -51,9 +51,9 @@ pub async fn current(
     path = "/v1/forecasts/{instrument}/{timeframe}/versions/{version}",
     tag = "read",
     params(
-        ("instrument" = String, Path, example = "AAPL"),
-        ("timeframe" = String, Path, example = "1h"),
-        ("version" = u64, Path, description = "1 or more", example = 3),
+        ("instrument" = shared::domain::Instrument, Path, example = "AAPL"),
+        ("timeframe" = shared::domain::Timeframe, Path, example = "1h"),
+        ("version" = u64, Path, minimum = 1, example = 3),
     ),
     responses(
         (status = 200, description = "The version", body = crate::api::openapi::ForecastDocument),
@@ -80,7 +80,7 @@ pub async fn version(
     get,
     path = "/v1/forecasts/{instrument}",
     tag = "read",
-    params(("instrument" = String, Path, example = "AAPL")),
+    params(("instrument" = shared::domain::Instrument, Path, example = "AAPL")),
     responses(
         (status = 200, description = "Every timeframe that has a current version", body = crate::api::openapi::ForecastList),
         (status = 304, description = "Not modified"),

@@ -439,7 +439,7 @@ pub struct AttemptList {
 
 /// The newest attempts: when, status, latency, the start of the response, what came of it.
 #[utoipa::path(get, path = "/admin/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
-    params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
+    params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits"), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100")),
     responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn deliveries(
     State(state): State<AppState>,

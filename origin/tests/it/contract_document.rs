@@ -27,8 +27,10 @@ async fn the_openapi_document_is_valid_openapi_3_1() {
         !said.contains("No module named"),
         "the validator is missing: {INSTALL}\n{said}"
     );
+    // The validator may quote the whole document; its first lines name the error.
+    let excerpt: String = said.chars().take(2000).collect();
     assert!(
         output.status.success(),
-        "/openapi.json is not valid OpenAPI 3.1:\n{said}"
+        "/openapi.json is not valid OpenAPI 3.1:\n{excerpt}"
     );
 }
