@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::auth::{Principal, Scope};
-use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody, INVALIDATION_FAILED};
+use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody, INVALIDATION_FAILED};
 use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, page_limit, parse_value};
 use super::{AppState, Inner};
 use crate::forecasts::{ModelForecast, ModelRollbackOutcome, ModelRollbackResult};
@@ -129,10 +129,11 @@ fn checked(forecast: Forecast) -> ApiResult<Forecast> {
     params(
         ("instrument" = shared::domain::Instrument, Path, example = "AAPL"),
         ("timeframe" = shared::domain::Timeframe, Path, example = "1h"),
-        ("If-Match" = Option<String>, Header, description = "Write only if this ETag (or `*`: any version) is current"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if this ETag (or `*`: any version) is current"),
     ),
     request_body = Forecast,
     responses(
+        BodyErrors,
         (status = 201, description = "First version created", body = crate::api::openapi::ForecastDocument),
         (status = 200, description = "New version stored", body = crate::api::openapi::ForecastDocument),
         (status = 400, description = "Malformed JSON, invalid instrument or timeframe", body = ErrorBody),
@@ -214,6 +215,7 @@ pub struct BatchWriteResponse {
     security(("bearer" = ["forecasts:write"])),
     request_body = BatchWriteRequest,
     responses(
+        BodyErrors,
         (status = 200, description = "Every item's outcome", body = BatchWriteResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 413, description = "Body too large, or more writes than allowed", body = ErrorBody),
@@ -438,6 +440,7 @@ pub struct RollbackRequest {
     params(("instrument" = shared::domain::Instrument, Path, example = "AAPL"), ("timeframe" = shared::domain::Timeframe, Path, example = "1h")),
     request_body = RollbackRequest,
     responses(
+        BodyErrors,
         (status = 200, description = "The new current version", body = crate::api::openapi::ForecastDocument),
         (status = 400, description = "Malformed JSON, invalid instrument or timeframe", body = ErrorBody),
         (status = 404, description = "No such version", body = ErrorBody),

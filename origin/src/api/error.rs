@@ -45,9 +45,32 @@ pub enum AdminErrors {
     Forbidden(ErrorBody),
     #[response(
         status = 503,
-        description = "Storage unavailable, or (`invalidation_failed`) a change was stored but edges were not told; retry after Retry-After"
+        description = "Storage unavailable, or (`invalidation_failed`) a change was stored but edges were not told; retry after Retry-After",
+        headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))
     )]
     Unavailable(ErrorBody),
+}
+
+/// The answers every endpoint that reads a JSON body may give about the body itself.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes responses; never built.
+pub enum BodyErrors {
+    #[response(
+        status = 400,
+        description = "The body is not JSON (`malformed_json`), or could not be read"
+    )]
+    Malformed(ErrorBody),
+    #[response(status = 408, description = "The body did not arrive within http.body_read_timeout")]
+    TooSlow(ErrorBody),
+    #[response(status = 413, description = "The body is larger than http.max_body_bytes")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "The body is not sent as application/json")]
+    NotJson(ErrorBody),
+    #[response(
+        status = 422,
+        description = "The JSON does not have the shape the operation takes (`invalid_body`)"
+    )]
+    Invalid(ErrorBody),
 }
 
 impl ApiError {

@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody, ErrorDetail};
+use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody, ErrorDetail};
 use super::extract::{ApiQuery, JsonBody, parse_value};
 use crate::events::{Events, Filter, Frame, PAGE, SubscriberStatus, Subscription, Who};
 use crate::storage::{LogStep, StorageError, unix_millis};
@@ -80,6 +80,7 @@ fn checked(state: &AppState, value: serde_json::Value) -> ApiResult<NewEvent> {
         "timeframe": "1h", "payload": {"indicator": "rsi", "period": 14, "value": 63.2, "computed_at": "2026-11-23T14:00:00Z"}
     })),
     responses(
+        BodyErrors,
         (status = 201, description = "In the log, with its id", body = Published),
         (status = 400, description = "Not JSON (NaN and Infinity are not JSON)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -137,6 +138,7 @@ pub struct BatchPublished {
     security(("bearer" = ["events:publish"])),
     request_body = PublishBatch,
     responses(
+        BodyErrors,
         (status = 200, description = "One result per event, in order", body = BatchPublished),
         (status = 400, description = "Not JSON, or more events than allowed", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),

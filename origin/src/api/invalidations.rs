@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Scope;
-use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
+use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody, MAX_PAGE, page_limit};
 use crate::control::{Application, EdgeStatus};
 use crate::invalidation::{Cause, InvalidationBody};
@@ -82,6 +82,7 @@ pub struct CreateQuery {
     params(CreateQuery),
     request_body = InvalidationBody,
     responses(
+        BodyErrors,
         (status = 200, description = "Logged, and applied by every edge connected to this origin (with ?wait=)", body = Accepted),
         (status = 202, description = "Logged; edges apply it in sequence order", body = Accepted),
         (status = 400, description = "Malformed JSON or wait", body = ErrorBody),
@@ -334,6 +335,7 @@ pub struct WarmReport {
     security(("bearer" = ["invalidations:write"])),
     request_body = WarmBody,
     responses(
+        BodyErrors,
         (status = 200, description = "What was rendered and pushed", body = WarmReport),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),

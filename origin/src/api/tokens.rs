@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::auth::{Principal, Scope, format_hash, hash_token, random_hex};
-use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
+use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody};
 use super::extract::{ApiPath, JsonBody};
 use super::{AppState, Inner};
 use crate::storage::tokens::StoredToken;
@@ -157,6 +157,7 @@ fn checked(principal: &Principal, new: NewToken, now_ms: u64) -> ApiResult<(Vec<
 #[utoipa::path(operation_id = "create_token", post, path = "/admin/v1/tokens", tag = "tokens", security(("bearer" = ["tokens:admin"])),
     request_body = NewToken,
     responses(
+        BodyErrors,
         (status = 201, body = CreatedToken),
         (status = 403, description = "A scope or topic the caller does not hold itself", body = ErrorBody),
         (status = 422, description = "A field is invalid", body = ErrorBody),

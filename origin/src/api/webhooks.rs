@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Principal, Scope};
-use super::error::{AdminErrors, ApiError, ApiResult, ErrorBody};
+use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody, page_limit, parse_value};
 use crate::storage::unix_millis;
 use crate::storage::webhooks::{Attempt, Delivery, StoredEndpoint, StoredSecret};
@@ -218,7 +218,9 @@ async fn store_change(state: &AppState, mut endpoint: StoredEndpoint, revision: 
 /// Registers an endpoint; its secret is in this answer only.
 #[utoipa::path(operation_id = "create_webhook", post, path = "/admin/v1/webhooks", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
     request_body = NewEndpoint,
-    responses((status = 201, body = CreatedEndpoint), (status = 422, description = "A field is invalid, or the target is refused", body = ErrorBody), AdminErrors))]
+    responses(
+        BodyErrors,
+        (status = 201, body = CreatedEndpoint), (status = 422, description = "A field is invalid, or the target is refused", body = ErrorBody), AdminErrors))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -304,7 +306,9 @@ pub async fn show(
 
 #[utoipa::path(operation_id = "update_webhook", patch, path = "/admin/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     request_body = EndpointChange,
-    responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), AdminErrors))]
+    responses(
+        BodyErrors,
+        (status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), AdminErrors))]
 pub async fn update(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -533,7 +537,9 @@ pub struct Replay {
 /// Everything since a time that the endpoint's filter takes, sent again (within the log's retention).
 #[utoipa::path(post, path = "/admin/v1/webhooks/{id}/replay", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits")), security(("bearer" = ["webhooks:admin"])),
     request_body = Replay,
-    responses((status = 202, body = Queued), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), AdminErrors))]
+    responses(
+        BodyErrors,
+        (status = 202, body = Queued), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), AdminErrors))]
 pub async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
