@@ -51,6 +51,19 @@ pub enum AdminErrors {
     Unavailable(ErrorBody),
 }
 
+/// What a read answers when `auth.public_reads = false` and the token does not do.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes responses; never built.
+pub enum ReadErrors {
+    #[response(
+        status = 401,
+        description = "Reads need a token (auth.public_reads = false), and none or an unknown one came"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The token lacks forecasts:read")]
+    Forbidden(ErrorBody),
+}
+
 /// The answers every endpoint that reads a JSON body may give about the body itself.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Describes responses; never built.

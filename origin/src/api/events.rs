@@ -287,6 +287,7 @@ pub(super) fn instant_ms(text: &str) -> Option<u64> {
     get,
     path = "/v1/stream",
     tag = "events",
+    security((), ("bearer" = ["events:subscribe"])),
     params(StreamQuery),
     responses(
         (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use shared::domain::{ForecastKey, Timeframe};
 
 use super::AppState;
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, ReadErrors};
 use super::extract::{ApiPath, ApiQuery, forecast_key, instrument, version_number};
 use crate::invalidation::forecast_tag;
 use crate::representation::{Rendered, Representation};
@@ -23,11 +23,12 @@ use crate::representation::{Rendered, Representation};
         ("instrument" = shared::domain::Instrument, Path, description = "1 to 4 parts of A-Z a-z 0-9 _ - joined by single dots, at most 32 bytes (case-insensitive)", example = "AAPL"),
         ("timeframe" = shared::domain::Timeframe, Path, example = "1h"),
     ),
+    security((), ("bearer" = ["forecasts:read"])),
     responses(
+        ReadErrors,
         (status = 200, description = "The current version, with ETag, Last-Modified, Cache-Control, CDN-Cache-Control and Surrogate-Key", body = crate::api::openapi::ForecastDocument),
         (status = 304, description = "Not modified (If-None-Match / If-Modified-Since)"),
         (status = 400, description = "Invalid instrument or timeframe", body = ErrorBody),
-        (status = 401, description = "A token is needed (when reads are not public)", body = ErrorBody),
         (status = 404, description = "No current version", body = ErrorBody),
         (status = 503, description = "Storage unavailable and nothing cached", body = ErrorBody),
     )
@@ -55,7 +56,9 @@ pub async fn current(
         ("timeframe" = shared::domain::Timeframe, Path, example = "1h"),
         ("version" = u64, Path, minimum = 1, example = 3),
     ),
+    security((), ("bearer" = ["forecasts:read"])),
     responses(
+        ReadErrors,
         (status = 200, description = "The version", body = crate::api::openapi::ForecastDocument),
         (status = 304, description = "Not modified"),
         (status = 400, description = "Invalid instrument, timeframe or version number", body = ErrorBody),
@@ -81,7 +84,9 @@ pub async fn version(
     path = "/v1/forecasts/{instrument}",
     tag = "read",
     params(("instrument" = shared::domain::Instrument, Path, example = "AAPL")),
+    security((), ("bearer" = ["forecasts:read"])),
     responses(
+        ReadErrors,
         (status = 200, description = "Every timeframe that has a current version", body = crate::api::openapi::ForecastList),
         (status = 304, description = "Not modified"),
         (status = 400, description = "Invalid instrument", body = ErrorBody),
@@ -123,7 +128,9 @@ pub struct BatchQuery {
     path = "/v1/forecasts",
     tag = "read",
     params(BatchQuery),
+    security((), ("bearer" = ["forecasts:read"])),
     responses(
+        ReadErrors,
         (status = 200, description = "Found forecasts, in the order asked, and the missing keys", body = crate::api::openapi::ForecastList),
         (status = 304, description = "Not modified"),
         (status = 400, description = "No keys, an invalid key, or more keys than allowed", body = ErrorBody),
