@@ -10,7 +10,7 @@ use origin::config::OriginConfig;
 use reqwest::{Method, Response, header};
 use serde_json::{Value, json};
 
-use crate::support::{self, TestOrigin, expect_error, forecast, token};
+use crate::support::{self, TestOrigin, admin_get, expect_error, forecast, token};
 
 /// The example of the issue, as a producer would send it.
 const ISSUE_EXAMPLE: &str = r#"{"horizon":"1h","generated_at":"2026-11-23T14:00:00Z","valid_until":"2026-11-23T15:00:00Z","model":{"id":"lstm","version":"3.2.0"},"point":187.42,"quantiles":{"0.05":181.2,"0.5":187.4,"0.95":193.9},"direction_prob_up":0.61,"metadata":{"features":"ohlcv"}}"#;
@@ -31,12 +31,6 @@ async fn write(origin: &TestOrigin, instrument: &str, timeframe: &str, body: &Va
 
 async fn get(origin: &TestOrigin, path: &str) -> Response {
     origin.get(path).send().await.unwrap()
-}
-
-async fn admin_get(origin: &TestOrigin, path: &str) -> Value {
-    let response = origin.admin(Method::GET, path).send().await.unwrap();
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.json().await.unwrap()
 }
 
 fn header_of(response: &Response, name: &str) -> String {

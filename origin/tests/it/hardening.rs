@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::events::{indicator, next, publish, subscribe};
-use crate::support::{self, ADMIN_TOKEN, TestOrigin, expect_error, forecast, token};
+use crate::support::{self, ADMIN_TOKEN, TestOrigin, admin_get, expect_error, forecast, token};
 use crate::webhooks::{Receiver, register};
 
 /// Instruments whose dots would make `forecasts.{instrument}.{timeframe}` an invalid topic are refused
@@ -225,13 +225,7 @@ async fn security_relevant_actions_are_audited() {
         .unwrap();
     assert_eq!(reader.status(), 403);
 
-    let audit: Value = admin(Method::GET, "/admin/v1/audit".to_owned())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = admin_get(&origin, "/admin/v1/audit").await;
     let entries = audit["entries"].as_array().unwrap();
     let find = |action: &str| {
         entries
@@ -512,14 +506,7 @@ async fn tokens_are_made_listed_expired_and_revoked() {
     let message = expect_error(write(&short).await.unwrap(), 401, "unauthorized").await;
     assert!(message.contains("expired"), "{message}");
 
-    let audit: Value = origin
-        .admin(Method::GET, "/admin/v1/audit")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = admin_get(&origin, "/admin/v1/audit").await;
     let actions: Vec<&str> = audit["entries"]
         .as_array()
         .unwrap()

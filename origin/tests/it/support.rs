@@ -142,6 +142,13 @@ pub fn unique_instrument(prefix: &str) -> String {
     )
 }
 
+/// The JSON of an admin GET that must answer 200.
+pub async fn admin_get(origin: &TestOrigin, path: &str) -> Value {
+    let response = origin.admin(reqwest::Method::GET, path).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.unwrap()
+}
+
 /// A configured token `name` whose value is `secret`, with `scopes`.
 pub fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenConfig {
     TokenConfig {
