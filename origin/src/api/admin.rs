@@ -75,15 +75,16 @@ async fn expectation(state: &Inner, key: &ForecastKey, headers: &HeaderMap) -> A
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(Expect::Any);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match must be * or a list of ETags"))?;
+    let invalid = || ApiError::bad_request("invalid_if_match", "If-Match must be * or a list of quoted ETags");
+    let value = value.to_str().map_err(|_| invalid())?;
     if value.trim() == "*" {
         return Ok(Expect::Exists);
     }
+    let tags = entity_tags(value).ok_or_else(invalid)?;
     let current = state.forecasts.current(key).await?;
     current
-        .filter(|current| value.split(',').map(str::trim).any(|tag| tag == current.etag))
+        // If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never matches.
+        .filter(|current| tags.iter().any(|tag| *tag == current.etag))
         .map(|current| Expect::Version(current.version))
         .ok_or_else(|| {
             ApiError::new(
@@ -92,6 +93,26 @@ async fn expectation(state: &Inner, key: &ForecastKey, headers: &HeaderMap) -> A
                 format!("If-Match does not match the current version of {key}"),
             )
         })
+}
+
+/// The entity-tags of an `If-Match` or `If-None-Match` list (RFC 9110 §8.8.3, §5.6.1): at least one,
+/// each `"…"` or `W/"…"`, empty elements skipped. `None` when it is not such a list.
+pub(super) fn entity_tags(value: &str) -> Option<Vec<&str>> {
+    let is_tag = |tag: &str| {
+        let opaque = tag.strip_prefix("W/").unwrap_or(tag);
+        opaque.len() >= 2
+            && opaque.starts_with('"')
+            && opaque.ends_with('"')
+            && opaque[1..opaque.len() - 1]
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
+    };
+    let tags: Vec<&str> = value
+        .split(',')
+        .map(|tag| tag.trim_matches([' ', '\t']))
+        .filter(|tag| !tag.is_empty())
+        .collect();
+    (!tags.is_empty() && tags.iter().all(|tag| is_tag(tag))).then_some(tags)
 }
 
 fn written(record: &VersionRecord, rendered: &Rendered) -> Response {
@@ -129,14 +150,14 @@ fn checked(forecast: Forecast) -> ApiResult<Forecast> {
     params(
         ("instrument" = shared::domain::Instrument, Path, example = "AAPL"),
         ("timeframe" = shared::domain::Timeframe, Path, example = "1h"),
-        ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if this ETag (or `*`: any version) is current"),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^[ \t]*(\*|(W/)?"[\x21\x23-\x7e]*"([ \t]*,[ \t]*(W/)?"[\x21\x23-\x7e]*")*)[ \t]*$"#, description = "Write only if this ETag (or `*`: any version) is current"),
     ),
     request_body = Forecast,
     responses(
         BodyErrors,
         (status = 201, description = "First version created", body = crate::api::openapi::ForecastDocument),
         (status = 200, description = "New version stored", body = crate::api::openapi::ForecastDocument),
-        (status = 400, description = "Malformed JSON, invalid instrument or timeframe", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, invalid instrument or timeframe, or an If-Match that is not * or a list of ETags", body = ErrorBody),
         (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
@@ -590,4 +611,23 @@ pub async fn audit(
     let limit = page_limit(query.limit)?;
     let entries = state.forecasts.audit_log(limit.get()).await?;
     Ok(Json(AuditPage { entries }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entity_tags;
+
+    #[test]
+    fn if_match_lists_are_quoted_entity_tags() {
+        assert_eq!(entity_tags(r#""a""#), Some(vec![r#""a""#]));
+        assert_eq!(
+            entity_tags(r#" "a" , W/"b",, "" "#),
+            Some(vec![r#""a""#, r#"W/"b""#, r#""""#])
+        );
+        for bad in [
+            "", " ", ",", "a", r#""a"#, r#"W/a"#, r#""a b""#, r#""a"x"#, "null", r#""a"" "#,
+        ] {
+            assert_eq!(entity_tags(bad), None, "{bad:?}");
+        }
+    }
 }
