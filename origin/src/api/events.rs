@@ -247,27 +247,39 @@ fn filter_of(query: &StreamQuery) -> ApiResult<Filter> {
 
 /// Where a stream starts: after an event id, or from an instant; `None`: live only.
 async fn start_of(events: &Events, headers: &HeaderMap, query: &StreamQuery) -> ApiResult<Option<u64>> {
-    let header = headers
-        .get("last-event-id")
-        .map(|value| value.to_str().unwrap_or("?").trim().to_owned());
-    if let Some(raw) = header.or_else(|| query.last_event_id.clone()) {
-        return raw.parse::<u64>().map(Some).map_err(|_| {
+    let event_id = |raw: &str| {
+        raw.parse::<u64>().map_err(|_| {
             ApiError::bad_request(
                 "invalid_last_event_id",
                 format!("Last-Event-ID {raw:?} must be an event id (a whole number)"),
             )
-        });
-    }
-    let Some(since) = &query.since else {
-        return Ok(None);
+        })
     };
-    let since_ms = instant_ms(since).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_since",
-            format!("since {since:?} must be an RFC 3339 instant or unix milliseconds"),
-        )
-    })?;
-    Ok(Some(events.position_at(since_ms).await?.unwrap_or(0)))
+    // Every way of saying where to start is checked, even those a stronger one overrides.
+    let since_ms = query
+        .since
+        .as_deref()
+        .map(|since| {
+            instant_ms(since).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_since",
+                    format!("since {since:?} must be an RFC 3339 instant or unix milliseconds"),
+                )
+            })
+        })
+        .transpose()?;
+    let from_query = query.last_event_id.as_deref().map(event_id).transpose()?;
+    let from_header = headers
+        .get("last-event-id")
+        .map(|value| event_id(value.to_str().unwrap_or("?").trim()))
+        .transpose()?;
+    if let Some(after) = from_header.or(from_query) {
+        return Ok(Some(after));
+    }
+    match since_ms {
+        Some(since_ms) => Ok(Some(events.position_at(since_ms).await?.unwrap_or(0))),
+        None => Ok(None),
+    }
 }
 
 /// An instant written as unix milliseconds or in RFC 3339, as unix milliseconds.

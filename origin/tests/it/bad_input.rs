@@ -843,3 +843,22 @@ async fn malformed_if_match_is_400() {
     }
     assert_unchanged(&origin, &before).await;
 }
+
+/// A stream's starting points are all checked, even one that another overrides.
+#[tokio::test]
+async fn every_stream_start_is_checked() {
+    let origin = TestOrigin::embedded().await;
+    for (query, header, code) in [
+        ("since=yesterday", Some("1"), "invalid_since"),
+        ("last_event_id=x", Some("1"), "invalid_last_event_id"),
+        ("since=0", Some("x"), "invalid_last_event_id"),
+    ] {
+        let mut request = origin
+            .get(&format!("/v1/stream?topics=**&{query}"))
+            .bearer_auth(support::ADMIN_TOKEN);
+        if let Some(header) = header {
+            request = request.header("last-event-id", header);
+        }
+        expect_error(request.send().await.unwrap(), 400, code).await;
+    }
+}
