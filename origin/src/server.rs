@@ -118,13 +118,6 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     });
     let extra = admin_tokens(config, &store).await?;
     let auth = Authenticator::new(&config.auth.tokens, &extra).context("invalid [auth] configuration")?;
-    // Storage may be down at start: tokens made through the API then count from its return.
-    match store.tokens().await {
-        Ok(stored) => auth.set_stored(&stored),
-        Err(error) => {
-            tracing::warn!(%error, "stored tokens not read yet; configured tokens only until storage answers")
-        }
-    }
     let patterns = |key: &str, list: &[String]| -> anyhow::Result<Vec<TopicPattern>> {
         list.iter()
             .map(|pattern| pattern.parse().with_context(|| format!("events.{key}")))
@@ -149,7 +142,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     );
     let webhooks = Webhooks::new(store.clone(), events.clone(), &config.webhooks, metrics.clone())
         .context("invalid [webhooks] configuration")?;
-    Ok(Arc::new(Inner {
+    let state = Arc::new(Inner {
         forecasts: Forecasts::new(store, events.clone(), l1, metrics.clone()),
         edges: Edges::default(),
         warming: Warming::new(&config.warming),
@@ -172,7 +165,12 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
         },
         metrics,
         refusals: Default::default(),
-    }))
+    });
+    // Storage may be down at start: tokens made through the API then count from its return.
+    if let Err(error) = state.reload_tokens().await {
+        tracing::warn!(%error, "stored tokens not read yet; configured tokens only until storage answers");
+    }
+    Ok(state)
 }
 
 /// Runs `work` every `interval` (the first time at once) until the origin's state is dropped.

@@ -472,11 +472,16 @@ impl PendingChange {
         Self {
             key: record.key(),
             version: record.version,
-            change: if record.rollback_of.is_some() {
-                ForecastChange::RolledBack
-            } else {
-                ForecastChange::Written
-            },
+            change: Self::of_written(record.rollback_of),
+        }
+    }
+
+    /// What writing a version is: a rollback when it copies an older version (`rollback_of`).
+    pub fn of_written(rollback_of: Option<u64>) -> ForecastChange {
+        if rollback_of.is_some() {
+            ForecastChange::RolledBack
+        } else {
+            ForecastChange::Written
         }
     }
 

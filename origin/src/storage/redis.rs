@@ -371,11 +371,7 @@ impl Store for RedisStore {
                 .await
         })
         .await?;
-        let change = PendingChange::change_name(if new.rollback_of.is_some() {
-            ForecastChange::RolledBack
-        } else {
-            ForecastChange::Written
-        });
+        let change = PendingChange::change_name(PendingChange::of_written(new.rollback_of));
         let (status, value): (String, String) = self
             .run(|mut c| {
                 let script = &self.write_script;
