@@ -7,12 +7,14 @@ use loadtest::launch::{ChildProcess, free_port, wait_http_ok};
 
 use crate::support::forecast;
 
-struct Binary {
-    process: ChildProcess,
-    base: String,
+pub(crate) struct Binary {
+    pub(crate) process: ChildProcess,
+    pub(crate) base: String,
 }
 
-fn start(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Binary {
+/// The origin binary on a free port with the shipped config file, the embedded store in `data_dir`,
+/// and `extra_env` on top.
+pub(crate) fn start(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Binary {
     let port = free_port().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_origin"));
     let config_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/origin.toml");
@@ -33,7 +35,7 @@ fn start(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Binary {
 }
 
 impl Binary {
-    async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         if let Err(error) = wait_http_ok(&format!("{}/readyz", self.base), Duration::from_secs(20)).await {
             panic!("origin did not become ready: {error:#}{}", self.process.log_excerpt());
         }

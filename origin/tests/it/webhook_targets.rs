@@ -1,10 +1,6 @@
 //! Webhook targets through the real API: IPv6 forms that carry a special IPv4 address, tunnel and
 //! translation ranges, and deliveries that must not go through a proxy from the environment.
 
-use std::process::Command;
-use std::time::Duration;
-
-use loadtest::launch::{ChildProcess, free_port, wait_http_ok};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,22 +93,14 @@ async fn deliveries_ignore_proxies_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start().await;
     let (proxy, mut proxied) = refusing_proxy().await;
-    let port = free_port().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_origin"));
-    command
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../config/origin.toml"),
-        ])
-        .env("ORIGIN_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("ORIGIN_STORAGE__DATA_DIR", dir.path())
-        .env("ORIGIN_STORAGE__REDIS_URL", "")
-        .env("ORIGIN_AUTH__BOOTSTRAP_TOKEN", "proxy-token")
-        .env("ORIGIN_WEBHOOKS__ALLOWED_TARGETS", "127.0.0.1")
-        .env("ORIGIN_WEBHOOKS__ALLOW_HTTP", "true")
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy");
+    // Every proxy variable points at the proxy, and no host is exempt from it.
+    let mut env = vec![
+        ("ORIGIN_AUTH__BOOTSTRAP_TOKEN", "proxy-token"),
+        ("ORIGIN_WEBHOOKS__ALLOWED_TARGETS", "127.0.0.1"),
+        ("ORIGIN_WEBHOOKS__ALLOW_HTTP", "true"),
+        ("NO_PROXY", ""),
+        ("no_proxy", ""),
+    ];
     for name in [
         "HTTP_PROXY",
         "http_proxy",
@@ -121,12 +109,11 @@ async fn deliveries_ignore_proxies_from_the_environment() {
         "ALL_PROXY",
         "all_proxy",
     ] {
-        command.env(name, &proxy);
+        env.push((name, proxy.as_str()));
     }
-    let process = ChildProcess::spawn("origin", command).unwrap();
-    if let Err(error) = wait_http_ok(&format!("{base}/readyz"), Duration::from_secs(20)).await {
-        panic!("origin did not become ready: {error:#}{}", process.log_excerpt());
-    }
+    let origin = crate::process::start(dir.path(), &env);
+    origin.ready().await;
+    let base = origin.base.clone();
 
     let client = reqwest::Client::new();
     let admin = |path: &str| client.post(format!("{base}{path}")).bearer_auth("proxy-token");
