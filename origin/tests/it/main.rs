@@ -7,6 +7,7 @@ mod contract;
 mod contract_document;
 mod events;
 mod fuzz;
+mod generated_client;
 mod hardening;
 mod outage;
 mod process;
