@@ -149,12 +149,7 @@ macro_rules! string_schema {
     ($($ty:ty => $pattern:expr, $max_length:expr, $example:expr;)*) => {$(
         impl utoipa::PartialSchema for $ty {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                utoipa::openapi::ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::schema::Type::String)
-                    .pattern(Some($pattern))
-                    .max_length($max_length)
-                    .examples([$example])
-                    .into()
+                crate::openapi::text($pattern, $max_length).examples([$example]).into()
             }
         }
 
@@ -163,10 +158,17 @@ macro_rules! string_schema {
 }
 
 string_schema! {
-    Instrument => "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){0,3}$", Some(Instrument::MAX_LEN), "AAPL";
-    ForecastKey => "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){0,3}:(1m|5m|15m|1h|4h|1d|1w)$", Some(Instrument::MAX_LEN + 4), "AAPL:1h";
-    Horizon => "^[1-9][0-9]{0,5}(m|h|d|w)$", Some(7), "1h";
+    Instrument => crate::openapi::INSTRUMENT_PATTERN, Instrument::MAX_LEN, "AAPL";
+    Horizon => crate::openapi::HORIZON_PATTERN, 7, "1h";
 }
+
+impl utoipa::PartialSchema for ForecastKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::forecast_key().examples(["AAPL:1h"]).into()
+    }
+}
+
+impl ToSchema for ForecastKey {}
 
 /// The address of a forecast: one instrument at one timeframe, written `AAPL:1h`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -246,11 +248,19 @@ impl fmt::Display for Horizon {
 #[serde(deny_unknown_fields, try_from = "RawModelRef")]
 pub struct ModelRef {
     /// 1 to 64 of `A-Z a-z 0-9 . _ -`.
-    #[schema(example = "lstm")]
+    #[schema(example = "lstm", schema_with = model_id_schema)]
     pub id: String,
     /// 1 to 64 of `A-Z a-z 0-9 . _ - +`.
-    #[schema(example = "3.2.0")]
+    #[schema(example = "3.2.0", schema_with = model_version_schema)]
     pub version: String,
+}
+
+fn model_id_schema() -> utoipa::openapi::Object {
+    crate::openapi::text(crate::openapi::MODEL_ID_PATTERN, ModelRef::MAX_LEN).build()
+}
+
+fn model_version_schema() -> utoipa::openapi::Object {
+    crate::openapi::text(crate::openapi::MODEL_VERSION_PATTERN, ModelRef::MAX_LEN).build()
 }
 
 #[derive(Deserialize)]
@@ -301,7 +311,7 @@ impl fmt::Display for ModelRef {
 #[serde(deny_unknown_fields)]
 pub struct ConfidenceInterval {
     /// Confidence level, strictly between 0 and 1.
-    #[schema(example = 0.9)]
+    #[schema(example = 0.9, exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub level: f64,
     pub lower: f64,
     pub upper: f64,
@@ -335,16 +345,59 @@ pub struct Forecast {
     pub point: f64,
     /// Values by probability level, keys strictly between 0 and 1 written as decimals (`"0.05"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = quantiles_schema)]
     pub quantiles: BTreeMap<String, f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
     pub intervals: Vec<ConfidenceInterval>,
     /// Probability, from 0 to 1, that the price goes up over the horizon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub direction_prob_up: Option<f64>,
     /// Free-form JSON object, at most [`Forecast::MAX_METADATA_BYTES`] once serialized.
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "serde_json::Map::is_empty",
+        deserialize_with = "json_object"
+    )]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A JSON object, and nothing else: `serde_json::Map` alone would also read `null` as an empty one.
+fn json_object<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<serde_json::Map<String, serde_json::Value>, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Object(map) => Ok(map),
+        other => Err(serde::de::Error::invalid_type(
+            serde::de::Unexpected::Other(match other {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Array(_) => "an array",
+                _ => "a scalar",
+            }),
+            &"a JSON object",
+        )),
+    }
+}
+
+/// Whether `level` names a quantile: `0.` and one to six digits, not all zero.
+pub fn is_quantile_level(level: &str) -> bool {
+    level.len() <= 8
+        && level.strip_prefix("0.").is_some_and(|digits| {
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && digits.bytes().any(|b| b != b'0')
+        })
+}
+
+fn quantiles_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Object)
+        .property_names(Some(crate::openapi::text(crate::openapi::QUANTILE_LEVEL_PATTERN, 8)))
+        .additional_properties(Some(
+            utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Number),
+        ))
+        .max_properties(Some(Forecast::MAX_QUANTILES))
+        .build()
 }
 
 impl Forecast {
@@ -365,13 +418,10 @@ impl Forecast {
             return fail(format!("at most {} quantiles are allowed", Self::MAX_QUANTILES));
         }
         for (level, value) in &self.quantiles {
-            match level.parse::<f64>() {
-                Ok(p) if p > 0.0 && p < 1.0 && level.len() <= 8 => {}
-                _ => {
-                    return fail(format!(
-                        "quantile level {level:?} must be a decimal strictly between 0 and 1"
-                    ));
-                }
+            if !is_quantile_level(level) {
+                return fail(format!(
+                    "quantile level {level:?} must be a decimal strictly between 0 and 1: 0. and 1 to 6 digits"
+                ));
             }
             if !value.is_finite() {
                 return fail(format!("quantile {level} must be a finite number"));
@@ -518,6 +568,7 @@ mod tests {
                 Box::new(|v| v["metadata"]["big"] = "x".repeat(5000).into()),
             ),
             ("metadata type", Box::new(|v| v["metadata"] = serde_json::json!([1]))),
+            ("metadata null", Box::new(|v| v["metadata"] = serde_json::Value::Null)),
             (
                 "interval order",
                 Box::new(|v| v["intervals"] = serde_json::json!([{"level": 0.9, "lower": 2.0, "upper": 1.0}])),

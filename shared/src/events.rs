@@ -66,6 +66,11 @@ fn is_segment(segment: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Whether `name` is an event type name: 1 to [`MAX_TYPE_BYTES`] of `A-Z a-z 0-9 _`.
+pub fn is_type_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_TYPE_BYTES && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// A dotted topic such as `indicators.AAPL.rsi14`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Topic(String);
@@ -211,6 +216,29 @@ macro_rules! serde_via_str {
 }
 
 serde_via_str!(Topic, TopicPattern);
+
+impl utoipa::PartialSchema for Topic {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::text(crate::openapi::topic_pattern(), MAX_TOPIC_BYTES)
+            .examples(["indicators.AAPL.rsi14"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Topic {}
+
+impl utoipa::PartialSchema for TopicPattern {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::text(crate::openapi::topic_filter_pattern(), MAX_TOPIC_BYTES)
+            .description(Some(
+                "A topic pattern: dot-separated names, `*` (one segment) and `**` (the rest, last only)",
+            ))
+            .examples(["indicators.*.rsi14"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TopicPattern {}
 
 /// A name in a payload (an indicator, a pattern, an anomaly kind): 1 to 64 of a-z A-Z 0-9 _ -.
 fn check_name(field: &str, value: &str) -> Result<(), String> {
@@ -509,21 +537,38 @@ impl Payload {
 }
 
 /// A publish request, as `POST /admin/v1/events` reads it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "topic": "indicators.AAPL.rsi14", "type": "TechnicalIndicatorComputed", "instrument": "AAPL",
+    "timeframe": "1h", "payload": {"indicator": "rsi", "period": 14, "value": 63.2, "computed_at": "2026-11-23T14:00:00Z"}
+}))]
 pub struct Publish {
     pub topic: Topic,
+    /// TechnicalIndicatorComputed, PatternDetected, AnomalyDetected, CorrelationUpdated, AnalysisSummary or
+    /// ForecastUpdated, each with its payload; any other name only on the topics `events.free_form_topics`
+    /// configures, with any JSON object.
     #[serde(rename = "type")]
+    #[schema(schema_with = type_schema)]
     pub kind: String,
     pub instrument: Instrument,
     #[serde(default)]
     pub timeframe: Option<Timeframe>,
-    /// When the analysis produced it; the time of publishing when absent.
+    /// When the analysis produced it (RFC 3339); the time of publishing when absent.
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub produced_at: Option<OffsetDateTime>,
+    /// The payload's schema version: 1 (the default).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1)]
     pub schema_version: Option<u16>,
+    /// The type's payload, at most 16 KiB as compact JSON.
+    #[schema(value_type = Object)]
     pub payload: Value,
+}
+
+fn type_schema() -> utoipa::openapi::Object {
+    crate::openapi::text(crate::openapi::EVENT_TYPE_PATTERN, MAX_TYPE_BYTES).build()
 }
 
 /// An event before it has a place in the log: checked, with its payload in canonical JSON.
@@ -556,10 +601,7 @@ impl NewEvent {
         let payload = match Payload::parse(&publish.kind, publish.payload.clone()) {
             Some(parsed) => parsed?.to_value(),
             None if free_form.iter().any(|pattern| pattern.matches(&publish.topic)) => {
-                let name_ok = !publish.kind.is_empty()
-                    && publish.kind.len() <= MAX_TYPE_BYTES
-                    && publish.kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                if !name_ok {
+                if !is_type_name(&publish.kind) {
                     return Err(EventError::TypeName(publish.kind));
                 }
                 if !publish.payload.is_object() {

@@ -10,6 +10,7 @@
 //! * [`framed`]: those frames read from and written to a byte stream (a QUIC stream on either side).
 //! * [`events`]: analysis events: topics, topic patterns, typed payloads.
 //! * [`webhooks`]: Standard Webhooks secrets and signatures.
+//! * [`openapi`]: the OpenAPI schemas of values written as text, beside their parsers' rules.
 //!
 //! Invariant: this crate opens no sockets and spawns no tasks.
 
@@ -18,6 +19,7 @@ pub mod crypto;
 pub mod domain;
 pub mod events;
 pub mod framed;
+pub mod openapi;
 pub mod process;
 pub mod telemetry;
 pub mod tls;
