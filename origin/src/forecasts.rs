@@ -69,13 +69,36 @@ pub enum ModelRollbackOutcome {
     Conflict,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelRollbackResult {
-    #[schema(value_type = String, example = "AAPL:1h")]
     pub key: ForecastKey,
     #[serde(flatten)]
     pub outcome: ModelRollbackOutcome,
 }
+
+/// Each outcome's object with the key beside its fields: a `oneOf` of flat objects, as it is sent (an
+/// `allOf` over a `oneOf` says the same, but is more than many client generators read).
+impl utoipa::PartialSchema for ModelRollbackResult {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::Schema;
+        let mut schema = ModelRollbackOutcome::schema();
+        if let RefOr::T(Schema::OneOf(one_of)) = &mut schema {
+            for outcome in &mut one_of.items {
+                if let RefOr::T(Schema::Object(object)) = outcome {
+                    object.properties.insert(
+                        "key".to_owned(),
+                        utoipa::openapi::Ref::from_schema_name("ForecastKey").into(),
+                    );
+                    object.required.push("key".to_owned());
+                }
+            }
+        }
+        schema
+    }
+}
+
+impl ToSchema for ModelRollbackResult {}
 
 /// The versions a model produced in one key.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]

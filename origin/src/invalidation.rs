@@ -11,7 +11,7 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 use shared::domain::{ForecastKey, ModelRef};
-use shared::wire::{Invalid, Invalidate, Selector};
+use shared::wire::{Invalid, Invalidate, MAX_KEY_BYTES, MAX_SELECTORS, Selector};
 use utoipa::ToSchema;
 
 use crate::api::AppState;
@@ -66,16 +66,20 @@ pub fn forecast_tag(key: &ForecastKey) -> String {
 pub struct InvalidationBody {
     /// Logical keys: path and query, such as `/v1/forecasts/AAPL/1h` (every variant of each).
     #[serde(default)]
+    #[schema(schema_with = request_paths)]
     pub keys: Vec<String>,
     /// Every logical key that starts with one of these, such as `/v1/forecasts/MSFT`.
     #[serde(default)]
+    #[schema(schema_with = request_paths)]
     pub prefixes: Vec<String>,
     /// Surrogate tags, as in `Surrogate-Key`: an instrument (`AAPL`), a forecast (`AAPL:1h`), a model
     /// (`model:lstm`, `model:lstm@3.2.0`).
     #[serde(default)]
+    #[schema(schema_with = surrogate_tags)]
     pub tags: Vec<String>,
     /// Everything a model version produced: the responses tagged `model:{id}@{version}`.
     #[serde(default)]
+    #[schema(schema_with = models)]
     pub models: Vec<ModelRef>,
     /// Everything; the other selectors are then left out, as they are redundant.
     #[serde(default)]
@@ -100,6 +104,33 @@ pub enum SelectorError {
 
 fn visible_ascii(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A path and query as requested: `/` and visible ASCII.
+pub const REQUEST_PATH_PATTERN: &str = "^/[\\x21-\\x7e]*$";
+
+/// A list of request paths, as the selectors and warming take them. At most [`MAX_SELECTORS`] in each
+/// list (and in all lists together, which a schema cannot say).
+pub fn request_paths() -> utoipa::openapi::schema::Array {
+    shared::openapi::list(
+        shared::openapi::text(REQUEST_PATH_PATTERN, MAX_KEY_BYTES),
+        0,
+        MAX_SELECTORS,
+    )
+    .build()
+}
+
+fn models() -> utoipa::openapi::schema::Array {
+    shared::openapi::list(utoipa::openapi::Ref::from_schema_name("ModelRef"), 0, MAX_SELECTORS).build()
+}
+
+fn surrogate_tags() -> utoipa::openapi::schema::Array {
+    shared::openapi::list(
+        shared::openapi::text("^[\\x21-\\x7e]+$", MAX_KEY_BYTES),
+        0,
+        MAX_SELECTORS,
+    )
+    .build()
 }
 
 impl InvalidationBody {

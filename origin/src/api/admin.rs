@@ -95,8 +95,9 @@ async fn expectation(state: &Inner, key: &ForecastKey, headers: &HeaderMap) -> A
         })
 }
 
-/// The entity-tags of an `If-Match` or `If-None-Match` list (RFC 9110 §8.8.3, §5.6.1): at least one,
-/// each `"…"` or `W/"…"`, empty elements skipped. `None` when it is not such a list.
+/// The entity-tags of an `If-Match` or `If-None-Match` list (RFC 9110 §8.8.3, §5.6.1): each `"…"` or
+/// `W/"…"`, empty elements skipped (a list may hold none, which no version matches). `None` when it is
+/// not such a list.
 pub(super) fn entity_tags(value: &str) -> Option<Vec<&str>> {
     let is_tag = |tag: &str| {
         let opaque = tag.strip_prefix("W/").unwrap_or(tag);
@@ -112,7 +113,7 @@ pub(super) fn entity_tags(value: &str) -> Option<Vec<&str>> {
         .map(|tag| tag.trim_matches([' ', '\t']))
         .filter(|tag| !tag.is_empty())
         .collect();
-    (!tags.is_empty() && tags.iter().all(|tag| is_tag(tag))).then_some(tags)
+    tags.iter().all(|tag| is_tag(tag)).then_some(tags)
 }
 
 fn written(record: &VersionRecord, rendered: &Rendered) -> Response {
@@ -150,7 +151,7 @@ fn checked(forecast: Forecast) -> ApiResult<Forecast> {
     params(
         ("instrument" = shared::domain::Instrument, Path, example = "AAPL"),
         ("timeframe" = shared::domain::Timeframe, Path, example = "1h"),
-        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^[ \t]*(\*|(W/)?"[\x21\x23-\x7e]*"([ \t]*,[ \t]*(W/)?"[\x21\x23-\x7e]*")*)[ \t]*$"#, description = "Write only if this ETag (or `*`: any version) is current"),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^([ \t]*\*[ \t]*|[ \t,]*((W/)?"[\x21\x23-\x7e]*"([ \t]*,[ \t,]*(W/)?"[\x21\x23-\x7e]*")*)?[ \t,]*)$"#, example = r#""7-1f2e3d4c5b6a7988""#, description = "Write only if this ETag (or `*`: any version) is current"),
     ),
     request_body = Forecast,
     responses(
@@ -201,8 +202,8 @@ pub struct BatchWrite {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchWriteRequest {
-    /// Each item is checked and written on its own; one bad item does not stop the others.
-    #[schema(value_type = Vec<BatchWrite>)]
+    /// Each item is a `BatchWrite`, checked and written on its own: an item that is not one is answered
+    /// in its result (422), and does not stop the others. At most `limits.max_batch_writes` items.
     writes: Vec<serde_json::Value>,
 }
 
@@ -238,8 +239,8 @@ pub struct BatchWriteResponse {
     responses(
         BodyErrors,
         (status = 200, description = "Every item's outcome", body = BatchWriteResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 413, description = "Body too large, or more writes than allowed", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, or more writes than allowed", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "The body is not an object with a writes list", body = ErrorBody),
         AdminErrors,
@@ -252,8 +253,7 @@ pub async fn batch_write(
 ) -> ApiResult<Json<BatchWriteResponse>> {
     let principal = state.principal(&headers, Scope::ForecastsWrite)?;
     if request.writes.len() > state.limits.max_batch_writes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        return Err(ApiError::bad_request(
             "batch_too_large",
             format!("at most {} writes per batch", state.limits.max_batch_writes),
         ));
@@ -617,6 +617,19 @@ pub async fn audit(
 mod tests {
     use super::entity_tags;
 
+    const BAD: &[&str] = &[
+        "a",
+        r#""a"#,
+        r#"W/a"#,
+        r#""a b""#,
+        r#""a"x"#,
+        "null",
+        r#""a"" "#,
+        r#"*, "a""#,
+        "**",
+        r#"w/"a""#,
+    ];
+
     #[test]
     fn if_match_lists_are_quoted_entity_tags() {
         assert_eq!(entity_tags(r#""a""#), Some(vec![r#""a""#]));
@@ -624,10 +637,31 @@ mod tests {
             entity_tags(r#" "a" , W/"b",, "" "#),
             Some(vec![r#""a""#, r#"W/"b""#, r#""""#])
         );
-        for bad in [
-            "", " ", ",", "a", r#""a"#, r#"W/a"#, r#""a b""#, r#""a"x"#, "null", r#""a"" "#,
-        ] {
+        for empty in ["", " ", ",", " ,\t, "] {
+            assert_eq!(entity_tags(empty), Some(vec![]), "{empty:?}");
+        }
+        for bad in BAD {
             assert_eq!(entity_tags(bad), None, "{bad:?}");
+        }
+    }
+
+    /// The document's pattern for If-Match admits exactly what the handler reads: `*` or a list.
+    #[test]
+    fn the_documented_if_match_grammar_is_the_one_read() {
+        let pattern =
+            super::super::openapi::parameter_pattern("/admin/v1/forecasts/{instrument}/{timeframe}", "put", "If-Match");
+        let good = [
+            "*",
+            " * ",
+            r#""a""#,
+            r#"W/"b", "c""#,
+            r#" "a" , W/"b",, "" "#,
+            "",
+            " ,\t, ",
+        ];
+        for value in good.iter().chain(BAD) {
+            let read = value.trim() == "*" || entity_tags(value).is_some();
+            assert_eq!(pattern.is_match(value), read, "{value:?}");
         }
     }
 }

@@ -14,7 +14,8 @@ use super::error::ApiError;
 use crate::config::TokenConfig;
 use crate::storage::tokens::StoredToken;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Scope {
     #[serde(rename = "forecasts:read")]
     ForecastsRead,

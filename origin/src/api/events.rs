@@ -23,7 +23,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::{Principal, Scope};
 use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody, ErrorDetail};
-use super::extract::{ApiQuery, JsonBody, parse_value};
+use super::extract::{ApiQuery, JsonBody, parse_value, whole_number};
 use crate::events::{Events, Filter, Frame, PAGE, SubscriberStatus, Subscription, Who};
 use crate::storage::{LogStep, StorageError, unix_millis};
 
@@ -75,10 +75,7 @@ fn checked(state: &AppState, value: serde_json::Value) -> ApiResult<NewEvent> {
     path = "/admin/v1/events",
     tag = "events",
     security(("bearer" = ["events:publish"])),
-    request_body(content = serde_json::Value, description = "topic, type, instrument, timeframe (optional), produced_at (optional), payload", example = json!({
-        "topic": "indicators.AAPL.rsi14", "type": "TechnicalIndicatorComputed", "instrument": "AAPL",
-        "timeframe": "1h", "payload": {"indicator": "rsi", "period": 14, "value": 63.2, "computed_at": "2026-11-23T14:00:00Z"}
-    })),
+    request_body = Publish,
     responses(
         BodyErrors,
         (status = 201, description = "In the log, with its id", body = Published),
@@ -201,36 +198,55 @@ pub async fn publish_batch(
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Topic patterns, comma-separated: `*` is one segment, `**` the rest (default `**`).
+    #[param(value_type = Option<Vec<TopicPattern>>, min_items = 1, style = Form, explode = false)]
     topics: Option<String>,
     /// Event types, comma-separated (default: all).
+    #[param(value_type = Option<Vec<super::openapi::EventTypeName>>, min_items = 1, style = Form, explode = false)]
     types: Option<String>,
     /// Instruments, comma-separated (default: all).
+    #[param(value_type = Option<Vec<Instrument>>, min_items = 1, style = Form, explode = false)]
     instruments: Option<String>,
     /// Resume after this event id (the `Last-Event-ID` header wins when both are given).
+    #[param(value_type = Option<u64>)]
     last_event_id: Option<String>,
     /// Replay from this instant on (RFC 3339, or unix milliseconds).
+    #[param(value_type = Option<super::openapi::Instant>)]
     since: Option<String>,
     /// Send events that arrive within this many milliseconds together (0 to 10000).
+    #[param(maximum = 10000)]
     batch_ms: Option<u64>,
 }
 
-fn comma_list(text: Option<&str>) -> Option<Vec<&str>> {
-    text.map(|t| t.split(',').map(str::trim).filter(|part| !part.is_empty()).collect())
+/// The items of a comma-separated list, `None` when it is absent; an empty item is refused.
+fn comma_list<'a>(text: Option<&'a str>, field: &str, code: &'static str) -> ApiResult<Option<Vec<&'a str>>> {
+    let Some(text) = text else { return Ok(None) };
+    let items: Vec<&str> = text.split(',').collect();
+    if items.iter().any(|item| item.is_empty()) {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{field} must be a comma-separated list without empty items"),
+        ));
+    }
+    Ok(Some(items))
 }
 
 fn filter_of(query: &StreamQuery) -> ApiResult<Filter> {
     let bad = |code: &'static str| move |error: String| ApiError::bad_request(code, error);
-    let topics = comma_list(query.topics.as_deref())
+    let topics = comma_list(query.topics.as_deref(), "topics", "invalid_topics")?
         .unwrap_or_else(|| vec!["**"])
         .into_iter()
         .map(|pattern| pattern.parse::<TopicPattern>().map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad("invalid_topics"))?;
-    if topics.is_empty() {
-        return Err(ApiError::bad_request("invalid_topics", "topics names no pattern"));
+    let types = comma_list(query.types.as_deref(), "types", "invalid_types")?;
+    if let Some(bad_type) = types.iter().flatten().find(|name| !shared::events::is_type_name(name)) {
+        return Err(ApiError::bad_request(
+            "invalid_types",
+            format!("{bad_type:?} is not an event type name: 1 to 64 of A-Z a-z 0-9 _"),
+        ));
     }
-    let types = comma_list(query.types.as_deref()).map(|types| types.into_iter().map(str::to_owned).collect());
-    let instruments = comma_list(query.instruments.as_deref())
+    let types = types.map(|types| types.into_iter().map(str::to_owned).collect());
+    let instruments = comma_list(query.instruments.as_deref(), "instruments", "invalid_instruments")?
         .map(|list| {
             list.into_iter()
                 .map(|i| i.parse::<Instrument>().map_err(|e| e.to_string()))
@@ -248,7 +264,7 @@ fn filter_of(query: &StreamQuery) -> ApiResult<Filter> {
 /// Where a stream starts: after an event id, or from an instant; `None`: live only.
 async fn start_of(events: &Events, headers: &HeaderMap, query: &StreamQuery) -> ApiResult<Option<u64>> {
     let event_id = |raw: &str| {
-        raw.parse::<u64>().map_err(|_| {
+        whole_number(raw).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_last_event_id",
                 format!("Last-Event-ID {raw:?} must be an event id (a whole number)"),
@@ -282,9 +298,10 @@ async fn start_of(events: &Events, headers: &HeaderMap, query: &StreamQuery) -> 
     }
 }
 
-/// An instant written as unix milliseconds or in RFC 3339, as unix milliseconds.
+/// An instant written as unix milliseconds (1 to 16 digits) or in RFC 3339, as unix milliseconds.
 pub(super) fn instant_ms(text: &str) -> Option<u64> {
-    text.parse::<u64>().ok().or_else(|| {
+    let millis = text.len() <= 16 && text.bytes().all(|b| b.is_ascii_digit());
+    millis.then(|| whole_number(text)).flatten().or_else(|| {
         OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .ok()
             .map(unix_millis)
@@ -300,9 +317,9 @@ pub(super) fn instant_ms(text: &str) -> Option<u64> {
     path = "/v1/stream",
     tag = "events",
     security((), ("bearer" = ["events:subscribe"])),
-    params(StreamQuery),
+    params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this event id, as an EventSource sends it on reconnecting")),
     responses(
-        (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of events; `schema` describes one event", content_type = "text/event-stream", body = super::openapi::StreamEvent),
         (status = 400, description = "A bad pattern, instrument, Last-Event-ID, since or batch_ms", body = ErrorBody),
         (status = 401, description = "These topics need a token with events:subscribe", body = ErrorBody),
         (status = 403, description = "The token may not subscribe to these topics", body = ErrorBody),

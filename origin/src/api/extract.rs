@@ -123,10 +123,22 @@ pub fn forecast_key(instrument_raw: &str, timeframe_raw: &str) -> Result<Forecas
     Ok(ForecastKey::new(instrument(instrument_raw)?, timeframe))
 }
 
+/// The largest id, sequence or version the API takes: the largest int64, as the document says, so that
+/// every client can hold it.
+pub const MAX_INTEGER: u64 = i64::MAX.unsigned_abs();
+
+/// A whole number written in decimal digits (no sign), at most [`MAX_INTEGER`].
+pub fn whole_number(raw: &str) -> Option<u64> {
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| raw.parse::<u64>().ok())
+        .flatten()
+        .filter(|&n| n <= MAX_INTEGER)
+}
+
 /// A version number from a path: a positive integer.
 pub fn version_number(raw: &str) -> Result<u64, ApiError> {
-    raw.parse::<u64>()
-        .ok()
+    whole_number(raw)
         .filter(|&n| n > 0)
         .ok_or_else(|| ApiError::bad_request("invalid_version", format!("version {raw:?} must be a positive integer")))
 }

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::Scope;
 use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody};
-use super::extract::{ApiPath, ApiQuery, JsonBody, MAX_PAGE, page_limit};
+use super::extract::{ApiPath, ApiQuery, JsonBody, MAX_PAGE, page_limit, whole_number};
 use crate::control::{Application, EdgeStatus};
 use crate::invalidation::{Cause, InvalidationBody};
 use crate::warming::{self, Warmed};
@@ -64,11 +64,34 @@ impl Propagation {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CreateQuery {
-    /// Answer only once every edge connected to this origin has applied it, or this long (such as
-    /// `250ms`, at most 30s) has passed; the answer says which edges have not.
-    #[serde(default, with = "humantime_serde")]
-    #[param(value_type = Option<String>, example = "250ms")]
-    wait: Option<Duration>,
+    /// Answer only once every edge connected to this origin has applied it, or this long has passed:
+    /// whole milliseconds (`250ms`) or seconds (`2s`), at most 30 s. The answer says which edges have not.
+    #[param(value_type = Option<String>, pattern = r"^((0|[1-9][0-9]{0,3}|[12][0-9]{4}|30000)ms|(0|[1-9]|[12][0-9]|30)s)$", example = "250ms")]
+    wait: Option<String>,
+}
+
+/// A `?wait=`: whole milliseconds or seconds, up to [`MAX_WAIT`].
+fn wait_of(raw: &str) -> ApiResult<Duration> {
+    let (digits, unit) = match raw.strip_suffix("ms") {
+        Some(digits) => (digits, Duration::from_millis(1)),
+        None => (raw.strip_suffix('s').unwrap_or(""), Duration::from_secs(1)),
+    };
+    let count = Some(digits)
+        .filter(|d| !d.is_empty() && d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|d| *d == "0" || !d.starts_with('0'))
+        .and_then(|d| d.parse::<u32>().ok());
+    count
+        .map(|count| unit * count)
+        .filter(|wait| *wait <= MAX_WAIT)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_wait",
+                format!(
+                    "wait {raw:?} must be whole milliseconds (250ms) or seconds (2s), at most {}s",
+                    MAX_WAIT.as_secs()
+                ),
+            )
+        })
 }
 
 /// Appends an invalidation to the durable log, for every edge to apply in order. Answered once it is
@@ -99,12 +122,7 @@ pub async fn create(
     JsonBody(body): JsonBody<InvalidationBody>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let principal = state.principal(&headers, Scope::InvalidationsWrite)?;
-    if query.wait.is_some_and(|wait| wait > MAX_WAIT) {
-        return Err(ApiError::bad_request(
-            "invalid_wait",
-            format!("wait must be at most {}s", MAX_WAIT.as_secs()),
-        ));
-    }
+    let wait = query.wait.as_deref().map(wait_of).transpose()?;
     let selectors = body
         .selectors()
         .map_err(|error| ApiError::unprocessable(error.to_string()))?;
@@ -121,7 +139,7 @@ pub async fn create(
         )
         .await;
     let mut status = StatusCode::ACCEPTED;
-    let propagation = match query.wait {
+    let propagation = match wait {
         Some(wait) => {
             let deadline = tokio::time::Instant::now() + wait;
             if state.edges.wait_applied(sequence, deadline).await {
@@ -147,7 +165,8 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// The invalidations after this sequence (default: from the oldest kept).
-    after: Option<u64>,
+    #[param(value_type = Option<u64>)]
+    after: Option<String>,
     /// How many, oldest first (1 to 1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
@@ -207,7 +226,19 @@ pub async fn list(
 ) -> ApiResult<Json<InvalidationLog>> {
     state.principal(&headers, Scope::InvalidationsRead)?;
     let limit = page_limit(query.limit)?;
-    let page = state.forecasts.invalidation_log(query.after, limit).await?;
+    let after = query
+        .after
+        .as_deref()
+        .map(|raw| {
+            whole_number(raw).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_after",
+                    format!("after {raw:?} must be a sequence (a whole number)"),
+                )
+            })
+        })
+        .transpose()?;
+    let page = state.forecasts.invalidation_log(after, limit).await?;
     Ok(Json(InvalidationLog {
         invalidations: page.records.iter().map(LoggedInvalidation::from).collect(),
         head: page.head,
@@ -247,7 +278,7 @@ pub async fn show(
     headers: HeaderMap,
 ) -> ApiResult<Json<InvalidationStatus>> {
     state.principal(&headers, Scope::InvalidationsRead)?;
-    let id = raw.parse::<u64>().ok().filter(|&id| id > 0).ok_or_else(|| {
+    let id = whole_number(&raw).filter(|&id| id > 0).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_id",
             format!("invalidation id {raw:?} must be a positive integer"),
@@ -311,10 +342,12 @@ pub async fn edges(State(state): State<AppState>, headers: HeaderMap) -> ApiResu
 pub struct WarmBody {
     /// Paths (path and query) to push, such as `/v1/forecasts/AAPL/1h`.
     #[serde(default)]
+    #[schema(schema_with = forecast_reads)]
     keys: Vec<String>,
     /// Every hot path (configured, or reported by edges) under each of these; a prefix naming an
     /// instrument (`/v1/forecasts/MSFT`) also pushes its list and each of its forecasts.
     #[serde(default)]
+    #[schema(schema_with = forecast_reads)]
     prefixes: Vec<String>,
 }
 
@@ -384,6 +417,12 @@ pub async fn warm(
     }))
 }
 
+/// Paths warming takes: forecast reads (at most [`MAX_PAGE`] in each list, and in both together).
+fn forecast_reads() -> utoipa::openapi::schema::Array {
+    let path = shared::openapi::text("^/v1/forecasts([/?][\\x21-\\x7e]*)?$", MAX_KEY_BYTES);
+    shared::openapi::list(path, 0, MAX_PAGE).build()
+}
+
 /// A forecast read: `/v1/forecasts` itself, or below it, with or without a query.
 fn is_forecast_read(path: &str) -> bool {
     path.strip_prefix("/v1/forecasts")
@@ -393,4 +432,25 @@ fn is_forecast_read(path: &str) -> bool {
 /// A path and query as a client requests it.
 fn is_request_path(path: &str) -> bool {
     path.starts_with('/') && path.len() <= MAX_KEY_BYTES && path.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_WAIT, wait_of};
+
+    /// The document's pattern for `?wait=` admits exactly what the handler takes.
+    #[test]
+    fn the_documented_wait_grammar_is_the_one_read() {
+        let pattern = super::super::openapi::parameter_pattern("/admin/v1/invalidations", "post", "wait");
+        let samples = [
+            "0ms", "0s", "1ms", "250ms", "9999ms", "29999ms", "30000ms", "30001ms", "39999ms", "99999ms", "100000ms",
+            "1s", "9s", "29s", "30s", "31s", "99s", "00s", "01s", "0250ms", "", "s", "ms", "1", "1m", "1 s", "+1s",
+            "-1s", "1.5s", "1sec", "1S",
+        ];
+        for sample in samples {
+            assert_eq!(pattern.is_match(sample), wait_of(sample).is_ok(), "{sample:?}");
+        }
+        assert_eq!(wait_of("30s").unwrap(), MAX_WAIT);
+        assert_eq!(wait_of("250ms").unwrap().as_millis(), 250);
+    }
 }

@@ -43,6 +43,19 @@ pub struct Limits {
     pub public_metrics: bool,
 }
 
+#[cfg(test)]
+impl Limits {
+    pub fn for_tests() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_batch_reads: 100,
+            max_batch_writes: 500,
+            public_reads: true,
+            public_metrics: true,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Inner {
     pub forecasts: Forecasts,

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Scope;
@@ -68,8 +68,8 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
     Ok(response)
 }
 
-/// This document.
+/// This document, with the limits this origin is configured with.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, content_type = "application/json")))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::openapi::ApiDoc::openapi())
+pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(super::openapi::document(&state.limits, state.streams.max_batch.get()))
 }

@@ -118,7 +118,9 @@ pub async fn instrument_forecasts(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BatchQuery {
-    /// Comma-separated `INSTRUMENT:TIMEFRAME` keys, such as `AAPL:1h,MSFT:1d`.
+    /// Comma-separated `INSTRUMENT:TIMEFRAME` keys, such as `AAPL:1h,MSFT:1d`; at most
+    /// `limits.max_batch_reads` (a key given twice is answered once).
+    #[param(required = true, value_type = Vec<ForecastKey>, min_items = 1, style = Form, explode = false)]
     keys: Option<String>,
 }
 
@@ -133,7 +135,7 @@ pub struct BatchQuery {
         ReadErrors,
         (status = 200, description = "Found forecasts, in the order asked, and the missing keys", body = crate::api::openapi::ForecastList),
         (status = 304, description = "Not modified"),
-        (status = 400, description = "No keys, an invalid key, or more keys than allowed", body = ErrorBody),
+        (status = 400, description = "No keys, an invalid or empty key, or more keys than allowed", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
 )]
@@ -145,18 +147,18 @@ pub async fn batch(
     state.authorize_read(&headers)?;
     let raw = query.keys.unwrap_or_default();
     let mut keys: Vec<ForecastKey> = Vec::new();
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for (index, part) in raw.split(',').filter(|_| !raw.is_empty()).enumerate() {
+        if index == state.limits.max_batch_reads {
+            return Err(ApiError::bad_request(
+                "batch_too_large",
+                format!("at most {} keys per batch read", state.limits.max_batch_reads),
+            ));
+        }
         let key: ForecastKey = part
             .parse()
             .map_err(|e: shared::domain::DomainError| ApiError::bad_request("invalid_key", e.to_string()))?;
         if !keys.contains(&key) {
             keys.push(key);
-        }
-        if keys.len() > state.limits.max_batch_reads {
-            return Err(ApiError::bad_request(
-                "batch_too_large",
-                format!("at most {} keys per batch read", state.limits.max_batch_reads),
-            ));
         }
     }
     if keys.is_empty() {

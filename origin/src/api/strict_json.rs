@@ -76,7 +76,17 @@ impl<'de> de::Deserializer<'de> for Strict {
 
     integers! {
         deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
-        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
+        deserialize_u8 deserialize_u16 deserialize_u128
+    }
+
+    // The document gives these the formats int32 and int64: larger values are refused, as their
+    // format says, so that every client can hold what it reads back.
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        within(integral(self.0), i32::MAX.unsigned_abs().into())?.deserialize_any(visitor)
+    }
+
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        within(integral(self.0), i64::MAX.unsigned_abs())?.deserialize_any(visitor)
     }
 
     forward_to_deserialize_any! {
@@ -95,6 +105,17 @@ macro_rules! integers {
     )*};
 }
 use integers;
+
+/// `value`, unless it is an integer above `max`.
+fn within(value: Value, max: u64) -> Result<Value, serde_json::Error> {
+    match value.as_u64() {
+        Some(n) if n > max => Err(de::Error::invalid_value(
+            Unexpected::Unsigned(n),
+            &format!("an integer of at most {max}").as_str(),
+        )),
+        _ => Ok(value),
+    }
+}
 
 /// `value`, with a number that has no fraction and fits an i64 or a u64 made that integer.
 fn integral(value: Value) -> Value {
@@ -184,6 +205,18 @@ mod tests {
         }
         let signed: i64 = from_value(serde_json::json!(-3.0)).unwrap();
         assert_eq!(signed, -3);
+    }
+
+    #[test]
+    fn unsigned_integers_stay_within_their_documented_formats() {
+        let largest: u64 = from_value(serde_json::json!(i64::MAX)).unwrap();
+        assert_eq!(largest, i64::MAX.unsigned_abs());
+        let error = from_value::<u64>(serde_json::json!(i64::MAX.unsigned_abs() + 1)).unwrap_err();
+        assert!(error.to_string().contains("at most 9223372036854775807"), "{error}");
+        let largest: u32 = from_value(serde_json::json!(i32::MAX)).unwrap();
+        assert_eq!(largest, i32::MAX.unsigned_abs());
+        assert!(from_value::<u32>(serde_json::json!(i32::MAX.unsigned_abs() + 1)).is_err());
+        assert!(from_value::<Inner>(serde_json::json!({"a": 1e19})).is_err());
     }
 
     #[test]

@@ -32,21 +32,32 @@ const MAX_NAME: usize = 64;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    /// Who it is for; the audit log records this name. 1 to 64 visible characters.
-    #[schema(example = "desk-eu")]
+    /// Who it is for; the audit log records this name. 1 to 64 visible ASCII characters and inner
+    /// spaces.
+    #[schema(
+        example = "desk-eu",
+        pattern = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$",
+        max_length = 64
+    )]
     name: String,
-    /// Scopes, each one the caller holds itself: `forecasts:read`, `forecasts:write`, `audit:read`,
-    /// `invalidations:read`, `invalidations:write`, `events:publish`, `events:subscribe`,
-    /// `webhooks:admin`, `tokens:admin`, `metrics:read`, `admin`.
-    #[schema(example = json!(["forecasts:read", "events:subscribe"]))]
+    /// Scopes, each one the caller holds itself.
+    #[schema(example = json!(["forecasts:read", "events:subscribe"]), value_type = Vec<Scope>, min_items = 1, max_items = 64)]
     scopes: Vec<String>,
     /// Topic patterns its subscriptions may cover; empty: every topic the caller may cover.
     #[serde(default)]
+    #[schema(schema_with = topic_patterns)]
     topics: Vec<String>,
-    /// RFC 3339; from then on it is refused. None: it lasts until revoked.
+    /// RFC 3339, in the future; from then on it is refused. Absent or null: it lasts until revoked.
     #[serde(default)]
-    #[schema(example = "2027-01-01T00:00:00Z")]
+    #[schema(example = "2027-01-01T00:00:00Z", format = DateTime)]
     expires_at: Option<String>,
+}
+
+/// The most topic patterns and scopes of a token.
+const MAX_LIST: usize = 64;
+
+fn topic_patterns() -> utoipa::openapi::schema::Array {
+    shared::openapi::list(utoipa::openapi::Ref::from_schema_name("TopicPattern"), 0, MAX_LIST).build()
 }
 
 /// A token as listed: never its secret or hash.
@@ -109,14 +120,22 @@ impl Inner {
 
 /// Checks a new token's fields, and that it grants nothing its maker does not hold.
 fn checked(principal: &Principal, new: NewToken, now_ms: u64) -> ApiResult<(Vec<String>, Option<u64>)> {
-    let name = new.name.trim();
-    if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+    let name = &new.name;
+    let inner_spaces_only = name.trim() == name;
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || !inner_spaces_only
+        || !name.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+    {
         return Err(ApiError::unprocessable(format!(
-            "name must be 1 to {MAX_NAME} visible ASCII characters"
+            "name must be 1 to {MAX_NAME} visible ASCII characters (spaces only between them)"
         )));
     }
-    if new.scopes.is_empty() {
-        return Err(ApiError::unprocessable("scopes: give at least one"));
+    if new.scopes.is_empty() || new.scopes.len() > MAX_LIST {
+        return Err(ApiError::unprocessable(format!("scopes: give 1 to {MAX_LIST}")));
+    }
+    if new.topics.len() > MAX_LIST {
+        return Err(ApiError::unprocessable(format!("topics: at most {MAX_LIST} patterns")));
     }
     for name in &new.scopes {
         let scope =
@@ -170,7 +189,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     let principal = state.principal(&headers, Scope::TokensAdmin)?;
     let now_ms = unix_millis(OffsetDateTime::now_utc());
-    let name = new.name.trim().to_owned();
+    let name = new.name.clone();
     let scopes = new.scopes.clone();
     let (topics, expires_at_ms) = checked(&principal, new, now_ms)?;
     let no_randomness = || ApiError::unavailable("no system randomness");
@@ -240,4 +259,20 @@ pub async fn revoke(
         .audit(&principal, "token.revoke", id, StatusCode::NO_CONTENT, detail)
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::PartialSchema;
+
+    use super::{MAX_LIST, MAX_NAME, NewToken};
+
+    /// The limits the document gives are the ones `checked` applies.
+    #[test]
+    fn documented_limits_are_the_checked_ones() {
+        let schema = serde_json::to_value(NewToken::schema()).unwrap();
+        assert_eq!(schema["properties"]["name"]["maxLength"], MAX_NAME, "{schema}");
+        assert_eq!(schema["properties"]["scopes"]["maxItems"], MAX_LIST, "{schema}");
+        assert_eq!(schema["properties"]["topics"]["maxItems"], MAX_LIST, "{schema}");
+    }
 }

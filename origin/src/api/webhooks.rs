@@ -11,14 +11,17 @@ use shared::events::TopicPattern;
 use shared::webhooks::Secret;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 
 use super::AppState;
 use super::auth::{Principal, Scope};
 use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody};
-use super::extract::{ApiPath, ApiQuery, JsonBody, page_limit, parse_value};
+use super::extract::{ApiPath, ApiQuery, JsonBody, page_limit, parse_value, whole_number};
 use crate::storage::unix_millis;
 use crate::storage::webhooks::{Attempt, Delivery, StoredEndpoint, StoredSecret};
-use crate::webhooks::{EndpointStats, check_headers};
+use crate::webhooks::{
+    EndpointStats, HEADER_NAME_PATTERN, HEADER_VALUE_PATTERN, MAX_HEADER_VALUE, MAX_HEADERS, check_headers,
+};
 
 /// Most topic patterns and types per endpoint.
 const MAX_FILTERS: usize = 64;
@@ -29,28 +32,80 @@ const MAX_DESCRIPTION: usize = 1024;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
-    #[schema(example = "https://hooks.example.com/forecasts")]
+    /// Where to POST: `https://` (and `http://` where `webhooks.allow_http` permits it), no credentials,
+    /// to an address `webhooks.allowed_targets` permits.
+    #[schema(example = "https://hooks.example.com/forecasts", format = "uri", max_length = 2048)]
     url: String,
     /// Topic patterns as `GET /v1/stream` takes them (`*` one segment, `**` the rest).
-    #[schema(example = json!(["indicators.**"]))]
+    #[schema(example = json!(["indicators.**"]), schema_with = topic_filters)]
     topics: Vec<String>,
-    /// Only these event types; absent: every type.
+    /// Only these event types; absent or null: every type.
     #[serde(default)]
+    #[schema(schema_with = event_types_or_null)]
     types: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     description: String,
     #[serde(default = "enabled")]
     enabled: bool,
-    /// Most attempts per second (per origin).
+    /// Most attempts per second (per origin); absent or null: no limit.
     #[serde(default)]
+    #[schema(minimum = 1)]
     rate_limit: Option<u32>,
     /// Headers added to every request.
     #[serde(default)]
+    #[schema(schema_with = custom_headers)]
     headers: BTreeMap<String, String>,
 }
 
 fn enabled() -> bool {
     true
+}
+
+/// The most bytes of a target URL.
+const MAX_URL: usize = 2048;
+
+fn topic_filters_of(min_items: usize) -> utoipa::openapi::schema::ArrayBuilder {
+    shared::openapi::list(
+        utoipa::openapi::Ref::from_schema_name("TopicPattern"),
+        min_items,
+        MAX_FILTERS,
+    )
+}
+
+fn topic_filters() -> utoipa::openapi::schema::Array {
+    topic_filters_of(1).build()
+}
+
+fn topic_filters_or_null() -> utoipa::openapi::schema::Array {
+    topic_filters_of(1).schema_type(or_null(Type::Array)).build()
+}
+
+fn event_types_or_null() -> utoipa::openapi::schema::Array {
+    shared::openapi::list(utoipa::openapi::Ref::from_schema_name("EventTypeName"), 1, MAX_FILTERS)
+        .schema_type(or_null(Type::Array))
+        .build()
+}
+
+fn or_null(kind: Type) -> SchemaType {
+    SchemaType::from_iter([kind, Type::Null])
+}
+
+fn custom_headers_of(kind: SchemaType) -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(kind)
+        .property_names(Some(shared::openapi::text(HEADER_NAME_PATTERN, MAX_HEADER_VALUE)))
+        .additional_properties(Some(shared::openapi::text(HEADER_VALUE_PATTERN, MAX_HEADER_VALUE)))
+        .max_properties(Some(MAX_HEADERS))
+        .build()
+}
+
+fn custom_headers() -> utoipa::openapi::Object {
+    custom_headers_of(SchemaType::new(Type::Object))
+}
+
+fn custom_headers_or_null() -> utoipa::openapi::Object {
+    custom_headers_of(or_null(Type::Object))
 }
 
 /// A field that may be absent (no change), `null` (cleared) or a value.
@@ -61,20 +116,25 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// `PATCH /admin/v1/webhooks/{id}`: the fields given replace the stored ones (`null` clears `types`
-/// and `rate_limit`). `enabled: true` also clears a disabled endpoint's failure record.
+/// and `rate_limit`, and leaves the others as they are). `enabled: true` also clears a disabled
+/// endpoint's failure record.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointChange {
+    #[schema(format = "uri", max_length = 2048)]
     url: Option<String>,
+    #[schema(schema_with = topic_filters_or_null)]
     topics: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = event_types_or_null)]
     types: Option<Option<Vec<String>>>,
+    #[schema(max_length = 1024)]
     description: Option<String>,
     enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1)]
     rate_limit: Option<Option<u32>>,
+    #[schema(schema_with = custom_headers_or_null)]
     headers: Option<BTreeMap<String, String>>,
 }
 
@@ -152,6 +212,9 @@ fn new_id() -> ApiResult<String> {
 /// Checks every field an endpoint may be given, with a message that says what is wrong.
 async fn check_endpoint(state: &AppState, endpoint: &StoredEndpoint) -> ApiResult<()> {
     let invalid = |message: String| ApiError::unprocessable(message);
+    if endpoint.url.chars().count() > MAX_URL {
+        return Err(invalid(format!("url: at most {MAX_URL} characters")));
+    }
     let url = state
         .webhooks
         .policy
@@ -172,16 +235,15 @@ async fn check_endpoint(state: &AppState, endpoint: &StoredEndpoint) -> ApiResul
             .map_err(|e| invalid(format!("topics: {e}")))?;
     }
     if let Some(types) = &endpoint.types {
-        let well_formed =
-            |t: &String| !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let well_formed = |t: &String| shared::events::is_type_name(t);
         if types.is_empty() || types.len() > MAX_FILTERS || !types.iter().all(well_formed) {
             return Err(invalid(format!(
                 "types: give 1 to {MAX_FILTERS} event type names (letters, digits, _), or leave it out for every type"
             )));
         }
     }
-    if endpoint.description.len() > MAX_DESCRIPTION {
-        return Err(invalid(format!("description: at most {MAX_DESCRIPTION} bytes")));
+    if endpoint.description.chars().count() > MAX_DESCRIPTION {
+        return Err(invalid(format!("description: at most {MAX_DESCRIPTION} characters")));
     }
     if endpoint.rate_limit == Some(0) {
         return Err(invalid(
@@ -444,7 +506,7 @@ pub struct AttemptList {
 /// The newest attempts: when, status, latency, the start of the response, what came of it.
 #[utoipa::path(get, path = "/admin/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = ["webhooks:admin"])),
     params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits"), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100")),
-    responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody), AdminErrors))]
+    responses((status = 200, body = AttemptList), (status = 400, description = "A limit out of range", body = ErrorBody), (status = 404, body = ErrorBody), AdminErrors))]
 pub async fn deliveries(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -506,13 +568,19 @@ pub async fn redrive(
 
 /// One message (by its event id) sent again, whatever became of it before.
 #[utoipa::path(post, path = "/admin/v1/webhooks/{id}/messages/{event_id}/resend", tag = "webhooks", params(("id" = String, Path, description = "The endpoint's id, `ep_` and 24 hex digits"), ("event_id" = u64, Path, description = "The event's id in the log")), security(("bearer" = ["webhooks:admin"])),
-    responses((status = 202, body = Queued), (status = 404, description = "No such endpoint, or the event is not in the log", body = ErrorBody), AdminErrors))]
+    responses((status = 202, body = Queued), (status = 400, description = "The event id is not a whole number", body = ErrorBody), (status = 404, description = "No such endpoint, or the event is not in the log", body = ErrorBody), AdminErrors))]
 pub async fn resend(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath((id, event_id)): ApiPath<(String, u64)>,
+    ApiPath((id, event_id)): ApiPath<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
     let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
+    let event_id = whole_number(&event_id).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_event_id",
+            format!("event id {event_id:?} must be a whole number"),
+        )
+    })?;
     load(&state, &id).await?;
     if !state.webhooks.resend(&id, event_id).await? {
         return Err(ApiError::not_found(format!(
@@ -530,7 +598,7 @@ pub async fn resend(
 #[serde(deny_unknown_fields)]
 pub struct Replay {
     /// RFC 3339 or unix milliseconds: events appended since then that the endpoint's filter takes.
-    #[schema(example = "2026-11-23T14:00:00Z")]
+    #[schema(value_type = super::openapi::Instant)]
     since: String,
 }
 
@@ -557,4 +625,24 @@ pub async fn replay(
         .audit(&principal, "webhook.replay", id, StatusCode::ACCEPTED, detail)
         .await;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::PartialSchema;
+
+    use super::{EndpointChange, MAX_DESCRIPTION, MAX_URL, NewEndpoint};
+
+    /// The lengths the document gives are the ones `check_endpoint` applies.
+    #[test]
+    fn documented_lengths_are_the_checked_ones() {
+        for schema in [NewEndpoint::schema(), EndpointChange::schema()] {
+            let schema = serde_json::to_value(schema).unwrap();
+            assert_eq!(schema["properties"]["url"]["maxLength"], MAX_URL, "{schema}");
+            assert_eq!(
+                schema["properties"]["description"]["maxLength"], MAX_DESCRIPTION,
+                "{schema}"
+            );
+        }
+    }
 }

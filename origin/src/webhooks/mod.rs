@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName};
 use serde::Serialize;
 use shared::events::{Event, TopicPattern};
 use shared::webhooks::{Secret, signature_header};
@@ -879,6 +879,15 @@ async fn deliver_loop(webhooks: Weak<Webhooks>) {
 }
 
 /// Checks the custom headers an endpoint adds to its requests.
+/// A custom header's name: an HTTP token.
+pub const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+/// A custom header's value: visible ASCII, spaces and tabs.
+pub const HEADER_VALUE_PATTERN: &str = "^[\\t\\x20-\\x7e]*$";
+/// The most custom headers of an endpoint.
+pub const MAX_HEADERS: usize = 20;
+/// The longest custom header value (and name).
+pub const MAX_HEADER_VALUE: usize = 1024;
+
 pub fn check_headers(headers: &std::collections::BTreeMap<String, String>) -> std::result::Result<(), String> {
     const RESERVED: &[&str] = &[
         "webhook-id",
@@ -890,11 +899,16 @@ pub fn check_headers(headers: &std::collections::BTreeMap<String, String>) -> st
         "transfer-encoding",
         "connection",
     ];
-    if headers.len() > 20 {
-        return Err("at most 20 custom headers".into());
+    if headers.len() > MAX_HEADERS {
+        return Err(format!("at most {MAX_HEADERS} custom headers"));
     }
     let mut seen = HashSet::new();
     for (name, value) in headers {
+        if name.len() > MAX_HEADER_VALUE {
+            return Err(format!(
+                "the header name `{name}` is longer than {MAX_HEADER_VALUE} bytes"
+            ));
+        }
         let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))?;
         if RESERVED.contains(&parsed.as_str()) {
             return Err(format!("header `{name}` is set by the dispatcher"));
@@ -902,10 +916,15 @@ pub fn check_headers(headers: &std::collections::BTreeMap<String, String>) -> st
         if !seen.insert(parsed) {
             return Err(format!("header `{name}` is given twice"));
         }
-        HeaderValue::from_str(value)
-            .map_err(|_| format!("the value of header `{name}` is not a valid header value"))?;
-        if value.len() > 1024 {
-            return Err(format!("the value of header `{name}` is longer than 1024 bytes"));
+        if !value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+            return Err(format!(
+                "the value of header `{name}` must hold only visible ASCII, spaces and tabs"
+            ));
+        }
+        if value.len() > MAX_HEADER_VALUE {
+            return Err(format!(
+                "the value of header `{name}` is longer than {MAX_HEADER_VALUE} bytes"
+            ));
         }
     }
     Ok(())
@@ -914,6 +933,7 @@ pub fn check_headers(headers: &std::collections::BTreeMap<String, String>) -> st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::HeaderValue;
 
     #[test]
     fn statuses_are_delivered_retried_or_final() {

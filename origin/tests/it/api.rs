@@ -302,12 +302,15 @@ async fn a_batch_read_answers_in_order_and_lists_the_missing() {
     assert_eq!(found, [("MSFT".into(), "1d".into()), ("AAPL".into(), "1h".into())]);
     assert_eq!(body["missing"], json!(["NVDA:1h"]));
 
-    // More copies of one key than a batch may hold keys: they are one key.
-    let many = vec!["AAPL:1h"; 150].join(",");
+    // Copies of one key are answered once, and count against the limit as the document's maxItems does.
+    let many = vec!["AAPL:1h"; 100].join(",");
     let response = get(&origin, &format!("/v1/forecasts?keys={many}")).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["forecasts"].as_array().unwrap().len(), 1);
+    let too_many = vec!["AAPL:1h"; 101].join(",");
+    let response = get(&origin, &format!("/v1/forecasts?keys={too_many}")).await;
+    assert_eq!(response.status(), 400);
 }
 
 #[tokio::test]
@@ -830,9 +833,11 @@ async fn operations_endpoints_answer() {
     }
     for route in ["/v1/forecasts", "/admin/v1/audit", "/admin/v1/invalidations"] {
         for parameter in paths[route]["get"]["parameters"].as_array().unwrap() {
+            // A batch read needs its keys; everything else in these queries is optional.
+            let required = parameter["name"] == "keys";
             assert_eq!(
                 (parameter["in"].as_str(), parameter["required"].as_bool()),
-                (Some("query"), Some(false)),
+                (Some("query"), Some(required)),
                 "{route}: {parameter}"
             );
         }
@@ -982,7 +987,13 @@ async fn waits_lookups_and_warming_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let origin = TestOrigin::start(support::config(dir.path())).await;
     let tags = json!({"tags": ["AAPL"]});
-    for (query, code) in [("wait=soon", "invalid_query"), ("wait=31s", "invalid_wait")] {
+    for (query, code) in [
+        ("wait=soon", "invalid_wait"),
+        ("wait=31s", "invalid_wait"),
+        ("wait=1m", "invalid_wait"),
+        ("wait=", "invalid_wait"),
+        ("wait=1s&wait=2s", "invalid_query"),
+    ] {
         let path = format!("/admin/v1/invalidations?{query}");
         let response = origin.admin(Method::POST, &path).json(&tags).send().await.unwrap();
         expect_error(response, 400, code).await;

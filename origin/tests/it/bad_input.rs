@@ -531,7 +531,7 @@ async fn tokens_without_the_scope_are_403() {
 }
 
 #[tokio::test]
-async fn a_write_batch_over_the_limit_is_413() {
+async fn a_write_batch_over_the_limit_is_400() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = support::config(dir.path());
     config.http.max_batch_writes = NonZeroUsize::new(2).unwrap();
@@ -543,7 +543,7 @@ async fn a_write_batch_over_the_limit_is_413() {
         .send()
         .await
         .unwrap();
-    expect_error(response, 413, "batch_too_large").await;
+    expect_error(response, 400, "batch_too_large").await;
     expect_error(
         origin.get("/v1/forecasts/NVDA/1h").send().await.unwrap(),
         404,
@@ -580,11 +580,23 @@ async fn bad_batch_reads_are_400() {
         .unwrap();
     expect_error(response, 400, "batch_too_large").await;
 
-    for keys in ["AAPL:2h", "AAPL", "AA%20PL:1h", ":1h", "AAPL:1h:1d", "AAPL:1h,MSFT"] {
+    // A list is comma-separated keys, without spaces or empty items.
+    for keys in [
+        "AAPL:2h",
+        "AAPL",
+        "AA%20PL:1h",
+        ":1h",
+        "AAPL:1h:1d",
+        "AAPL:1h,MSFT",
+        ",,",
+        "%20",
+        "AAPL:1h,",
+        "AAPL:1h,%20MSFT:1d",
+    ] {
         let response = origin.get(&format!("/v1/forecasts?keys={keys}")).send().await.unwrap();
         expect_error(response, 400, "invalid_key").await;
     }
-    for query in ["", "?keys=", "?keys=,,", "?keys=%20"] {
+    for query in ["", "?keys="] {
         let response = origin.get(&format!("/v1/forecasts{query}")).send().await.unwrap();
         expect_error(response, 400, "missing_keys").await;
     }
@@ -789,20 +801,23 @@ async fn invalidation_bodies_that_are_not_json_are_refused() {
 #[tokio::test]
 async fn bad_invalidation_log_queries_are_400() {
     let (origin, before) = seeded(TestOrigin::embedded().await).await;
-    for query in [
-        "after=-1",
-        "after=abc",
-        "after=99999999999999999999999",
-        "after=",
-        "from=1",
-        "limit=x",
+    // A sequence is a whole number of at most 2^63 - 1, as the document's int64 says.
+    for (query, code) in [
+        ("after=-1", "invalid_after"),
+        ("after=abc", "invalid_after"),
+        ("after=+1", "invalid_after"),
+        ("after=9223372036854775808", "invalid_after"),
+        ("after=99999999999999999999999", "invalid_after"),
+        ("after=", "invalid_after"),
+        ("from=1", "invalid_query"),
+        ("limit=x", "invalid_query"),
     ] {
         let response = origin
             .admin(Method::GET, &format!("/admin/v1/invalidations?{query}"))
             .send()
             .await
             .unwrap();
-        expect_error(response, 400, "invalid_query").await;
+        expect_error(response, 400, code).await;
     }
     for limit in ["0", "1001"] {
         let response = origin
@@ -827,11 +842,12 @@ async fn malformed_if_match_is_400() {
             .json(&forecast(("lstm", "1"), 101.0))
             .send()
     };
-    for value in ["", "null", "3-abc", "\"unterminated", "W/x"] {
+    for value in ["null", "3-abc", "\"unterminated", "W/x", "*, \"a\""] {
         expect_error(write(value).await.unwrap(), 400, "invalid_if_match").await;
     }
-    // Well-formed but stale, or weak (If-Match compares strongly): a failed precondition.
-    for value in ["\"0-stale\"", "W/\"0-stale\""] {
+    // Well-formed but stale, weak (If-Match compares strongly), or an empty list (RFC 9110 §5.6.1: a list
+    // may hold no element, and then none matches): a failed precondition.
+    for value in ["\"0-stale\"", "W/\"0-stale\"", "", ", ,"] {
         expect_error(write(value).await.unwrap(), 412, "precondition_failed").await;
     }
     assert_unchanged(&origin, &before).await;
@@ -845,6 +861,17 @@ async fn every_stream_start_is_checked() {
         ("since=yesterday", Some("1"), "invalid_since"),
         ("last_event_id=x", Some("1"), "invalid_last_event_id"),
         ("since=0", Some("x"), "invalid_last_event_id"),
+        // Ids are int64, as the document says; instants are RFC 3339 or 1 to 16 digits.
+        ("since=0", Some("9223372036854775808"), "invalid_last_event_id"),
+        ("last_event_id=%2B1", None, "invalid_last_event_id"),
+        ("since=%2B1", None, "invalid_since"),
+        ("since=12345678901234567", None, "invalid_since"),
+        // Lists are comma-separated, without spaces or empty items; types are event type names.
+        ("instruments=AAPL,", None, "invalid_instruments"),
+        ("instruments=", None, "invalid_instruments"),
+        ("types=", None, "invalid_types"),
+        ("types=Pattern%20Detected", None, "invalid_types"),
+        ("types=A,,B", None, "invalid_types"),
     ] {
         let mut request = origin
             .get(&format!("/v1/stream?topics=**&{query}"))
@@ -854,4 +881,64 @@ async fn every_stream_start_is_checked() {
         }
         expect_error(request.send().await.unwrap(), 400, code).await;
     }
+}
+
+/// What the document says of webhook endpoints and tokens is what the origin takes: header values of
+/// visible ASCII, lengths in characters, token names without outer spaces, event ids of int64.
+#[tokio::test]
+async fn endpoint_and_token_fields_are_read_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.webhooks.allowed_targets = vec!["100::/64".to_owned()];
+    let origin = TestOrigin::start(config).await;
+    let create = |body: Value| origin.admin(Method::POST, "/admin/v1/webhooks").json(&body).send();
+    let endpoint = |extra: Value| {
+        let mut body = json!({"url": "https://[100::1]/hook", "topics": ["indicators.**"], "enabled": false});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for refused in [
+        json!({"headers": {"x-desk": "caf\u{e9}"}}),
+        json!({"headers": {"x-desk": "a\u{7f}"}}),
+        json!({"description": "\u{e9}".repeat(1025)}),
+        json!({"url": format!("https://[100::1]/{}", "a".repeat(2048))}),
+    ] {
+        expect_error(create(endpoint(refused.clone())).await.unwrap(), 422, "invalid_body").await;
+    }
+    // 1024 characters of two bytes each: the limit counts characters, as JSON Schema's maxLength does.
+    let response = create(endpoint(
+        json!({"description": "\u{e9}".repeat(1024), "headers": {"x-desk": "eu\t1"}}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for event_id in ["9223372036854775808", "-1", "%2B1"] {
+        let response = origin
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/webhooks/{id}/messages/{event_id}/resend"),
+            )
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, 400, "invalid_event_id").await;
+    }
+
+    let make_token = |body: Value| origin.admin(Method::POST, "/admin/v1/tokens").json(&body).send();
+    let topics: Vec<String> = (0..65).map(|i| format!("t{i}.**")).collect();
+    for refused in [
+        json!({"name": " desk", "scopes": ["forecasts:read"]}),
+        json!({"name": "desk ", "scopes": ["forecasts:read"]}),
+        json!({"name": "desk", "scopes": ["forecasts:read"], "topics": topics}),
+    ] {
+        expect_error(make_token(refused).await.unwrap(), 422, "invalid_body").await;
+    }
+    let made = make_token(json!({"name": "desk eu", "scopes": ["forecasts:read"]}))
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
 }

@@ -5,10 +5,6 @@
   create and change is sent with `"enabled": false` (the origin dead-letters what a disabled endpoint
   would get, without connecting), and an `https` URL's host name is replaced by an address literal,
   which the origin checks without DNS. The rest of the URL (scheme, user, port, path) stays as generated.
-* Path parameters that the document names in a path but does not define are declared (as strings; an
-  `event_id` as a whole number) before the document is loaded, and said so on standard error: those
-  operations are fuzzed too instead of failing as schema errors. Making the document exact is the work
-  of the contract tests; once it is, this declares nothing.
 * Every 5xx answer and every request that got no answer in time (a hang) is written to the file named by
   `$FUZZ_FINDINGS`, one JSON object a line, with the request that reproduces it.
 """
@@ -18,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import sys
 import threading
 import urllib.parse
 
@@ -75,8 +70,6 @@ def without_host_name(url):
     return f"https://{userinfo}{at}{STAND_IN_HOST}{port}{remainder}"
 
 
-# The type of an undeclared path parameter, by name; others are strings.
-UNDECLARED_PATH_PARAMETERS = {"event_id": {"type": "integer", "minimum": 0}}
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -120,30 +113,6 @@ def _check_webhook_bodies(raw_schema):
 @schemathesis.hook
 def before_load_schema(context, raw_schema):
     _check_webhook_bodies(raw_schema)
-    for path, item in (raw_schema.get("paths") or {}).items():
-        named = re.findall(r"\{([^{}]+)\}", path)
-        shared = {p.get("name") for p in item.get("parameters", []) if p.get("in") == "path"}
-        for method, operation in item.items():
-            if method not in METHODS or not isinstance(operation, dict):
-                continue
-            declared = shared | {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "path"}
-            missing = [name for name in named if name not in declared]
-            if not missing:
-                continue
-            operation.setdefault("parameters", []).extend(
-                {
-                    "name": name,
-                    "in": "path",
-                    "required": True,
-                    "schema": UNDECLARED_PATH_PARAMETERS.get(name, {"type": "string"}),
-                }
-                for name in missing
-            )
-            print(
-                f"schemathesis_hooks: {method.upper()} {path} does not define path parameters "
-                f"{', '.join(missing)}; declared here to fuzz it",
-                file=sys.stderr,
-            )
 
 
 def _operation(case):
