@@ -27,8 +27,10 @@ use shared::wire::{
 use tokio::sync::{broadcast, watch};
 use utoipa::ToSchema;
 
-use crate::api::AppState;
 use crate::config::QuicConfig;
+use crate::forecasts::Forecasts;
+use crate::metrics::Metrics;
+use crate::warming::Warming;
 
 /// Invalidations read from the log at a time, during replay and while following it.
 const PAGE: NonZeroUsize = NonZeroUsize::new(1000).expect("non-zero");
@@ -276,9 +278,19 @@ impl Edges {
     }
 }
 
+/// What the control plane works with: the forecasts (their invalidation log, and the L1 cache it keeps
+/// in step), the edges connected, the pushes of warming, and the metrics.
+#[derive(Debug, Clone)]
+pub struct ControlState {
+    pub forecasts: Arc<Forecasts>,
+    pub edges: Edges,
+    pub warming: Arc<Warming>,
+    pub metrics: Metrics,
+}
+
 /// Binds the control plane's UDP socket and starts accepting edges. TLS files are checked here, so a
 /// wrong file stops the origin at start with its name.
-pub fn start(quic: &QuicConfig, tls: &TlsFiles, listen: SocketAddr, state: AppState) -> Result<ControlPlane> {
+pub fn start(quic: &QuicConfig, tls: &TlsFiles, listen: SocketAddr, state: ControlState) -> Result<ControlPlane> {
     let pem = tls.read().context("control-plane TLS ([tls])")?;
     let tls = server_config(&pem, wire::ALPN).context("control-plane TLS ([tls])")?;
     let crypto = QuicServerConfig::try_from(Arc::new(tls)).context("control-plane TLS for QUIC")?;
@@ -307,7 +319,7 @@ struct Settings {
     heartbeat_interval: Duration,
 }
 
-async fn accept(endpoint: Endpoint, settings: Arc<Settings>, state: AppState, edges: Edges) {
+async fn accept(endpoint: Endpoint, settings: Arc<Settings>, state: ControlState, edges: Edges) {
     let mut next_id = 0u64;
     while let Some(incoming) = endpoint.accept().await {
         next_id += 1;
@@ -357,7 +369,7 @@ async fn serve(
     connection: &Connection,
     identity: &EdgeIdentity,
     settings: &Settings,
-    state: &AppState,
+    state: &ControlState,
     edges: &Edges,
 ) -> Result<()> {
     let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
@@ -514,7 +526,7 @@ impl Forwarding<'_> {
     async fn forward(
         &self,
         writer: &mut FrameWriter<SendStream>,
-        state: &AppState,
+        state: &ControlState,
         mut sent: Option<u64>,
     ) -> Result<Option<u64>> {
         loop {
@@ -552,7 +564,7 @@ impl Forwarding<'_> {
     async fn warm(
         &self,
         writer: &mut FrameWriter<SendStream>,
-        state: &AppState,
+        state: &ControlState,
         mut sent: Option<u64>,
         warm: &OriginMessage,
     ) -> Result<Option<u64>> {
@@ -570,7 +582,7 @@ impl Forwarding<'_> {
     }
 }
 
-fn count_drop_all(state: &AppState, reason: DropReason) {
+fn count_drop_all(state: &ControlState, reason: DropReason) {
     state
         .metrics
         .control_drop_all

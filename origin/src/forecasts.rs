@@ -183,21 +183,19 @@ impl Forecasts {
         result
     }
 
-    /// The L1 cache, unless it is off or bypassed (while a warming push is rendered).
-    fn l1(&self) -> Option<&L1Cache> {
-        self.l1
-            .as_ref()
-            .filter(|_| crate::warming::BYPASS_L1.try_with(|()| ()).is_err())
+    /// The current version of each key, in order, read from storage.
+    pub async fn stored_many(&self, keys: &[ForecastKey]) -> Result<Vec<Entry>> {
+        let found = self.timed("current", self.store.current_many(keys)).await?;
+        Ok(found
+            .into_iter()
+            .map(|r| r.map(|r| Arc::new(Rendered::new(&r))))
+            .collect())
     }
 
     /// The current version of each key, in order, through the L1 cache when it is on.
     pub async fn current_many(&self, keys: &[ForecastKey]) -> Result<Vec<Entry>> {
-        let Some(l1) = self.l1() else {
-            let found = self.timed("current", self.store.current_many(keys)).await?;
-            return Ok(found
-                .into_iter()
-                .map(|r| r.map(|r| Arc::new(Rendered::new(&r))))
-                .collect());
+        let Some(l1) = &self.l1 else {
+            return self.stored_many(keys).await;
         };
         let mut answers: Vec<Option<Entry>> = Vec::with_capacity(keys.len());
         let mut stale: Vec<Option<Entry>> = Vec::with_capacity(keys.len());
@@ -252,7 +250,7 @@ impl Forecasts {
 
     pub async fn current(&self, key: &ForecastKey) -> Result<Entry> {
         // The hot path: a fresh L1 entry, without the bookkeeping of a batch.
-        if let Some(l1) = self.l1()
+        if let Some(l1) = &self.l1
             && let Lookup::Fresh(entry) = l1.get(key)
         {
             self.l1_hits.inc();

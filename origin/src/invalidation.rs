@@ -5,7 +5,7 @@
 //! storage: which selectors a request may name, the tag that covers a forecast, why one was issued.
 
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use prometheus::IntGauge;
@@ -14,7 +14,7 @@ use shared::domain::{ForecastKey, ModelRef};
 use shared::wire::{Invalid, Invalidate, MAX_KEY_BYTES, MAX_SELECTORS, Selector};
 use utoipa::ToSchema;
 
-use crate::api::AppState;
+use crate::forecasts::Forecasts;
 
 /// Why an invalidation was issued. Bounded, so it can be a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,16 +219,24 @@ impl HeadGauge {
 
 /// Keeps this origin's L1 cache in step with changes made through other origins sharing the log: reads
 /// the log every `interval` from its head at start, and applies each invalidation to the L1. Runs until
-/// the runtime stops; a failed read is retried at the next tick.
-pub async fn follow_into_l1(state: AppState, interval: Duration) {
-    let mut after = match state.forecasts.invalidation_log(None, NonZeroUsize::MIN).await {
+/// the origin's forecasts are dropped; a failed read is retried at the next tick.
+pub async fn follow_into_l1(forecasts: Weak<Forecasts>, interval: Duration) {
+    let Some(at_start) = forecasts.upgrade() else {
+        return;
+    };
+    let mut after = match at_start.invalidation_log(None, NonZeroUsize::MIN).await {
         Ok(page) => page.head,
         Err(_) => None,
     };
+    drop(at_start);
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        let page = match state.forecasts.invalidation_log(after, FOLLOW_PAGE).await {
+        // Held for one tick at a time: the task ends with the origin.
+        let Some(forecasts) = forecasts.upgrade() else {
+            return;
+        };
+        let page = match forecasts.invalidation_log(after, FOLLOW_PAGE).await {
             Ok(page) => page,
             Err(error) => {
                 tracing::debug!(%error, "invalidation log not readable; the L1 cache follows it at the next tick");
@@ -237,12 +245,12 @@ pub async fn follow_into_l1(state: AppState, interval: Duration) {
         };
         if page.trimmed {
             // Invalidations were missed: nothing in the L1 cache can be trusted to be current.
-            state.forecasts.clear_l1();
+            forecasts.clear_l1();
             after = page.head;
             continue;
         }
         for record in &page.records {
-            state.forecasts.apply_to_l1(record);
+            forecasts.apply_to_l1(record);
             after = Some(record.sequence);
         }
     }

@@ -23,7 +23,7 @@ use crate::storage::embedded::EmbeddedStore;
 use crate::storage::redis::{RedisSettings, RedisStore};
 use crate::storage::tokens::StoredToken;
 use crate::storage::{LogRetention, Retention, SharedStore};
-use crate::warming::{self, Warming};
+use crate::warming::{self, Renderer, Warming};
 use crate::webhooks::Webhooks;
 use shared::events::TopicPattern;
 
@@ -142,27 +142,37 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     );
     let webhooks = Webhooks::new(store.clone(), events.clone(), &config.webhooks, metrics.clone())
         .context("invalid [webhooks] configuration")?;
+    let forecasts = Arc::new(Forecasts::new(store, events.clone(), l1, metrics.clone()));
+    let edges = Edges::default();
+    let policy = CachePolicy::new(
+        config.auth.public_reads,
+        config.caching.browser_max_age,
+        config.caching.stale_while_revalidate,
+        config.caching.stale_if_error,
+    );
+    let limits = Limits {
+        max_body_bytes: config.http.max_body_bytes.get(),
+        max_batch_reads: config.http.max_batch_reads.get(),
+        max_batch_writes: config.http.max_batch_writes.get(),
+        public_reads: config.auth.public_reads,
+        public_metrics: config.auth.public_metrics,
+    };
+    let renderer = Renderer {
+        forecasts: forecasts.clone(),
+        policy: policy.clone(),
+        public_reads: limits.public_reads,
+        max_batch_reads: limits.max_batch_reads,
+    };
     let state = Arc::new(Inner {
-        forecasts: Forecasts::new(store, events.clone(), l1, metrics.clone()),
-        edges: Edges::default(),
-        warming: Warming::new(&config.warming),
+        warming: Warming::new(&config.warming, edges.clone(), renderer),
+        forecasts,
+        edges,
         events,
         streams,
         webhooks,
         auth,
-        policy: CachePolicy::new(
-            config.auth.public_reads,
-            config.caching.browser_max_age,
-            config.caching.stale_while_revalidate,
-            config.caching.stale_if_error,
-        ),
-        limits: Limits {
-            max_body_bytes: config.http.max_body_bytes.get(),
-            max_batch_reads: config.http.max_batch_reads.get(),
-            max_batch_writes: config.http.max_batch_writes.get(),
-            public_reads: config.auth.public_reads,
-            public_metrics: config.auth.public_metrics,
-        },
+        policy,
+        limits,
         metrics,
         refusals: Default::default(),
     });
@@ -214,15 +224,26 @@ pub async fn start(
     if config.storage.redis_url.is_some() && config.cache.enabled {
         // Other origins may write to the same Redis: follow their invalidations into the L1 cache.
         tokio::spawn(crate::invalidation::follow_into_l1(
-            state.clone(),
+            Arc::downgrade(&state.forecasts),
             config.cache.follow_interval,
         ));
     }
     let control = match config.quic.listen {
-        Some(listen) => Some(control::start(&config.quic, &config.tls, listen, state.clone())?),
+        Some(listen) => {
+            let control_state = control::ControlState {
+                forecasts: state.forecasts.clone(),
+                edges: state.edges.clone(),
+                warming: state.warming.clone(),
+                metrics: state.metrics.clone(),
+            };
+            Some(control::start(&config.quic, &config.tls, listen, control_state)?)
+        }
         None => None,
     };
-    tokio::spawn(warming::run_schedule(state.clone(), config.warming.schedule.clone()));
+    tokio::spawn(warming::run_schedule(
+        state.warming.clone(),
+        config.warming.schedule.clone(),
+    ));
     tokio::spawn(Events::tail(Arc::downgrade(&state.events), config.events.poll_interval));
     // What crashes and outages left pending is announced once storage answers.
     tokio::spawn(every(

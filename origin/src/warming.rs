@@ -1,8 +1,8 @@
 //! Warming: pushing responses to edges before anyone asks, so that the next read is a hit.
 //!
-//! A push is rendered by the origin's own router (exactly what an edge would fetch), read from storage
-//! rather than from the L1 cache (which may lag changes made through other origins), and carries the
-//! newest invalidation sequence at the time of rendering. Each control connection sends it after every
+//! A push is rendered as the read API renders the same path ([`Forecasts::read`]: exactly what an edge
+//! would fetch), read from storage rather than from the L1 cache (which may lag changes made through
+//! other origins), and carries the newest invalidation sequence at the time of rendering. Each control connection sends it after every
 //! invalidation up to that sequence, on the same ordered stream: an edge can neither store it before
 //! the purge it follows nor after a later one.
 //!
@@ -16,29 +16,35 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_LENGTH;
-use axum::http::{Request, StatusCode};
 use serde::Serialize;
 use shared::domain::{ForecastKey, Instrument, Timeframe};
 use shared::wire::{MAX_WARM_BODY_BYTES, OriginMessage, Warm};
 use time::{OffsetDateTime, Weekday};
 use tokio::sync::broadcast;
-use tower::ServiceExt;
 use utoipa::ToSchema;
 
-use crate::api::{self, AppState};
 use crate::config::{WarmSchedule, WarmingConfig};
+use crate::control::Edges;
+use crate::forecasts::Forecasts;
+use crate::reads::{Read, Through};
+use crate::representation::CachePolicy;
 use crate::storage::Result;
 
 /// Pushes waiting for a slow connection; beyond this it skips the oldest (warming is only a head start).
 const PUSHES_QUEUED: usize = 1024;
-/// The forecast API's read prefix: prefixes below it name instruments.
+/// Prefixes below this name instruments.
 const FORECASTS: &str = "/v1/forecasts/";
 
-tokio::task_local! {
-    /// Set while a push is rendered: reads skip the L1 cache.
-    pub static BYPASS_L1: ();
+/// What warming reads and renders with, as the read API does.
+#[derive(Debug)]
+pub struct Renderer {
+    pub forecasts: Arc<Forecasts>,
+    pub policy: CachePolicy,
+    /// Whether reads need no token: otherwise a read is answered to its reader only, and nothing is pushed.
+    pub public_reads: bool,
+    pub max_batch_reads: usize,
 }
 
 #[derive(Debug)]
@@ -46,6 +52,8 @@ pub struct Warming {
     pushes: broadcast::Sender<Arc<OriginMessage>>,
     hot_keys: Vec<String>,
     edge_hot_keys: bool,
+    edges: Edges,
+    renderer: Renderer,
 }
 
 /// What became of one path asked to be warmed.
@@ -59,12 +67,14 @@ pub struct Warmed {
 }
 
 impl Warming {
-    pub fn new(config: &WarmingConfig) -> Self {
-        Self {
+    pub fn new(config: &WarmingConfig, edges: Edges, renderer: Renderer) -> Arc<Self> {
+        Arc::new(Self {
             pushes: broadcast::Sender::new(PUSHES_QUEUED),
             hot_keys: config.hot_keys.clone(),
             edge_hot_keys: config.edge_hot_keys,
-        }
+            edges,
+            renderer,
+        })
     }
 
     /// Pushes to come, for one control connection.
@@ -74,9 +84,9 @@ impl Warming {
 
     /// The paths to push after a change of `key`: those including it that are configured hot, or that
     /// an edge reported among its hottest.
-    fn hot_paths_of(&self, state: &AppState, key: &ForecastKey) -> Vec<String> {
+    fn hot_paths_of(&self, key: &ForecastKey) -> Vec<String> {
         let reported = if self.edge_hot_keys {
-            state.edges.hottest()
+            self.edges.hottest()
         } else {
             Vec::new()
         };
@@ -92,9 +102,9 @@ impl Warming {
     /// The paths a set of keys and prefixes asks for: the keys themselves; for each prefix, the hot
     /// keys (configured or reported) under it and, when it names an instrument, the instrument's list
     /// and each of its timeframes.
-    fn expand(&self, state: &AppState, keys: &[String], prefixes: &[String]) -> Vec<String> {
+    fn expand(&self, keys: &[String], prefixes: &[String]) -> Vec<String> {
         let mut paths = keys.to_vec();
-        let reported = state.edges.hottest();
+        let reported = self.edges.hottest();
         for prefix in prefixes {
             let hot = self.hot_keys.iter().chain(&reported);
             paths.extend(hot.filter(|key| key.starts_with(prefix.as_str())).cloned());
@@ -110,92 +120,96 @@ impl Warming {
     }
 }
 
-/// After `keys` changed (their invalidation is in the log), pushes the hot paths that include them.
-/// Runs in the background of the change: its answer does not wait for edges.
-pub fn after_change(state: &AppState, keys: &[ForecastKey]) {
-    let mut paths: Vec<String> = keys
-        .iter()
-        .flat_map(|key| state.warming.hot_paths_of(state, key))
-        .collect();
-    paths.sort_unstable();
-    paths.dedup();
-    if paths.is_empty() || state.warming.pushes.receiver_count() == 0 {
-        return;
-    }
-    let state = state.clone();
-    tokio::spawn(async move {
-        if let Err(error) = push(&state, &paths).await {
-            tracing::debug!(%error, "warming after a change skipped: the log is unreadable");
+impl Warming {
+    /// After `keys` changed (their invalidation is in the log), pushes the hot paths that include them.
+    /// Runs in the background of the change: its answer does not wait for edges.
+    pub fn after_change(self: &Arc<Self>, keys: &[ForecastKey]) {
+        let mut paths: Vec<String> = keys.iter().flat_map(|key| self.hot_paths_of(key)).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        if paths.is_empty() || self.pushes.receiver_count() == 0 {
+            return;
         }
-    });
-}
-
-/// Renders `keys` and the paths `prefixes` name, and pushes each 200 response to every connected edge.
-pub async fn on_demand(state: &AppState, keys: &[String], prefixes: &[String]) -> Result<Vec<Warmed>> {
-    let paths = state.warming.expand(state, keys, prefixes);
-    push(state, &paths).await
-}
-
-async fn push(state: &AppState, paths: &[String]) -> Result<Vec<Warmed>> {
-    // Read before rendering: the responses are at least this recent.
-    let sequence = state.forecasts.invalidation_log(None, NonZeroUsize::MIN).await?.head;
-    let router = api::router(state.clone());
-    let mut warmed = Vec::with_capacity(paths.len());
-    for path in paths {
-        let (status, warm) = render(&router, path, sequence).await;
-        let bytes = warm.as_ref().map_or(0, |warm| warm.body.len());
-        if let Some(warm) = warm {
-            // No receiver: no edge is connected, nothing to do.
-            let _ = state.warming.pushes.send(Arc::new(OriginMessage::Warm(warm)));
-        }
-        warmed.push(Warmed {
-            key: path.clone(),
-            status: status.as_u16(),
-            pushed: status == StatusCode::OK && bytes <= MAX_WARM_BODY_BYTES,
-            bytes,
+        let warming = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = warming.push(&paths).await {
+                tracing::debug!(%error, "warming after a change skipped: the log is unreadable");
+            }
         });
     }
-    Ok(warmed)
+
+    /// Renders `keys` and the paths `prefixes` name, and pushes each 200 response to every connected edge.
+    pub async fn on_demand(&self, keys: &[String], prefixes: &[String]) -> Result<Vec<Warmed>> {
+        let paths = self.expand(keys, prefixes);
+        self.push(&paths).await
+    }
+
+    async fn push(&self, paths: &[String]) -> Result<Vec<Warmed>> {
+        // Read before rendering: the responses are at least this recent.
+        let sequence = self
+            .renderer
+            .forecasts
+            .invalidation_log(None, NonZeroUsize::MIN)
+            .await?
+            .head;
+        let mut warmed = Vec::with_capacity(paths.len());
+        for path in paths {
+            let (status, warm) = self.renderer.render(path, sequence).await;
+            let bytes = warm.as_ref().map_or(0, |warm| warm.body.len());
+            if let Some(warm) = warm {
+                // No receiver: no edge is connected, nothing to do.
+                let _ = self.pushes.send(Arc::new(OriginMessage::Warm(warm)));
+            }
+            warmed.push(Warmed {
+                key: path.clone(),
+                status: status.as_u16(),
+                pushed: status == StatusCode::OK && bytes <= MAX_WARM_BODY_BYTES,
+                bytes,
+            });
+        }
+        Ok(warmed)
+    }
 }
 
-/// The origin's answer to `GET path`, as a push when it is a 200 that fits one.
-async fn render(router: &axum::Router, path: &str, sequence: Option<u64>) -> (StatusCode, Option<Warm>) {
-    let Ok(request) = Request::get(path).body(Body::empty()) else {
-        return (StatusCode::BAD_REQUEST, None);
-    };
-    let response = match BYPASS_L1.scope((), router.clone().oneshot(request)).await {
-        Ok(response) => response,
-        Err(infallible) => match infallible {},
-    };
-    let status = response.status();
-    if status != StatusCode::OK {
-        return (status, None);
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, MAX_WARM_BODY_BYTES).await else {
-        return (status, None);
-    };
-    let mut headers: Vec<(String, Vec<u8>)> = parts
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect();
-    if !parts.headers.contains_key(CONTENT_LENGTH) {
+impl Renderer {
+    /// The read API's answer to `GET path` from an edge (no token, no validators), as a push when it is
+    /// a 200 that fits one.
+    async fn render(&self, path: &str, sequence: Option<u64>) -> (StatusCode, Option<Warm>) {
+        let Some(read) = Read::parse(path, self.max_batch_reads) else {
+            return (StatusCode::NOT_FOUND, None);
+        };
+        if !self.public_reads {
+            return (StatusCode::UNAUTHORIZED, None);
+        }
+        let representation = match read {
+            Ok(read) => self.forecasts.read(&read, Through::Store).await,
+            Err(error) => Err(error),
+        };
+        let representation = match representation {
+            Ok(representation) => representation,
+            Err(error) => return (error.status(), None),
+        };
+        let mut headers: Vec<(String, Vec<u8>)> = representation
+            .headers(&self.policy, std::time::SystemTime::now())
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect();
         // Added when a response is written out; a push is never written out.
+        let body = representation.body;
         headers.push((CONTENT_LENGTH.as_str().to_owned(), body.len().to_string().into_bytes()));
+        let warm = Warm {
+            sequence,
+            key: path.to_owned(),
+            status: StatusCode::OK.as_u16(),
+            headers,
+            body: body.to_vec(),
+        };
+        (StatusCode::OK, warm.validate().is_ok().then_some(warm))
     }
-    let warm = Warm {
-        sequence,
-        key: path.to_owned(),
-        status: status.as_u16(),
-        headers,
-        body: body.to_vec(),
-    };
-    (status, warm.validate().is_ok().then_some(warm))
 }
 
 /// Warms each schedule entry at its time, every day it names, until the runtime stops.
-pub async fn run_schedule(state: AppState, schedule: Vec<WarmSchedule>) {
+pub async fn run_schedule(warming: Arc<Warming>, schedule: Vec<WarmSchedule>) {
     if schedule.is_empty() {
         return;
     }
@@ -209,7 +223,7 @@ pub async fn run_schedule(state: AppState, schedule: Vec<WarmSchedule>) {
             return;
         };
         tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
-        match on_demand(&state, &entry.keys, &entry.prefixes).await {
+        match warming.on_demand(&entry.keys, &entry.prefixes).await {
             Ok(warmed) => {
                 let pushed = warmed.iter().filter(|w| w.pushed).count();
                 tracing::info!(at = %entry.at, pushed, "scheduled warming");

@@ -19,7 +19,6 @@ use super::{AppState, Inner};
 use crate::forecasts::{ModelForecast, ModelRollbackOutcome, ModelRollbackResult};
 use crate::representation::Rendered;
 use crate::storage::{AuditEntry, Expect, StorageError, VersionRecord};
-use crate::warming;
 
 /// How many writes of one batch run at once.
 const BATCH_CONCURRENCY: usize = 32;
@@ -180,7 +179,7 @@ pub async fn put_forecast(
     let (record, rendered) = state
         .changed(&principal, "forecast.write", key.to_string(), outcome)
         .await?;
-    warming::after_change(&state, std::slice::from_ref(&key));
+    state.warming.after_change(std::slice::from_ref(&key));
     let response = written(&record, &rendered);
     let detail = serde_json::json!({"version": record.version, "model": record.forecast.model.to_string()});
     state
@@ -296,7 +295,7 @@ pub async fn batch_write(
         .filter(|r| r.error.is_none() && r.version.is_some())
         .filter_map(|r| r.key.clone())
         .collect();
-    warming::after_change(&state, &keys);
+    state.warming.after_change(&keys);
     // Written too, though answered 503: their edges were not told (each message names the version).
     let not_invalidated = results
         .iter()
@@ -360,7 +359,7 @@ pub async fn delete_forecast(
     let deleted = state
         .changed(&principal, "forecast.delete", key.to_string(), outcome)
         .await?;
-    warming::after_change(&state, std::slice::from_ref(&key));
+    state.warming.after_change(std::slice::from_ref(&key));
     let Some(deleted_version) = deleted else {
         return Err(ApiError::not_found(format!("no forecast for {key}")));
     };
@@ -488,7 +487,7 @@ pub async fn rollback(
     let (record, rendered) = state
         .changed(&principal, "forecast.rollback", key.to_string(), outcome)
         .await?;
-    warming::after_change(&state, std::slice::from_ref(&key));
+    state.warming.after_change(std::slice::from_ref(&key));
     let mut response = written(&record, &rendered);
     *response.status_mut() = StatusCode::OK;
     let detail = serde_json::json!({"to_version": request.to_version, "new_version": record.version});
@@ -567,7 +566,7 @@ pub async fn model_rollback(
         .filter(|result| matches!(result.outcome, ModelRollbackOutcome::RolledBack { .. }))
         .map(|result| result.key.clone())
         .collect();
-    warming::after_change(&state, &keys);
+    state.warming.after_change(&keys);
     let detail = serde_json::to_value(&results).unwrap_or_default();
     state
         .audit(&principal, "model.rollback", model.to_string(), StatusCode::OK, detail)

@@ -132,6 +132,17 @@ impl ApiError {
     }
 }
 
+impl From<crate::reads::ReadError> for ApiError {
+    fn from(error: crate::reads::ReadError) -> Self {
+        use crate::reads::ReadError;
+        match error {
+            ReadError::Invalid { code, message } => Self::bad_request(code, message),
+            ReadError::NotFound(message) => Self::not_found(message),
+            ReadError::Storage(error) => error.into(),
+        }
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         match error {

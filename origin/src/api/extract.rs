@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use shared::domain::{ForecastKey, Instrument, Timeframe};
+use shared::domain::{ForecastKey, Instrument};
 
 use super::error::ApiError;
 
@@ -111,36 +111,19 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuer
     }
 }
 
+pub use crate::reads::whole_number;
+
 pub fn instrument(raw: &str) -> Result<Instrument, ApiError> {
-    raw.parse()
-        .map_err(|e: shared::domain::DomainError| ApiError::bad_request("invalid_instrument", e.to_string()))
+    Ok(crate::reads::instrument(raw)?)
 }
 
 pub fn forecast_key(instrument_raw: &str, timeframe_raw: &str) -> Result<ForecastKey, ApiError> {
-    let timeframe: Timeframe = timeframe_raw
-        .parse()
-        .map_err(|e: shared::domain::DomainError| ApiError::bad_request("invalid_timeframe", e.to_string()))?;
-    Ok(ForecastKey::new(instrument(instrument_raw)?, timeframe))
-}
-
-/// The largest id, sequence or version the API takes: the largest int64, as the document says, so that
-/// every client can hold it.
-pub const MAX_INTEGER: u64 = i64::MAX.unsigned_abs();
-
-/// A whole number written in decimal digits (no sign), at most [`MAX_INTEGER`].
-pub fn whole_number(raw: &str) -> Option<u64> {
-    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
-    digits
-        .then(|| raw.parse::<u64>().ok())
-        .flatten()
-        .filter(|&n| n <= MAX_INTEGER)
+    Ok(crate::reads::forecast_key(instrument_raw, timeframe_raw)?)
 }
 
 /// A version number from a path: a positive integer.
 pub fn version_number(raw: &str) -> Result<u64, ApiError> {
-    whole_number(raw)
-        .filter(|&n| n > 0)
-        .ok_or_else(|| ApiError::bad_request("invalid_version", format!("version {raw:?} must be a positive integer")))
+    Ok(crate::reads::version_number(raw)?)
 }
 
 /// The most entries one page of a log (audit, invalidations) holds.

@@ -18,7 +18,7 @@ use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody, MAX_PAGE, page_limit, whole_number};
 use crate::control::{Application, EdgeStatus};
 use crate::invalidation::{Cause, InvalidationBody};
-use crate::warming::{self, Warmed};
+use crate::warming::Warmed;
 
 /// The longest `?wait=` of `POST /admin/v1/invalidations`.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -406,7 +406,7 @@ pub async fn warm(
             )));
         }
     }
-    let warmed = warming::on_demand(&state, &body.keys, &body.prefixes).await?;
+    let warmed = state.warming.on_demand(&body.keys, &body.prefixes).await?;
     let detail = serde_json::json!({"keys": body.keys, "prefixes": body.prefixes, "warmed": warmed});
     state
         .audit(&principal, "warm", "edges".to_owned(), StatusCode::OK, detail)

@@ -58,10 +58,10 @@ impl Limits {
 
 #[derive(Debug)]
 pub struct Inner {
-    pub forecasts: Forecasts,
+    pub forecasts: Arc<Forecasts>,
     /// Edges connected to the control plane (none while it is off).
     pub edges: Edges,
-    pub warming: Warming,
+    pub warming: Arc<Warming>,
     pub events: Arc<crate::events::Events>,
     pub streams: events::StreamSettings,
     pub webhooks: Arc<crate::webhooks::Webhooks>,

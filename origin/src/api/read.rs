@@ -1,18 +1,15 @@
 //! The public read API: what edges and readers fetch.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
-use shared::domain::{ForecastKey, Timeframe};
+use shared::domain::ForecastKey;
 
 use super::AppState;
-use super::error::{ApiError, ApiResult, ErrorBody, ReadErrors};
+use super::error::{ApiResult, ErrorBody, ReadErrors};
 use super::extract::{ApiPath, ApiQuery, forecast_key, instrument, version_number};
-use crate::invalidation::forecast_tag;
-use crate::representation::{Rendered, Representation};
+use crate::reads::{Read, Through, batch_keys};
 
 /// The current version of one forecast.
 #[utoipa::path(
@@ -39,11 +36,13 @@ pub async fn current(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     state.authorize_read(&headers)?;
-    let key = forecast_key(&instrument, &timeframe)?;
-    match state.forecasts.current(&key).await? {
-        Some(rendered) => Ok(state.respond(&Representation::single(&rendered, false), &headers)),
-        None => Err(ApiError::not_found(format!("no forecast for {key}"))),
-    }
+    answer(&state, Read::Current(forecast_key(&instrument, &timeframe)?), &headers).await
+}
+
+/// The representation of `read`, or its 304.
+async fn answer(state: &AppState, read: Read, headers: &HeaderMap) -> ApiResult<Response> {
+    let representation = state.forecasts.read(&read, Through::Cache).await?;
+    Ok(state.respond(&representation, headers))
 }
 
 /// One version of a forecast. Versions never change, so the answer is `immutable`.
@@ -73,9 +72,8 @@ pub async fn version(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     state.authorize_read(&headers)?;
-    let key = forecast_key(&instrument, &timeframe)?;
-    let rendered = state.forecasts.version(&key, version_number(&version)?).await?;
-    Ok(state.respond(&Representation::single(&rendered, true), &headers))
+    let read = Read::Version(forecast_key(&instrument, &timeframe)?, version_number(&version)?);
+    answer(&state, read, &headers).await
 }
 
 /// The current versions of every timeframe of an instrument.
@@ -99,19 +97,7 @@ pub async fn instrument_forecasts(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     state.authorize_read(&headers)?;
-    let instrument = instrument(&raw)?;
-    let keys: Vec<ForecastKey> = Timeframe::ALL
-        .iter()
-        .map(|&tf| ForecastKey::new(instrument.clone(), tf))
-        .collect();
-    let found = state.forecasts.current_many(&keys).await?;
-    let members: Vec<&Rendered> = found.iter().flatten().map(Arc::as_ref).collect();
-    // The list answers for every timeframe, present or not: the first write of one must purge it too.
-    let tags: Vec<String> = std::iter::once(instrument.to_string())
-        .chain(keys.iter().map(forecast_tag))
-        .collect();
-    let representation = Representation::list(&members, &[], &tags);
-    Ok(state.respond(&representation, &headers))
+    answer(&state, Read::Instrument(instrument(&raw)?), &headers).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -145,36 +131,6 @@ pub async fn batch(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     state.authorize_read(&headers)?;
-    let raw = query.keys.unwrap_or_default();
-    let mut keys: Vec<ForecastKey> = Vec::new();
-    for (index, part) in raw.split(',').filter(|_| !raw.is_empty()).enumerate() {
-        if index == state.limits.max_batch_reads {
-            return Err(ApiError::bad_request(
-                "batch_too_large",
-                format!("at most {} keys per batch read", state.limits.max_batch_reads),
-            ));
-        }
-        let key: ForecastKey = part
-            .parse()
-            .map_err(|e: shared::domain::DomainError| ApiError::bad_request("invalid_key", e.to_string()))?;
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    if keys.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_keys",
-            "give keys=INSTRUMENT:TIMEFRAME,… such as keys=AAPL:1h",
-        ));
-    }
-    let found = state.forecasts.current_many(&keys).await?;
-    let members: Vec<&Rendered> = found.iter().flatten().map(Arc::as_ref).collect();
-    let missing: Vec<ForecastKey> = keys
-        .iter()
-        .zip(&found)
-        .filter(|(_, entry)| entry.is_none())
-        .map(|(k, _)| k.clone())
-        .collect();
-    let tags: Vec<String> = missing.iter().map(forecast_tag).collect();
-    Ok(state.respond(&Representation::list(&members, &missing, &tags), &headers))
+    let keys = batch_keys(query.keys.as_deref().unwrap_or_default(), state.limits.max_batch_reads)?;
+    answer(&state, Read::Batch(keys), &headers).await
 }

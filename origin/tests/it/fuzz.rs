@@ -251,4 +251,5 @@ async fn campaign(mut config: OriginConfig, dir: &Path, max_examples: u32) {
         0.0,
         "the origin attempted webhook deliveries"
     );
+    origin.stop().await;
 }
