@@ -30,6 +30,7 @@ use utoipa::ToSchema;
 use crate::config::QuicConfig;
 use crate::forecasts::Forecasts;
 use crate::metrics::Metrics;
+use crate::tasks::Tasks;
 use crate::warming::Warming;
 
 /// Invalidations read from the log at a time, during replay and while following it.
@@ -286,6 +287,7 @@ pub struct ControlState {
     pub edges: Edges,
     pub warming: Arc<Warming>,
     pub metrics: Metrics,
+    pub tasks: Tasks,
 }
 
 /// Binds the control plane's UDP socket and starts accepting edges. TLS files are checked here, so a
@@ -308,7 +310,8 @@ pub fn start(quic: &QuicConfig, tls: &TlsFiles, listen: SocketAddr, state: Contr
         poll_interval: quic.poll_interval,
         heartbeat_interval: quic.heartbeat_interval,
     };
-    tokio::spawn(accept(endpoint.clone(), Arc::new(settings), state, edges.clone()));
+    let tasks = state.tasks.clone();
+    tasks.spawn(accept(endpoint.clone(), Arc::new(settings), state, edges.clone()));
     tracing::info!(%addr, "control plane listening");
     Ok(ControlPlane { addr, endpoint, edges })
 }
@@ -325,7 +328,8 @@ async fn accept(endpoint: Endpoint, settings: Arc<Settings>, state: ControlState
         next_id += 1;
         let id = next_id;
         let (settings, state, edges) = (settings.clone(), state.clone(), edges.clone());
-        tokio::spawn(async move {
+        let tasks = state.tasks.clone();
+        tasks.spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
                 Ok(connection) => connection,

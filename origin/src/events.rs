@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -463,24 +463,19 @@ impl Events {
         self.metrics.subscribers.set(hub.subscribers.len() as i64);
     }
 
-    /// Follows the log from its head, broadcasting each event in order, until the origin's state is
-    /// dropped (it holds the events only weakly, so a stopped origin releases its store).
-    pub async fn tail(events: Weak<Self>, poll_interval: Duration) {
-        let Some(mut appended) = events.upgrade().map(|this| this.appended.subscribe()) else {
-            return;
-        };
+    /// Follows the log from its head, broadcasting each event in order, until the origin stops (a task
+    /// of [`crate::tasks::Tasks`]).
+    pub async fn tail(self: Arc<Self>, poll_interval: Duration) {
+        let mut appended = self.appended.subscribe();
         let mut poll = tokio::time::interval(poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut after: Option<u64> = None;
         loop {
-            let Some(this) = events.upgrade() else {
-                return;
-            };
             let caught_up = match after {
-                None => match this.read(None, NonZeroUsize::MIN).await {
+                None => match self.read(None, NonZeroUsize::MIN).await {
                     Ok(page) => {
                         let head = page.head.unwrap_or(0);
-                        this.hub().broadcast_through = head;
+                        self.hub().broadcast_through = head;
                         after = Some(head);
                         true
                     }
@@ -489,7 +484,7 @@ impl Events {
                         true
                     }
                 },
-                Some(position) => match this.follow(position).await {
+                Some(position) => match self.follow(position).await {
                     Some((next, caught_up)) => {
                         after = Some(next);
                         caught_up
@@ -497,7 +492,6 @@ impl Events {
                     None => true,
                 },
             };
-            drop(this);
             if caught_up {
                 tokio::select! {
                     changed = appended.changed() => if changed.is_err() { return },

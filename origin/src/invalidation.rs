@@ -5,7 +5,7 @@
 //! storage: which selectors a request may name, the tag that covers a forecast, why one was issued.
 
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::IntGauge;
@@ -219,23 +219,15 @@ impl HeadGauge {
 
 /// Keeps this origin's L1 cache in step with changes made through other origins sharing the log: reads
 /// the log every `interval` from its head at start, and applies each invalidation to the L1. Runs until
-/// the origin's forecasts are dropped; a failed read is retried at the next tick.
-pub async fn follow_into_l1(forecasts: Weak<Forecasts>, interval: Duration) {
-    let Some(at_start) = forecasts.upgrade() else {
-        return;
-    };
-    let mut after = match at_start.invalidation_log(None, NonZeroUsize::MIN).await {
+/// the origin stops; a failed read is retried at the next tick.
+pub async fn follow_into_l1(forecasts: Arc<Forecasts>, interval: Duration) {
+    let mut after = match forecasts.invalidation_log(None, NonZeroUsize::MIN).await {
         Ok(page) => page.head,
         Err(_) => None,
     };
-    drop(at_start);
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        // Held for one tick at a time: the task ends with the origin.
-        let Some(forecasts) = forecasts.upgrade() else {
-            return;
-        };
         let page = match forecasts.invalidation_log(after, FOLLOW_PAGE).await {
             Ok(page) => page,
             Err(error) => {

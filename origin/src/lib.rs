@@ -8,7 +8,9 @@
 //! read names and its representation; [`invalidation`]; [`warming`]; [`events`]; [`webhooks`];
 //! [`control`], the QUIC server of the edges) never imports the HTTP layer: each part is given the
 //! narrow handles it works with (`Arc<Forecasts>`, `Edges`, `Metrics`, …), built once in [`server`].
-//! Only [`storage`] talks to Redis or disk.
+//! Only [`storage`] talks to Redis or disk. Every background task (followers, the webhook dispatcher and
+//! its attempts, control-plane connections, warming pushes) is spawned into [`tasks::Tasks`];
+//! [`server::Running::shutdown`] stops them all and returns once they have ended.
 //!
 //! Invariants. Every change of a forecast, and every `POST /admin/v1/invalidations`, appends to the
 //! durable invalidation log ([`invalidation`] holds its rules) before it is answered; a change is
@@ -28,5 +30,6 @@ pub mod representation;
 pub mod serve;
 pub mod server;
 pub mod storage;
+pub mod tasks;
 pub mod warming;
 pub mod webhooks;

@@ -53,20 +53,10 @@ async fn serve(config: OriginConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding {}", config.http.listen))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = origin::server::start(&config, listener, async {
-        let _ = stop_rx.await;
-    })
-    .await?;
+    let running = origin::server::start(&config, listener, std::future::pending()).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(());
-    running.state.events.close();
-    match tokio::time::timeout(config.http.shutdown_grace, running.task).await {
-        Ok(result) => result.context("server task")?.context("serving")?,
-        Err(_) => tracing::warn!("requests still in flight after the grace period; exiting"),
-    }
-    Ok(())
+    running.shutdown(config.http.shutdown_grace).await
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -23,6 +24,7 @@ use crate::storage::embedded::EmbeddedStore;
 use crate::storage::redis::{RedisSettings, RedisStore};
 use crate::storage::tokens::StoredToken;
 use crate::storage::{LogRetention, Retention, SharedStore};
+use crate::tasks::Tasks;
 use crate::warming::{self, Renderer, Warming};
 use crate::webhooks::Webhooks;
 use shared::events::TopicPattern;
@@ -117,7 +119,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
         })
     });
     let extra = admin_tokens(config, &store).await?;
-    let auth = Authenticator::new(&config.auth.tokens, &extra).context("invalid [auth] configuration")?;
+    let auth = Arc::new(Authenticator::new(&config.auth.tokens, &extra).context("invalid [auth] configuration")?);
     let patterns = |key: &str, list: &[String]| -> anyhow::Result<Vec<TopicPattern>> {
         list.iter()
             .map(|pattern| pattern.parse().with_context(|| format!("events.{key}")))
@@ -142,6 +144,7 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     );
     let webhooks = Webhooks::new(store.clone(), events.clone(), &config.webhooks, metrics.clone())
         .context("invalid [webhooks] configuration")?;
+    let tasks = Tasks::default();
     let forecasts = Arc::new(Forecasts::new(store, events.clone(), l1, metrics.clone()));
     let edges = Edges::default();
     let policy = CachePolicy::new(
@@ -164,7 +167,8 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
         max_batch_reads: limits.max_batch_reads,
     };
     let state = Arc::new(Inner {
-        warming: Warming::new(&config.warming, edges.clone(), renderer),
+        warming: Warming::new(&config.warming, edges.clone(), renderer, tasks.clone()),
+        tasks,
         forecasts,
         edges,
         events,
@@ -183,23 +187,17 @@ pub async fn build(config: &OriginConfig) -> anyhow::Result<AppState> {
     Ok(state)
 }
 
-/// Runs `work` every `interval` (the first time at once) until the origin's state is dropped.
-fn every<F, Fut>(state: &AppState, interval: std::time::Duration, work: F) -> impl Future<Output = ()> + use<F, Fut>
+/// Runs `work` every `interval`, the first time at once (a task of [`Tasks`]: until the origin stops).
+async fn every<F, Fut>(interval: Duration, work: F)
 where
-    F: Fn(AppState) -> Fut,
+    F: Fn() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let state = Arc::downgrade(state);
-    async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(state) = state.upgrade() else {
-                return;
-            };
-            work(state).await;
-        }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        work().await;
     }
 }
 
@@ -213,7 +211,38 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight finish.
+impl Running {
+    /// Stops the origin: ends its streams, stops serving (requests in flight get up to `grace` to
+    /// finish), closes the control plane, and stops every background task. Returns once all of them
+    /// have ended: the store is released when this `Running` is gone.
+    pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+        let Self {
+            control, state, task, ..
+        } = self;
+        state.events.close();
+        let tasks = state.tasks.clone();
+        drop(state);
+        // Serving stops at the first sign of this too.
+        let stopping = tasks.stop();
+        let served = async {
+            match tokio::time::timeout(grace, task).await {
+                Ok(result) => result.context("server task")?.context("serving"),
+                Err(_) => {
+                    tracing::warn!("requests still in flight after the grace period; stopping anyway");
+                    Ok(())
+                }
+            }
+        };
+        let ((), served) = tokio::join!(stopping, served);
+        if let Some(control) = control {
+            control.close();
+        }
+        served
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes or [`Running::shutdown`] is called, then lets
+/// requests in flight finish.
 pub async fn start(
     config: &OriginConfig,
     listener: TcpListener,
@@ -221,10 +250,11 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let state = build(config).await?;
     let addr = listener.local_addr()?;
+    let tasks = &state.tasks;
     if config.storage.redis_url.is_some() && config.cache.enabled {
         // Other origins may write to the same Redis: follow their invalidations into the L1 cache.
-        tokio::spawn(crate::invalidation::follow_into_l1(
-            Arc::downgrade(&state.forecasts),
+        tasks.spawn(crate::invalidation::follow_into_l1(
+            state.forecasts.clone(),
             config.cache.follow_interval,
         ));
     }
@@ -235,38 +265,50 @@ pub async fn start(
                 edges: state.edges.clone(),
                 warming: state.warming.clone(),
                 metrics: state.metrics.clone(),
+                tasks: tasks.clone(),
             };
             Some(control::start(&config.quic, &config.tls, listen, control_state)?)
         }
         None => None,
     };
-    tokio::spawn(warming::run_schedule(
+    tasks.spawn(warming::run_schedule(
         state.warming.clone(),
         config.warming.schedule.clone(),
     ));
-    tokio::spawn(Events::tail(Arc::downgrade(&state.events), config.events.poll_interval));
+    tasks.spawn(state.events.clone().tail(config.events.poll_interval));
     // What crashes and outages left pending is announced once storage answers.
-    tokio::spawn(every(
-        &state,
-        crate::forecasts::PENDING_CHECK_INTERVAL,
-        |state| async move {
-            if let Err(error) = state.forecasts.announce_pending().await {
+    let forecasts = state.forecasts.clone();
+    tasks.spawn(every(crate::forecasts::PENDING_CHECK_INTERVAL, move || {
+        let forecasts = forecasts.clone();
+        async move {
+            if let Err(error) = forecasts.announce_pending().await {
                 tracing::debug!(%error, "pending changes not announced; retried at the next tick");
             }
-        },
-    ));
-    // Tokens made or revoked through other origins sharing the store.
-    tokio::spawn(every(&state, api::tokens::FOLLOW_INTERVAL, |state| async move {
-        if let Err(error) = state.reload_tokens().await {
-            tracing::debug!(%error, "stored tokens not read; the last ones read stay in force");
         }
     }));
-    state.webhooks.start();
+    // Tokens made or revoked through other origins sharing the store.
+    let (forecasts, auth) = (state.forecasts.clone(), state.auth.clone());
+    tasks.spawn(every(api::tokens::FOLLOW_INTERVAL, move || {
+        let (forecasts, auth) = (forecasts.clone(), auth.clone());
+        async move {
+            if let Err(error) = api::tokens::reload(&forecasts, &auth).await {
+                tracing::debug!(%error, "stored tokens not read; the last ones read stay in force");
+            }
+        }
+    }));
+    state.webhooks.start(tasks);
     let limits = ConnectionLimits {
         max_connections: config.http.max_connections.get(),
         header_read_timeout: config.http.header_read_timeout,
     };
     let app = api::router(state.clone()).layer(RequestBodyTimeoutLayer::new(config.http.body_read_timeout));
+    let stopping = tasks.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = stopping.stopping() => {}
+        }
+    };
     let task = tokio::spawn(serve(listener, app, limits, state.metrics.clone(), shutdown));
     tracing::info!(%addr, storage = state.forecasts.store().backend(), "origin listening");
     Ok(Running {

@@ -31,6 +31,7 @@ use crate::forecasts::Forecasts;
 use crate::reads::{Read, Through};
 use crate::representation::CachePolicy;
 use crate::storage::Result;
+use crate::tasks::Tasks;
 
 /// Pushes waiting for a slow connection; beyond this it skips the oldest (warming is only a head start).
 const PUSHES_QUEUED: usize = 1024;
@@ -54,6 +55,7 @@ pub struct Warming {
     edge_hot_keys: bool,
     edges: Edges,
     renderer: Renderer,
+    tasks: Tasks,
 }
 
 /// What became of one path asked to be warmed.
@@ -67,13 +69,14 @@ pub struct Warmed {
 }
 
 impl Warming {
-    pub fn new(config: &WarmingConfig, edges: Edges, renderer: Renderer) -> Arc<Self> {
+    pub fn new(config: &WarmingConfig, edges: Edges, renderer: Renderer, tasks: Tasks) -> Arc<Self> {
         Arc::new(Self {
             pushes: broadcast::Sender::new(PUSHES_QUEUED),
             hot_keys: config.hot_keys.clone(),
             edge_hot_keys: config.edge_hot_keys,
             edges,
             renderer,
+            tasks,
         })
     }
 
@@ -131,7 +134,7 @@ impl Warming {
             return;
         }
         let warming = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(error) = warming.push(&paths).await {
                 tracing::debug!(%error, "warming after a change skipped: the log is unreadable");
             }

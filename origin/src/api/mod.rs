@@ -65,11 +65,13 @@ pub struct Inner {
     pub events: Arc<crate::events::Events>,
     pub streams: events::StreamSettings,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub policy: CachePolicy,
     pub limits: Limits,
     pub metrics: Metrics,
     pub refusals: refusals::Refusals,
+    /// The background tasks, stopped with the origin.
+    pub tasks: crate::tasks::Tasks,
 }
 
 pub type AppState = Arc<Inner>;

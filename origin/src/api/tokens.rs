@@ -12,10 +12,11 @@ use shared::events::TopicPattern;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use super::auth::{Principal, Scope, format_hash, hash_token, random_hex};
+use super::auth::{Authenticator, Principal, Scope, format_hash, hash_token, random_hex};
 use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody};
 use super::extract::{ApiPath, JsonBody};
 use super::{AppState, Inner};
+use crate::forecasts::Forecasts;
 use crate::storage::tokens::StoredToken;
 use crate::storage::unix_millis;
 
@@ -109,12 +110,16 @@ pub struct TokenList {
     configured: Vec<String>,
 }
 
+/// Reads the stored tokens into the authenticator.
+pub async fn reload(forecasts: &Forecasts, auth: &Authenticator) -> crate::storage::Result<()> {
+    let stored = forecasts.store().tokens().await?;
+    auth.set_stored(&stored);
+    Ok(())
+}
+
 impl Inner {
-    /// Reads the stored tokens into the authenticator.
     pub async fn reload_tokens(&self) -> crate::storage::Result<()> {
-        let stored = self.forecasts.store().tokens().await?;
-        self.auth.set_stored(&stored);
-        Ok(())
+        reload(&self.forecasts, &self.auth).await
     }
 }
 

@@ -7,7 +7,7 @@
 //! behind it; one left unfinished ([`DeliveryError`]) stays taken and is reclaimed after
 //! `reclaim_after`: one more attempt, with the same `webhook-id`.
 
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
@@ -18,6 +18,7 @@ use super::clock::wall_ms;
 use super::policy::{HealthChange, JITTER, Verdict, health_change};
 use crate::storage::webhooks::{Attempt, Delivery, Finish, StoredEndpoint, Taken};
 use crate::storage::{Result, StorageError};
+use crate::tasks::Tasks;
 
 /// Deliveries taken from the queue at a time.
 const TAKE: usize = 256;
@@ -37,12 +38,10 @@ pub enum DeliveryError {
     Stopped(#[from] AcquireError),
 }
 
-/// Takes due deliveries until the origin is dropped.
-pub async fn deliver_loop(webhooks: Weak<Webhooks>) {
-    let mut in_flight = tokio::task::JoinSet::new();
+/// Takes due deliveries until the origin stops; each attempt is a task of its own, and one cut short by
+/// the stop stays taken, to be reclaimed after `reclaim_after`.
+pub async fn deliver_loop(hub: Arc<Webhooks>, tasks: Tasks) {
     loop {
-        let Some(hub) = webhooks.upgrade() else { return };
-        while in_flight.try_join_next().is_some() {}
         let free = hub.taken.available_permits().min(TAKE);
         let taken = if free == 0 {
             Ok(Vec::new())
@@ -61,7 +60,7 @@ pub async fn deliver_loop(webhooks: Weak<Webhooks>) {
                 return;
             };
             let hub = hub.clone();
-            in_flight.spawn(async move {
+            tasks.spawn(async move {
                 if let Err(error) = hub.deliver(delivery).await {
                     // Unfinished: it stays taken and is reclaimed after reclaim_after.
                     tracing::warn!(%error, "webhook delivery not finished");
@@ -70,10 +69,7 @@ pub async fn deliver_loop(webhooks: Weak<Webhooks>) {
             });
         }
         if !busy {
-            // Without the hub: a stopped origin lets go of its store at once.
-            let (queued, interval) = (hub.queued.clone(), hub.settings.poll_interval);
-            drop(hub);
-            let _ = tokio::time::timeout(interval, queued.notified()).await;
+            let _ = tokio::time::timeout(hub.settings.poll_interval, hub.queued.notified()).await;
         }
     }
 }

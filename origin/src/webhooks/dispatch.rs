@@ -7,7 +7,7 @@
 //! begins at the log's head, not its history; every queued delivery starts with no attempt made.
 
 use std::num::NonZeroUsize;
-use std::sync::Weak;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -16,10 +16,9 @@ use crate::events::{Filter, PAGE};
 use crate::storage::webhooks::{Delivery, StoredEndpoint};
 use crate::storage::{GapReason, LogStep, Result, StorageError, StoredEventAt};
 
-/// Follows the event log until the origin is dropped.
-pub async fn dispatch_loop(webhooks: Weak<Webhooks>, mut appended: watch::Receiver<u64>) {
+/// Follows the event log until the origin stops.
+pub async fn dispatch_loop(hub: Arc<Webhooks>, mut appended: watch::Receiver<u64>) {
     loop {
-        let Some(hub) = webhooks.upgrade() else { return };
         let interval = hub.settings.poll_interval;
         let more = match hub.dispatch_once().await {
             Ok(more) => more,
@@ -28,7 +27,6 @@ pub async fn dispatch_loop(webhooks: Weak<Webhooks>, mut appended: watch::Receiv
                 false
             }
         };
-        drop(hub);
         if !more {
             // Events appended through this origin wake the dispatcher at once; others' are polled.
             let _ = tokio::time::timeout(interval, appended.changed()).await;

@@ -59,6 +59,7 @@ use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::storage::webhooks::StoredEndpoint;
 use crate::storage::{Result, SharedStore, StoredEventAt};
+use crate::tasks::Tasks;
 
 /// `msg_<event id>`: the same for every attempt and replay of a message, for receivers' idempotency.
 pub fn message_id(event_id: u64) -> String {
@@ -183,10 +184,10 @@ impl Webhooks {
         &self.clock
     }
 
-    /// Runs the dispatcher and the deliverer until the origin is dropped.
-    pub fn start(self: &Arc<Self>) {
-        tokio::spawn(dispatch::dispatch_loop(Arc::downgrade(self), self.events.appended()));
-        tokio::spawn(delivery::deliver_loop(Arc::downgrade(self)));
+    /// Runs the dispatcher and the deliverer, and their attempts, as tasks of the origin.
+    pub fn start(self: &Arc<Self>, tasks: &Tasks) {
+        tasks.spawn(dispatch::dispatch_loop(self.clone(), self.events.appended()));
+        tasks.spawn(delivery::deliver_loop(self.clone(), tasks.clone()));
     }
 
     pub async fn stats(&self, endpoint: &StoredEndpoint) -> Result<EndpointStats> {

@@ -6,7 +6,6 @@ use origin::api::auth::{format_hash, hash_token};
 use origin::config::{OriginConfig, TokenConfig};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -23,8 +22,7 @@ pub struct TestOrigin {
     pub base: String,
     pub client: reqwest::Client,
     pub state: origin::api::AppState,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    running: Option<origin::server::Running>,
     _dir: Option<TempDir>,
 }
 
@@ -39,41 +37,26 @@ impl TestOrigin {
 
     pub async fn start(config: OriginConfig) -> Self {
         let listener = tokio::net::TcpListener::bind(config.http.listen).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = origin::server::start(&config, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
+        let running = origin::server::start(&config, listener, std::future::pending())
+            .await
+            .unwrap();
         Self {
             base: format!("http://{}", running.addr),
             client: reqwest::Client::new(),
-            state: running.state,
-            stop: Some(stop),
-            task: Some(running.task),
+            state: running.state.clone(),
+            running: Some(running),
             _dir: None,
         }
     }
 
-    /// Stops serving, waits for the server to finish and for its background tasks to let go of the
-    /// store, so that another origin can open it.
+    /// Stops the origin; once it has stopped, nothing of it holds the store, so that another origin
+    /// can open it.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
+        let running = self.running.take().expect("a started origin");
         let store = std::sync::Arc::downgrade(self.state.forecasts.store());
         drop(self);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store.strong_count() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the stopped origin still holds its store"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        running.shutdown(std::time::Duration::from_secs(10)).await.unwrap();
+        assert_eq!(store.strong_count(), 0, "the stopped origin still holds its store");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -107,10 +90,11 @@ impl TestOrigin {
     }
 }
 
+/// An origin a test did not stop is stopped in the background.
 impl Drop for TestOrigin {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let (Some(running), Ok(runtime)) = (self.running.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(running.shutdown(std::time::Duration::from_secs(1)));
         }
     }
 }
