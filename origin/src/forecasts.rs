@@ -18,7 +18,7 @@ use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
 use shared::events::{ForecastChange, ForecastUpdated, NewEvent};
 use shared::wire::{Invalidate, Selector};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use utoipa::ToSchema;
 
 use prometheus::IntCounter;
@@ -49,7 +49,12 @@ pub struct Forecasts {
     l1_stale: IntCounter,
     invalidation_head: HeadGauge,
     appended: watch::Sender<u64>,
+    /// Each forecast whose change is durable (version, invalidation and event), as it happens.
+    changed: broadcast::Sender<ForecastKey>,
 }
+
+/// Changes waiting for a slow listener; beyond this it misses the oldest (see [`Forecasts::changes`]).
+const CHANGES_QUEUED: usize = 1024;
 
 /// What a model rollback did to one key.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -141,6 +146,7 @@ impl Forecasts {
             l1_stale: l1_counter("stale"),
             invalidation_head: HeadGauge::new(metrics.invalidation_log_head.clone()),
             appended: watch::Sender::new(0),
+            changed: broadcast::Sender::new(CHANGES_QUEUED),
             store,
             events,
             l1,
@@ -302,6 +308,7 @@ impl Forecasts {
         }
         self.announce(&PendingChange::of_version(&record), updated(&record), cause)
             .await?;
+        self.tell_listeners(key);
         Ok((record, rendered))
     }
 
@@ -319,6 +326,7 @@ impl Forecasts {
             };
             let update = ForecastUpdated::new(ForecastChange::Deleted, version);
             self.announce(&change, update, Cause::Delete).await?;
+            self.tell_listeners(key);
         }
         Ok(deleted)
     }
@@ -525,6 +533,17 @@ impl Forecasts {
                 }
             }
         }
+    }
+
+    /// The forecasts changed through this origin from now on, each once its change is durable: what
+    /// warming pushes after. A listener that falls more than [`CHANGES_QUEUED`] behind misses the oldest.
+    pub fn changes(&self) -> broadcast::Receiver<ForecastKey> {
+        self.changed.subscribe()
+    }
+
+    fn tell_listeners(&self, key: &ForecastKey) {
+        // No listener: nothing to tell.
+        let _ = self.changed.send(key.clone());
     }
 
     /// The newest sequence appended through this origin, changing as appends are made: the control

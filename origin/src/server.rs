@@ -271,6 +271,7 @@ pub async fn start(
         }
         None => None,
     };
+    tasks.spawn(state.warming.clone().follow(state.forecasts.changes()));
     tasks.spawn(warming::run_schedule(
         state.warming.clone(),
         config.warming.schedule.clone(),

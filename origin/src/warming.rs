@@ -7,7 +7,7 @@
 //! the purge it follows nor after a later one.
 //!
 //! What is pushed:
-//! * after a forecast changes, the paths that include it (`/v1/forecasts/{instrument}/{timeframe}` and
+//! * after a forecast changes (write, delete, rollback, model rollback, as [`Forecasts::changes`] tells), the paths that include it (`/v1/forecasts/{instrument}/{timeframe}` and
 //!   `/v1/forecasts/{instrument}`) that are configured hot or that an edge reported among its hottest;
 //! * on demand (`POST /admin/v1/warm`), given paths and prefixes;
 //! * on a schedule (`[[warming.schedule]]`), before sessions open.
@@ -124,9 +124,29 @@ impl Warming {
 }
 
 impl Warming {
-    /// After `keys` changed (their invalidation is in the log), pushes the hot paths that include them.
-    /// Runs in the background of the change: its answer does not wait for edges.
-    pub fn after_change(self: &Arc<Self>, keys: &[ForecastKey]) {
+    /// Follows the forecasts' changes (a task of the origin): after each, once its invalidation is in
+    /// the log, pushes the hot paths that include it. Changes that came together (a batch, a model
+    /// rollback) are pushed together; the changes' answers never wait for edges.
+    pub async fn follow(self: Arc<Self>, mut changes: broadcast::Receiver<ForecastKey>) {
+        loop {
+            let first = match changes.recv().await {
+                Ok(key) => key,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "warming fell behind the changes; pushes for some were skipped");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let mut keys = vec![first];
+            while let Ok(key) = changes.try_recv() {
+                keys.push(key);
+            }
+            self.after_change(&keys);
+        }
+    }
+
+    /// Pushes the hot paths that include `keys`, in the background.
+    fn after_change(self: &Arc<Self>, keys: &[ForecastKey]) {
         let mut paths: Vec<String> = keys.iter().flat_map(|key| self.hot_paths_of(key)).collect();
         paths.sort_unstable();
         paths.dedup();

@@ -16,7 +16,7 @@ use super::auth::{Principal, Scope};
 use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody, INVALIDATION_FAILED};
 use super::extract::{ApiPath, ApiQuery, JsonBody, forecast_key, page_limit, parse_value};
 use super::{AppState, Inner};
-use crate::forecasts::{ModelForecast, ModelRollbackOutcome, ModelRollbackResult};
+use crate::forecasts::{ModelForecast, ModelRollbackResult};
 use crate::representation::Rendered;
 use crate::storage::{AuditEntry, Expect, StorageError, VersionRecord};
 
@@ -179,7 +179,6 @@ pub async fn put_forecast(
     let (record, rendered) = state
         .changed(&principal, "forecast.write", key.to_string(), outcome)
         .await?;
-    state.warming.after_change(std::slice::from_ref(&key));
     let response = written(&record, &rendered);
     let detail = serde_json::json!({"version": record.version, "model": record.forecast.model.to_string()});
     state
@@ -290,12 +289,6 @@ pub async fn batch_write(
         .collect()
         .await;
     let written = results.iter().filter(|r| r.version.is_some()).count();
-    let keys: Vec<ForecastKey> = results
-        .iter()
-        .filter(|r| r.error.is_none() && r.version.is_some())
-        .filter_map(|r| r.key.clone())
-        .collect();
-    state.warming.after_change(&keys);
     // Written too, though answered 503: their edges were not told (each message names the version).
     let not_invalidated = results
         .iter()
@@ -359,7 +352,6 @@ pub async fn delete_forecast(
     let deleted = state
         .changed(&principal, "forecast.delete", key.to_string(), outcome)
         .await?;
-    state.warming.after_change(std::slice::from_ref(&key));
     let Some(deleted_version) = deleted else {
         return Err(ApiError::not_found(format!("no forecast for {key}")));
     };
@@ -487,7 +479,6 @@ pub async fn rollback(
     let (record, rendered) = state
         .changed(&principal, "forecast.rollback", key.to_string(), outcome)
         .await?;
-    state.warming.after_change(std::slice::from_ref(&key));
     let mut response = written(&record, &rendered);
     *response.status_mut() = StatusCode::OK;
     let detail = serde_json::json!({"to_version": request.to_version, "new_version": record.version});
@@ -561,12 +552,6 @@ pub async fn model_rollback(
     let results = state
         .changed(&principal, "model.rollback", model.to_string(), outcome)
         .await?;
-    let keys: Vec<ForecastKey> = results
-        .iter()
-        .filter(|result| matches!(result.outcome, ModelRollbackOutcome::RolledBack { .. }))
-        .map(|result| result.key.clone())
-        .collect();
-    state.warming.after_change(&keys);
     let detail = serde_json::to_value(&results).unwrap_or_default();
     state
         .audit(&principal, "model.rollback", model.to_string(), StatusCode::OK, detail)
