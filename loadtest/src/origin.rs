@@ -528,7 +528,7 @@ pub fn forecast_body(valid_for: time::Duration, min_bytes: usize) -> Result<Byte
 
 pub fn random_token() -> String {
     let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    hex::encode(bytes)
 }
 
 #[cfg(test)]

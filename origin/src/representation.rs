@@ -87,11 +87,7 @@ fn short_digest(parts: &[&[u8]]) -> String {
     for part in parts {
         context.update(part);
     }
-    let mut hex = String::with_capacity(16);
-    for byte in &context.finish().as_ref()[..8] {
-        let _ = write!(hex, "{byte:02x}");
-    }
-    hex
+    hex::encode(&context.finish().as_ref()[..8])
 }
 
 /// A header value built here: ASCII without control characters, so the conversion cannot fail.

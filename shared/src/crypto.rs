@@ -15,6 +15,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
+use hex::FromHex as _;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -69,11 +70,7 @@ impl Key {
     /// A key written as 64 hex digits or as base64 (standard or URL-safe, padded or not).
     pub fn parse(text: &str) -> Result<Self, CryptoError> {
         let text = text.trim();
-        if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let bytes: Vec<u8> = (0..KEY_LEN)
-                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-                .collect::<Result<_, _>>()
-                .map_err(|_| CryptoError::KeyEncoding)?;
+        if let Ok(bytes) = <[u8; KEY_LEN]>::from_hex(text) {
             return Self::from_bytes(&bytes);
         }
         let engines = [
@@ -98,7 +95,7 @@ impl Key {
 
     /// The key's id as hex, safe to log: it identifies the key without revealing it.
     pub fn id_hex(&self) -> String {
-        self.id.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.id)
     }
 }
 

@@ -636,10 +636,6 @@ mod tests {
         out
     }
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     /// A header for a body of `len` bytes.
     fn header(version: u16, len: u32) -> Vec<u8> {
         let mut header = version.to_be_bytes().to_vec();
@@ -761,7 +757,7 @@ mod tests {
         for (message, golden) in goldens {
             let bytes = frame(&message);
             assert_eq!(
-                hex(&bytes),
+                hex::encode(&bytes),
                 golden.replace(' ', ""),
                 "the encoding of {message:?} changed"
             );
@@ -791,8 +787,8 @@ mod tests {
                     matches!(decode_frame::<OriginMessage>(&bytes[..end]), Ok(None))
                         && matches!(decode_frame::<EdgeMessage>(&bytes[..end]), Ok(None)),
                     "prefix {} of {}",
-                    hex(&bytes[..end]),
-                    hex(&bytes)
+                    hex::encode(&bytes[..end]),
+                    hex::encode(&bytes)
                 );
             }
         }

@@ -431,7 +431,7 @@ pub fn random_bytes(len: usize) -> Bytes {
 
 /// `len` random bytes as `2 * len` hex digits: a cache key for a key file, or a unique marker.
 pub fn random_hex(len: usize) -> String {
-    random_bytes(len).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(random_bytes(len))
 }
 
 /// Writes `keys` one per line to `path`, replacing the file in one step so a reload never reads half.

@@ -1,10 +1,10 @@
 //! Bearer tokens with scopes. Tokens are known only by their SHA-256; a presented token is hashed and
 //! compared with every configured hash in constant time, so neither a match nor its position leaks.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::http::{HeaderMap, header};
+use hex::FromHex as _;
 use ring::digest;
 use serde::{Deserialize, Serialize};
 use shared::events::TopicPattern;
@@ -171,11 +171,7 @@ pub fn random_hex(bytes: usize) -> Option<String> {
     use ring::rand::SecureRandom;
     let mut buffer = vec![0u8; bytes];
     ring::rand::SystemRandom::new().fill(&mut buffer).ok()?;
-    let mut text = String::with_capacity(2 * bytes);
-    for byte in buffer {
-        let _ = write!(text, "{byte:02x}");
-    }
-    Some(text)
+    Some(hex::encode(buffer))
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -186,23 +182,11 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 
 /// The configuration form of a token's hash: `sha256:` and 64 hex digits.
 pub fn format_hash(hash: &[u8; 32]) -> String {
-    let mut text = String::from("sha256:");
-    for byte in hash {
-        let _ = write!(text, "{byte:02x}");
-    }
-    text
+    format!("sha256:{}", hex::encode(hash))
 }
 
 fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    let hex = text.strip_prefix("sha256:")?;
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(hash)
+    <[u8; 32]>::from_hex(text.strip_prefix("sha256:")?).ok()
 }
 
 impl Authenticator {

@@ -143,11 +143,7 @@ impl Webhooks {
         let client = attempt::client(config.timeout, policy.clone())?;
         let mut id = [0u8; 6];
         rand::rng().fill(&mut id);
-        let consumer = format!(
-            "origin-{}-{}",
-            std::process::id(),
-            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        let consumer = format!("origin-{}-{}", std::process::id(), hex::encode(id));
         Ok(Arc::new(Self {
             store,
             events,
