@@ -73,7 +73,7 @@ pub struct EndpointStats {
     pub enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
-    /// Since when every attempt failed (RFC 3339); absent while healthy.
+    /// Since when every attempt failed (unix milliseconds); absent while healthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since_ms: Option<u64>,
     /// Attempts by outcome: delivered, retry, dead.
