@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use quinn::crypto::rustls::QuicServerConfig;
@@ -19,10 +19,11 @@ use quinn::rustls::pki_types::CertificateDer;
 use quinn::{Connection, Endpoint, SendStream};
 use serde::Serialize;
 use shared::framed::{FrameReader, FrameWriter};
+use shared::time::unix_ms_now;
 use shared::tls::{EdgeIdentity, TlsFiles, server_config};
 use shared::wire::{
     self, Ack, DropAll, DropReason, EdgeMessage, Goodbye, GoodbyeCode, Heartbeat, Hello, Invalidate, OriginMessage,
-    Stats, Warm, Welcome, unix_ms,
+    Stats, Warm, Welcome,
 };
 use tokio::sync::{broadcast, watch};
 use utoipa::ToSchema;
@@ -242,7 +243,7 @@ impl Edges {
 
     fn update(&self, id: u64, change: impl FnOnce(&mut Tracked)) {
         if let Some(tracked) = self.lock().get_mut(&id) {
-            tracked.status.last_seen_ms = unix_ms(SystemTime::now());
+            tracked.status.last_seen_ms = unix_ms_now();
             change(tracked);
         }
     }
@@ -259,7 +260,7 @@ impl Edges {
 
     /// Records an acknowledgement (cumulative); answers how long each newly confirmed invalidation took.
     fn acked(&self, id: u64, sequence: u64) -> Vec<Duration> {
-        let now = unix_ms(SystemTime::now());
+        let now = unix_ms_now();
         let mut took = Vec::new();
         self.update(id, |tracked| {
             tracked.status.acked = tracked.status.acked.max(Some(sequence));
@@ -395,7 +396,7 @@ async fn serve(
         let _ = writer.send(&goodbye).await;
         bail!("no common protocol version in {:?}", hello.versions);
     };
-    let now = unix_ms(SystemTime::now());
+    let now = unix_ms_now();
     edges.insert(
         id,
         EdgeStatus {
@@ -482,7 +483,7 @@ async fn serve(
             },
             _ = poll.tick() => {}
             _ = heartbeat.tick() => {
-                let now = unix_ms(SystemTime::now());
+                let now = unix_ms_now();
                 edges.update(id, |tracked| tracked.ping = Some((now, Instant::now())));
                 writer.send(&OriginMessage::Heartbeat(Heartbeat { sent_at_ms: now, reply: false })).await?;
             }

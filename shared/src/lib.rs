@@ -11,6 +11,7 @@
 //! * [`events`]: analysis events: topics, topic patterns, typed payloads.
 //! * [`webhooks`]: Standard Webhooks secrets and signatures.
 //! * [`openapi`]: the OpenAPI schemas of values written as text, beside their parsers' rules.
+//! * [`time`]: wall-clock instants as unix milliseconds.
 //!
 //! Invariant: this crate opens no sockets and spawns no tasks.
 
@@ -22,6 +23,7 @@ pub mod framed;
 pub mod openapi;
 pub mod process;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 pub mod webhooks;
 pub mod wire;

@@ -53,8 +53,8 @@
 //! same way), it cannot hold up the invalidations behind it, and [`Warm::sequence`] restores its order
 //! relative to them.
 //!
-//! Times are unix milliseconds on the sender's clock. Round trips are measured on one clock
-//! ([`Heartbeat`]); a difference between two machines' clocks includes their skew.
+//! Times are unix milliseconds ([`crate::time::unix_ms`]) on the sender's clock. Round trips are
+//! measured on one clock ([`Heartbeat`]); a difference between two machines' clocks includes their skew.
 
 use std::fmt;
 
@@ -62,12 +62,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ModelRef;
-
-/// Milliseconds since the Unix epoch (0 for a clock before it): how times travel in messages.
-pub fn unix_ms(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// The ALPN protocol name of the control plane, so that a QUIC endpoint refuses anything else during
 /// the handshake. It carries no version: versions are negotiated by [`Hello`] and [`Welcome`].

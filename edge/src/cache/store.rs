@@ -28,7 +28,7 @@ use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta, RespCacheable, Stora
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use shared::crypto::Keyring;
-use shared::wire::unix_ms;
+use shared::time::{unix_ms, unix_ms_now};
 
 use super::key::{cache_key, fill_epoch, logical_key};
 use super::policy::{response_cacheability, stale_window};
@@ -153,7 +153,7 @@ impl EncryptedStore {
                 .filter(|hash| self.remove_locked(&mut index, hash).is_some())
                 .count(),
             PurgeMode::Soft => {
-                let now = unix_ms(SystemTime::now());
+                let now = unix_ms_now();
                 hashes
                     .iter()
                     .filter_map(|hash| self.get(hash))
@@ -401,7 +401,7 @@ impl Storage for EncryptedStore {
         let Some(entry) = self.get(&hash) else {
             return Ok(None);
         };
-        if entry.usable_until_ms < unix_ms(SystemTime::now()) {
+        if entry.usable_until_ms < unix_ms_now() {
             return Ok(None);
         }
         let keyring = self.keyring();
@@ -485,9 +485,7 @@ impl Storage for EncryptedStore {
         let Some(entry) = self.get(&target.key().combined_bin()) else {
             return Ok(PurgeOutcome::NotFound);
         };
-        entry
-            .stale_since_ms
-            .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        entry.stale_since_ms.store(unix_ms_now(), Ordering::Relaxed);
         Ok(PurgeOutcome::Expired)
     }
 

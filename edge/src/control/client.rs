@@ -17,7 +17,7 @@ use shared::framed::{FrameReader, FrameWriter};
 use shared::tls::{TlsFiles, client_config};
 use shared::wire::{self, EdgeMessage, Goodbye, GoodbyeCode, Heartbeat, Hello, OriginMessage, Stats, Warm};
 
-use shared::wire::unix_ms;
+use shared::time::unix_ms_now;
 
 use super::{ControlState, Protocol};
 use crate::cache::{EncryptedStore, PurgeMode, Selector};
@@ -74,7 +74,7 @@ impl ControlClient {
             state,
             store,
             instance_id: rand::random(),
-            started_at_ms: unix_ms(SystemTime::now()),
+            started_at_ms: unix_ms_now(),
             metrics: Metrics::global(),
         }
     }
@@ -189,7 +189,7 @@ impl ControlClient {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let sent_at_ms = unix_ms(SystemTime::now());
+                    let sent_at_ms = unix_ms_now();
                     writer.send(&EdgeMessage::Heartbeat(Heartbeat { sent_at_ms, reply: false })).await?;
                 }
                 _ = stats.tick() => writer.send(&EdgeMessage::Stats(self.stats())).await?,

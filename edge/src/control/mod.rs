@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use shared::time::unix_ms;
 use shared::wire::{
     self, Ack, DropAll, EdgeMessage, GoodbyeCode, Heartbeat, HotKey, Invalidate, OriginMessage, SUPPORTED_VERSIONS,
-    Warm, Welcome, unix_ms,
+    Warm, Welcome,
 };
 
 pub use client::{ClientSettings, ControlClient};

@@ -265,7 +265,7 @@ impl Authenticator {
             }
         }
         let found = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
-        let now = crate::storage::unix_millis(time::OffsetDateTime::now_utc());
+        let now = shared::time::unix_ms_now();
         if found.expires_at_ms.is_some_and(|expires| expires <= now) {
             return Err(ApiError::unauthorized("this token has expired"));
         }

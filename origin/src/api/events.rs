@@ -17,6 +17,7 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use shared::domain::Instrument;
 use shared::events::{NewEvent, Publish, TopicPattern};
+use shared::time::{unix_ms, unix_ms_now};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -25,7 +26,7 @@ use super::auth::{Principal, Scope};
 use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody, ErrorDetail};
 use super::extract::{ApiQuery, JsonBody, parse_value, whole_number};
 use crate::events::{Events, Filter, Frame, PAGE, SubscriberStatus, Subscription, Who};
-use crate::storage::{LogStep, StorageError, unix_millis};
+use crate::storage::{LogStep, StorageError};
 
 /// The longest `?batch_ms=`.
 const MAX_BATCH_MS: u64 = 10_000;
@@ -304,7 +305,7 @@ pub(super) fn instant_ms(text: &str) -> Option<u64> {
     millis.then(|| whole_number(text)).flatten().or_else(|| {
         OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .ok()
-            .map(unix_millis)
+            .map(unix_ms)
     })
 }
 
@@ -501,7 +502,7 @@ impl StreamWriter {
                 frames.push(frame);
             }
         }
-        let now = unix_millis(OffsetDateTime::now_utc());
+        let now = unix_ms_now();
         let mut chunk = BytesMut::new();
         let mut written = 0;
         for frame in frames.iter().filter(|frame| frame.id > self.last_sent) {

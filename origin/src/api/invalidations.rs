@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
+use shared::time::from_unix_ms;
 use shared::wire::{Invalidate, MAX_KEY_BYTES};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -186,10 +187,9 @@ pub struct LoggedInvalidation {
 
 impl From<&Invalidate> for LoggedInvalidation {
     fn from(message: &Invalidate) -> Self {
-        let nanos = i128::from(message.issued_at_ms) * 1_000_000;
         Self {
             sequence: message.sequence,
-            issued_at: OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            issued_at: from_unix_ms(message.issued_at_ms),
             selectors: InvalidationBody::from_message(message),
         }
     }

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use shared::events::TopicPattern;
+use shared::time::{unix_ms, unix_ms_now};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -18,7 +19,6 @@ use super::extract::{ApiPath, JsonBody};
 use super::{AppState, Inner};
 use crate::forecasts::Forecasts;
 use crate::storage::tokens::StoredToken;
-use crate::storage::unix_millis;
 
 /// How often the stored tokens are read again, so tokens made or revoked through another origin take
 /// effect here too.
@@ -167,7 +167,7 @@ fn checked(principal: &Principal, new: NewToken, now_ms: u64) -> ApiResult<(Vec<
         Some(text) => {
             let at = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
                 .map_err(|_| ApiError::unprocessable("expires_at: give an RFC 3339 time"))?;
-            let at_ms = unix_millis(at);
+            let at_ms = unix_ms(at);
             if at_ms <= now_ms {
                 return Err(ApiError::unprocessable("expires_at must be in the future"));
             }
@@ -193,7 +193,7 @@ pub async fn create(
     JsonBody(new): JsonBody<NewToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     let principal = state.principal(&headers, Scope::TokensAdmin)?;
-    let now_ms = unix_millis(OffsetDateTime::now_utc());
+    let now_ms = unix_ms_now();
     let name = new.name.clone();
     let scopes = new.scopes.clone();
     let (topics, expires_at_ms) = checked(&principal, new, now_ms)?;
@@ -252,7 +252,7 @@ pub async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let principal = state.principal(&headers, Scope::TokensAdmin)?;
-    let now_ms = unix_millis(OffsetDateTime::now_utc());
+    let now_ms = unix_ms_now();
     let Some(token) = state.forecasts.store().revoke_token(&id, now_ms).await? else {
         return Err(ApiError::not_found(format!(
             "no token {id} (tokens of the configuration file are removed there)"

@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use shared::events::TopicPattern;
+use shared::time::{from_unix_ms, unix_ms_now};
 use shared::webhooks::Secret;
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 
@@ -17,7 +17,6 @@ use super::AppState;
 use super::auth::{Principal, Scope};
 use super::error::{AdminErrors, ApiError, ApiResult, BodyErrors, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, JsonBody, page_limit, parse_value, whole_number};
-use crate::storage::unix_millis;
 use crate::storage::webhooks::{Attempt, Delivery, StoredEndpoint, StoredSecret};
 use crate::webhooks::{
     EndpointStats, HEADER_NAME_PATTERN, HEADER_VALUE_PATTERN, MAX_HEADER_VALUE, MAX_HEADERS, check_headers,
@@ -161,9 +160,8 @@ pub struct EndpointView {
 }
 
 pub(super) fn rfc3339(ms: u64) -> String {
-    let at =
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    at.format(&time::format_description::well_known::Rfc3339)
+    from_unix_ms(ms)
+        .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -198,10 +196,6 @@ pub struct CreatedEndpoint {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointList {
     endpoints: Vec<EndpointView>,
-}
-
-fn now_ms() -> u64 {
-    unix_millis(OffsetDateTime::now_utc())
 }
 
 fn new_id() -> ApiResult<String> {
@@ -265,7 +259,7 @@ async fn load(state: &AppState, id: &str) -> ApiResult<StoredEndpoint> {
 /// Stores a change made from `revision`; a concurrent change gets 409.
 async fn store_change(state: &AppState, mut endpoint: StoredEndpoint, revision: u64) -> ApiResult<StoredEndpoint> {
     endpoint.revision = revision + 1;
-    endpoint.updated_at_ms = now_ms();
+    endpoint.updated_at_ms = unix_ms_now();
     if state.webhooks.store().put_endpoint(&endpoint, Some(revision)).await? {
         Ok(endpoint)
     } else {
@@ -291,7 +285,7 @@ pub async fn create(
     let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     let new: NewEndpoint = parse_value(body)?;
     let secret = Secret::generate();
-    let now = now_ms();
+    let now = unix_ms_now();
     let endpoint = StoredEndpoint {
         id: new_id()?,
         revision: 1,
@@ -450,7 +444,7 @@ pub async fn rotate_secret(
     let principal = state.principal(&headers, Scope::WebhooksAdmin)?;
     let mut endpoint = load(&state, &id).await?;
     let revision = endpoint.revision;
-    let now = now_ms();
+    let now = unix_ms_now();
     let expires = now + u64::try_from(state.webhooks.settings.secret_overlap.as_millis()).unwrap_or(u64::MAX / 2);
     let secret = Secret::generate();
     let mut secrets = vec![StoredSecret {

@@ -14,6 +14,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use shared::domain::{ForecastKey, ModelRef};
 use shared::events::ForecastChange;
+use shared::time::unix_ms_now;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
@@ -23,7 +24,6 @@ mod webhooks;
 use super::{
     AuditEntry, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation, NewVersion,
     PendingChange, Result, Retention, StorageError, Store, StoredEvent, VersionRecord, check_expect, missing_version,
-    unix_millis,
 };
 
 /// `AAPL:1h` → [`KeyState`] as JSON.
@@ -271,7 +271,7 @@ impl Group<'_> {
         self.txn
             .open_table(PENDING)
             .map_err(fail)?
-            .insert(at, unix_millis(OffsetDateTime::now_utc()))
+            .insert(at, unix_ms_now())
             .map_err(fail)?;
         Ok(())
     }

@@ -526,10 +526,8 @@ impl PendingChange {
     }
 }
 
-/// Milliseconds since the unix epoch (0 before it).
-pub fn unix_millis(at: OffsetDateTime) -> u64 {
-    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}
+/// [`shared::time::unix_ms`] under the name the callers not yet switched to it use.
+pub use shared::time::unix_ms as unix_millis;
 
 #[async_trait]
 pub trait Store: webhooks::WebhookStore + tokens::TokenStore + Send + Sync + std::fmt::Debug + 'static {
@@ -624,7 +622,7 @@ impl LogRetention {
     /// Records appended before this instant (unix milliseconds) are past their age.
     pub fn cutoff_ms(&self, now: OffsetDateTime) -> u64 {
         let max_age = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
-        unix_millis(now).saturating_sub(max_age)
+        shared::time::unix_ms(now).saturating_sub(max_age)
     }
 }
 

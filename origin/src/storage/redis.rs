@@ -15,6 +15,7 @@ use redis::streams::StreamId;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use shared::domain::{ForecastKey, ModelRef};
 use shared::events::ForecastChange;
+use shared::time::unix_ms_now;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
@@ -25,7 +26,6 @@ use super::keys;
 use super::{
     AuditEntry, Current, EventPage, Expect, History, InvalidationPage, LogRead, LogRetention, NewInvalidation,
     NewVersion, PendingChange, Result, Retention, StorageError, Store, StoredEvent, VersionRecord, missing_version,
-    unix_millis,
 };
 
 /// Bounds (ms) of the cluster client's jittered pause between retries of a request.
@@ -413,7 +413,7 @@ impl Store for RedisStore {
     }
 
     async fn intend_change(&self, key: &ForecastKey) -> Result<()> {
-        let now = unix_millis(OffsetDateTime::now_utc());
+        let now = unix_ms_now();
         let member = key.to_string();
         self.run(|mut c| async move {
             redis::cmd("ZADD")

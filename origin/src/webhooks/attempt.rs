@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use shared::events::Event;
+use shared::time::unix_ms;
 use shared::webhooks::signature_header;
 use time::OffsetDateTime;
 
@@ -21,8 +22,8 @@ use super::endpoints::signing_secrets;
 use super::policy::{Verdict, retry_after, verdict};
 use super::target::{Resolver, TargetPolicy};
 use super::{Webhooks, message_id};
+use crate::storage::Result;
 use crate::storage::webhooks::{Attempt, Delivery, StoredEndpoint};
-use crate::storage::{Result, unix_millis};
 
 /// Event bodies kept in memory: endpoints that share an event read it once.
 const BODY_CACHE: usize = 4096;
@@ -104,7 +105,7 @@ impl Webhooks {
         }
         // Receivers compare the signed timestamp with their wall clock; secrets expire by it too.
         let now = OffsetDateTime::now_utc();
-        let secrets = signing_secrets(endpoint, unix_millis(now));
+        let secrets = signing_secrets(endpoint, unix_ms(now));
         let timestamp = now.unix_timestamp();
         let signature = signature_header(&secrets, &attempt.message_id, timestamp, &body);
         let mut request = self.client.post(url).header("content-type", "application/json");

@@ -5,15 +5,13 @@
 //! tests move it forward to walk a schedule of hours in moments (tokio's paused time cannot: the HTTP
 //! client's timeouts would fire while a real receiver answers). Deliveries that the store queues as
 //! due at the wall clock's now are due by this clock too. Two readings stay on the wall clock
-//! ([`wall_ms`]) because others read them by theirs: the signed `webhook-timestamp` and the
+//! ([`unix_ms_now`]) because others read them by theirs: the signed `webhook-timestamp` and the
 //! end-to-end latency of an event appended by the store.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use time::OffsetDateTime;
-
-use crate::storage::unix_millis;
+use shared::time::unix_ms_now;
 
 #[derive(Debug, Default)]
 pub struct Clock {
@@ -22,7 +20,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn now_ms(&self) -> u64 {
-        wall_ms() + self.ahead_ms.load(Ordering::Relaxed)
+        unix_ms_now() + self.ahead_ms.load(Ordering::Relaxed)
     }
 
     /// Moves this clock `by` ahead of the wall clock's pace.
@@ -36,11 +34,6 @@ impl Clock {
     pub fn after(&self, delay: Duration) -> u64 {
         later(self.now_ms(), delay)
     }
-}
-
-/// The wall clock, in milliseconds since the epoch.
-pub fn wall_ms() -> u64 {
-    unix_millis(OffsetDateTime::now_utc())
 }
 
 /// `delay` after `at_ms`, saturating.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
+use shared::time::unix_ms_now;
 use tokio::sync::AcquireError;
 
 use super::Webhooks;
-use super::clock::wall_ms;
 use super::policy::{HealthChange, JITTER, Verdict, health_change};
 use crate::storage::webhooks::{Attempt, Delivery, Finish, StoredEndpoint, Taken};
 use crate::storage::{Result, StorageError};
@@ -127,7 +127,7 @@ impl Webhooks {
         match &finish {
             Finish::Done => {
                 // Appended by the wall clock, so measured by it.
-                let latency = wall_ms().saturating_sub(delivery.appended_at_ms);
+                let latency = unix_ms_now().saturating_sub(delivery.appended_at_ms);
                 self.metrics.webhook_latency.observe(latency as f64 / 1000.0);
             }
             Finish::Dead(_) => self.metrics.webhook_dead_letters.inc(),

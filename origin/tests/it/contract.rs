@@ -13,10 +13,11 @@ use origin::storage::tokens::StoredToken;
 use origin::storage::webhooks::{Attempt, Delivery, Finish, StoredEndpoint, StoredSecret, Taken};
 use origin::storage::{
     AuditEntry, Expect, InvalidationPage, LogRetention, NewInvalidation, NewVersion, PendingChange, Retention,
-    SharedStore, StorageError, StoredEvent, unix_millis,
+    SharedStore, StorageError, StoredEvent,
 };
 use shared::domain::{Forecast, ForecastKey, ModelRef};
 use shared::events::{ForecastChange, NewEvent};
+use shared::time::unix_ms_now;
 use shared::wire::Selector;
 use time::OffsetDateTime;
 
@@ -241,10 +242,6 @@ fn tagged(tag: &str, issued_at_ms: u64) -> NewInvalidation {
     }
 }
 
-fn now_ms() -> u64 {
-    unix_millis(OffsetDateTime::now_utc())
-}
-
 fn sequences(page: &InvalidationPage) -> Vec<u64> {
     page.records.iter().map(|r| r.sequence).collect()
 }
@@ -259,11 +256,14 @@ async fn invalidations_expire_by_age_but_the_newest_stays(store: &SharedStore) {
     let empty = store.read_invalidations(Some(0), WHOLE_LOG).await.unwrap();
     assert_eq!(empty, InvalidationPage::new(Some(0), None, Vec::new()));
     assert!(!empty.trimmed);
-    let long_ago = now_ms() - 2 * RETENTION.invalidations.max_age.as_millis() as u64;
+    let long_ago = unix_ms_now() - 2 * RETENTION.invalidations.max_age.as_millis() as u64;
     assert_eq!(store.append_invalidation(&tagged("OLD", long_ago)).await.unwrap(), 1);
     let alone = store.read_invalidations(None, WHOLE_LOG).await.unwrap();
     assert_eq!(sequences(&alone), [1], "the newest entry was trimmed");
-    assert_eq!(store.append_invalidation(&tagged("NEW", now_ms())).await.unwrap(), 2);
+    assert_eq!(
+        store.append_invalidation(&tagged("NEW", unix_ms_now())).await.unwrap(),
+        2
+    );
     let page = store.read_invalidations(Some(0), WHOLE_LOG).await.unwrap();
     assert_eq!((sequences(&page), page.head, page.trimmed), (vec![2], Some(2), true));
     let caught_up = store.read_invalidations(Some(1), WHOLE_LOG).await.unwrap();
@@ -282,9 +282,9 @@ async fn invalidations_are_numbered_and_read_in_order(store: &SharedStore) {
             Selector::All,
         ],
         soft: true,
-        issued_at_ms: now_ms(),
+        issued_at_ms: unix_ms_now(),
     };
-    let appended = [every_kind, tagged("B", now_ms()), tagged("C", now_ms())];
+    let appended = [every_kind, tagged("B", unix_ms_now()), tagged("C", unix_ms_now())];
     for (i, new) in appended.iter().enumerate() {
         assert_eq!(store.append_invalidation(new).await.unwrap(), head + 1 + i as u64);
     }
@@ -316,7 +316,7 @@ async fn concurrent_appends_get_consecutive_sequences(store: &SharedStore) {
         tokio::spawn(async move {
             let mut mine = Vec::new();
             for i in 0..50 {
-                let new = tagged(&format!("T{task}-{i}"), now_ms());
+                let new = tagged(&format!("T{task}-{i}"), unix_ms_now());
                 mine.push(store.append_invalidation(&new).await.unwrap());
             }
             mine
@@ -363,7 +363,7 @@ fn event(topic: &str, n: usize) -> StoredEvent {
     }))
     .unwrap();
     StoredEvent {
-        appended_at_ms: now_ms(),
+        appended_at_ms: unix_ms_now(),
         event: NewEvent::check(publish, &[], OffsetDateTime::now_utc()).unwrap(),
     }
 }
@@ -436,8 +436,8 @@ fn endpoint(id: &str, revision: u64) -> StoredEndpoint {
             secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
             expires_at_ms: None,
         }],
-        created_at_ms: now_ms(),
-        updated_at_ms: now_ms(),
+        created_at_ms: unix_ms_now(),
+        updated_at_ms: unix_ms_now(),
         failing_since_ms: None,
     }
 }
@@ -470,7 +470,7 @@ fn delivery(endpoint: &str, event_id: u64) -> Delivery {
         endpoint: endpoint.to_owned(),
         event_id,
         attempts: 0,
-        appended_at_ms: now_ms(),
+        appended_at_ms: unix_ms_now(),
         put_off: false,
     }
 }
@@ -502,7 +502,7 @@ async fn deliveries_are_dispatched_once_taken_once_and_finished(store: &SharedSt
     assert_eq!(store.dispatch_cursor().await.unwrap(), Some(4));
     assert_eq!(store.queue_depth().await.unwrap(), 3);
 
-    let now = now_ms();
+    let now = unix_ms_now();
     let taken = store.take_deliveries("one", 10, now, RECLAIM).await.unwrap();
     assert_eq!(event_ids(&taken), [2, 3, 4]);
     assert!(
@@ -535,7 +535,7 @@ async fn deliveries_are_dispatched_once_taken_once_and_finished(store: &SharedSt
     assert_eq!(store.queue_depth().await.unwrap(), 1, "only the retry is queued");
     assert!(
         store
-            .take_deliveries("one", 10, now_ms(), Duration::ZERO)
+            .take_deliveries("one", 10, unix_ms_now(), Duration::ZERO)
             .await
             .unwrap()
             .is_empty(),
@@ -550,14 +550,14 @@ async fn deliveries_are_dispatched_once_taken_once_and_finished(store: &SharedSt
     let letters = store.dead_letters("ep_q").await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!((letters[0].event_id, letters[0].attempts), (4, 3));
-    assert_eq!(store.redrive("ep_q", now_ms()).await.unwrap(), 1);
+    assert_eq!(store.redrive("ep_q", unix_ms_now()).await.unwrap(), 1);
     assert!(store.dead_letters("ep_q").await.unwrap().is_empty());
-    let redriven = store.take_deliveries("one", 10, now_ms(), RECLAIM).await.unwrap();
+    let redriven = store.take_deliveries("one", 10, unix_ms_now(), RECLAIM).await.unwrap();
     assert_eq!(redriven.len(), 1);
     assert_eq!((redriven[0].delivery.event_id, redriven[0].delivery.attempts), (4, 0));
     store.finish_delivery(&redriven[0], &Finish::Done).await.unwrap();
-    store.enqueue(&[delivery("ep_q", 9)], now_ms()).await.unwrap();
-    let replayed = store.take_deliveries("one", 10, now_ms(), RECLAIM).await.unwrap();
+    store.enqueue(&[delivery("ep_q", 9)], unix_ms_now()).await.unwrap();
+    let replayed = store.take_deliveries("one", 10, unix_ms_now(), RECLAIM).await.unwrap();
     assert_eq!(event_ids(&replayed), [9]);
     store.finish_delivery(&replayed[0], &Finish::Done).await.unwrap();
     assert_eq!(store.queue_depth().await.unwrap(), 0);
@@ -569,7 +569,7 @@ async fn attempts_keep_the_newest_and_count_outcomes(store: &SharedStore) {
             message_id: format!("msg_{n}"),
             event_id: n,
             attempt: 1,
-            at_ms: now_ms(),
+            at_ms: unix_ms_now(),
             outcome: if n == 5 { "delivered" } else { "retry" }.into(),
             status: Some(500),
             latency_ms: 3,
@@ -611,7 +611,7 @@ async fn changes_are_pending_until_announced_once(store: &SharedStore) {
         noted(store.pending_changes(0).await.unwrap()).is_empty(),
         "noted after the cut-off"
     );
-    let later = now_ms() + 1;
+    let later = unix_ms_now() + 1;
     let pending = noted(store.pending_changes(later).await.unwrap());
     let expected = [ForecastChange::Written, ForecastChange::Deleted].map(|change| PendingChange {
         key: key.clone(),
@@ -732,7 +732,10 @@ async fn contract(store: SharedStore, reopen: impl AsyncFnOnce(SharedStore) -> S
     assert_eq!(reopened.current(&key).await.unwrap().unwrap().forecast.point, 42.0);
     assert_eq!(reopened.read_invalidations(None, WHOLE_LOG).await.unwrap(), log);
     assert_eq!(
-        reopened.append_invalidation(&tagged("AFTER", now_ms())).await.unwrap(),
+        reopened
+            .append_invalidation(&tagged("AFTER", unix_ms_now()))
+            .await
+            .unwrap(),
         head + 1,
         "the numbering did not continue after a reopen"
     );

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{ReadableTable, TableDefinition};
+use shared::time::unix_ms_now;
 
 use super::{EmbeddedStore, fail};
 use crate::storage::webhooks::{Attempt, Counters, Delivery, Finish, StoredEndpoint, Taken, WebhookStore};
@@ -94,10 +95,6 @@ fn remove_endpoint_rows<V: redb::Value + 'static, K2: redb::Key + 'static>(
     Ok(())
 }
 
-fn unix_now_ms() -> u64 {
-    crate::storage::unix_millis(time::OffsetDateTime::now_utc())
-}
-
 #[async_trait]
 impl WebhookStore for EmbeddedStore {
     async fn put_endpoint(&self, endpoint: &StoredEndpoint, expected: Option<u64>) -> Result<bool> {
@@ -173,7 +170,7 @@ impl WebhookStore for EmbeddedStore {
                 }
                 numbers.insert(CURSOR, to).map_err(fail)?;
             }
-            push(txn, &deliveries, unix_now_ms())?;
+            push(txn, &deliveries, unix_ms_now())?;
             Ok(true)
         })
         .await
