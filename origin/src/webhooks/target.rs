@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
@@ -61,7 +62,8 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// An address range written as `a.b.c.d/n` or `x::y/n` (a bare address is a range of one).
+/// An address range written as `a.b.c.d/n` or `x::y/n` (a bare address is a range of one), parsed and
+/// matched as an [`IpNet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     network: IpAddr,
@@ -72,47 +74,36 @@ impl FromStr for Cidr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
-        let network: IpAddr = address
-            .parse()
-            .map_err(|_| format!("`{text}` is not an address or range"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = if prefix.is_empty() {
-            max
-        } else {
-            prefix
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{text}` has a prefix length outside 0–{max}"))?
+        let invalid = || format!("`{text}` is not an address or range");
+        // The address must also read as one to std, which refuses forms such as `010.0.0.0` that some
+        // resolvers read as octal and ipnet's parser as decimal.
+        let net = match text.split_once('/') {
+            None => IpNet::from(text.parse::<IpAddr>().map_err(|_| invalid())?),
+            Some((address, _)) if address.parse::<IpAddr>().is_err() => return Err(invalid()),
+            Some(_) => text.parse::<IpNet>().map_err(|_| invalid())?,
         };
-        Ok(Self { network, prefix })
+        Ok(Self {
+            network: net.addr(),
+            prefix: net.prefix_len(),
+        })
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        write!(f, "{}", self.net())
     }
 }
 
 impl Cidr {
     pub fn contains(&self, address: IpAddr) -> bool {
-        match (self.network, address) {
-            (IpAddr::V4(network), IpAddr::V4(address)) => {
-                prefix_matches(&network.octets(), &address.octets(), self.prefix)
-            }
-            (IpAddr::V6(network), IpAddr::V6(address)) => {
-                prefix_matches(&network.octets(), &address.octets(), self.prefix)
-            }
-            _ => false,
-        }
+        self.net().contains(&address)
     }
-}
 
-fn prefix_matches(network: &[u8], address: &[u8], prefix: u8) -> bool {
-    let (whole, rest) = (usize::from(prefix / 8), prefix % 8);
-    network[..whole] == address[..whole] && (rest == 0 || (network[whole] ^ address[whole]) & (0xff << (8 - rest)) == 0)
+    fn net(self) -> IpNet {
+        // Cannot panic: every `Cidr` comes from an `IpNet`, parsed or (the tables) built at compile time.
+        IpNet::new_assert(self.network, self.prefix)
+    }
 }
 
 /// A range that is not globally reachable, or reaches addresses the origin cannot check, and its name.
@@ -128,22 +119,25 @@ impl fmt::Display for SpecialRange {
     }
 }
 
+/// A range of the tables below; a prefix longer than the address fails the build.
 const fn v4(name: &'static str, [a, b, c, d]: [u8; 4], prefix: u8) -> SpecialRange {
+    let net = Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), prefix);
     SpecialRange {
         name,
         cidr: Cidr {
-            network: IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-            prefix,
+            network: IpAddr::V4(net.addr()),
+            prefix: net.prefix_len(),
         },
     }
 }
 
 const fn v6(name: &'static str, [a, b, c, d, e, f, g, h]: [u16; 8], prefix: u8) -> SpecialRange {
+    let net = Ipv6Net::new_assert(Ipv6Addr::new(a, b, c, d, e, f, g, h), prefix);
     SpecialRange {
         name,
         cidr: Cidr {
-            network: IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
-            prefix,
+            network: IpAddr::V6(net.addr()),
+            prefix: net.prefix_len(),
         },
     }
 }
