@@ -219,9 +219,9 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-/// An invalidation about to be appended; the log gives it its sequence. Stored as JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An invalidation about to be appended; the log gives it its sequence. Stored as JSON, in the form of
+/// [`StoredInvalidation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewInvalidation {
     pub selectors: Vec<Selector>,
     pub soft: bool,
@@ -241,11 +241,90 @@ impl NewInvalidation {
     }
 
     pub fn encode(&self) -> Result<String> {
-        serde_json::to_string(self).map_err(StorageError::corrupt)
+        serde_json::to_string(&StoredInvalidation::from(self)).map_err(StorageError::corrupt)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(StorageError::corrupt)
+        serde_json::from_slice::<StoredInvalidation>(bytes)
+            .map_err(StorageError::corrupt)?
+            .try_into()
+    }
+}
+
+/// The invalidation log's record format: its own types, so that a change of the control-plane messages
+/// never changes (or breaks the reading of) what is already stored.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredInvalidation {
+    selectors: Vec<StoredSelector>,
+    soft: bool,
+    issued_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredSelector {
+    Key(String),
+    Prefix(String),
+    Tag(String),
+    Model(StoredModel),
+    All,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredModel {
+    id: String,
+    version: String,
+}
+
+impl From<&NewInvalidation> for StoredInvalidation {
+    fn from(new: &NewInvalidation) -> Self {
+        let selectors = new
+            .selectors
+            .iter()
+            .map(|selector| match selector {
+                Selector::Key(key) => StoredSelector::Key(key.clone()),
+                Selector::Prefix(prefix) => StoredSelector::Prefix(prefix.clone()),
+                Selector::Tag(tag) => StoredSelector::Tag(tag.clone()),
+                Selector::Model(model) => StoredSelector::Model(StoredModel {
+                    id: model.id.clone(),
+                    version: model.version.clone(),
+                }),
+                Selector::All => StoredSelector::All,
+            })
+            .collect();
+        Self {
+            selectors,
+            soft: new.soft,
+            issued_at_ms: new.issued_at_ms,
+        }
+    }
+}
+
+impl TryFrom<StoredInvalidation> for NewInvalidation {
+    type Error = StorageError;
+
+    fn try_from(stored: StoredInvalidation) -> Result<Self> {
+        let selectors = stored
+            .selectors
+            .into_iter()
+            .map(|selector| {
+                Ok(match selector {
+                    StoredSelector::Key(key) => Selector::Key(key),
+                    StoredSelector::Prefix(prefix) => Selector::Prefix(prefix),
+                    StoredSelector::Tag(tag) => Selector::Tag(tag),
+                    StoredSelector::Model(model) => {
+                        Selector::Model(ModelRef::new(model.id, model.version).map_err(StorageError::corrupt)?)
+                    }
+                    StoredSelector::All => Selector::All,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            selectors,
+            soft: stored.soft,
+            issued_at_ms: stored.issued_at_ms,
+        })
     }
 }
 
@@ -666,6 +745,34 @@ pub(crate) fn check_expect(key: &ForecastKey, expect: Expect, current: Option<u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The invalidation log's record format, byte for byte: records stored by earlier builds stay readable,
+    /// and what is written now is what they wrote.
+    #[test]
+    fn the_invalidation_record_format_is_fixed() {
+        let stored = r#"{"selectors":[{"Key":"/v1/forecasts/AAPL/1h"},{"Prefix":"/v1/forecasts/MSFT"},{"Tag":"AAPL"},{"Model":{"id":"lstm","version":"3.2.0"}},"All"],"soft":true,"issued_at_ms":1764900000000}"#;
+        let read = NewInvalidation::decode(stored.as_bytes()).unwrap();
+        assert_eq!(
+            read,
+            NewInvalidation {
+                selectors: vec![
+                    Selector::Key("/v1/forecasts/AAPL/1h".into()),
+                    Selector::Prefix("/v1/forecasts/MSFT".into()),
+                    Selector::Tag("AAPL".into()),
+                    Selector::Model(ModelRef::new("lstm", "3.2.0").unwrap()),
+                    Selector::All,
+                ],
+                soft: true,
+                issued_at_ms: 1_764_900_000_000,
+            }
+        );
+        assert_eq!(read.encode().unwrap(), stored);
+        let bad_model = stored.replace("lstm", "ls/tm");
+        assert!(matches!(
+            NewInvalidation::decode(bad_model.as_bytes()),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
 
     /// A page read after `after` holding `readable` and `unreadable` ids.
     fn page(readable: &[u64], unreadable: &[u64]) -> EventPage {
