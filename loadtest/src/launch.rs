@@ -7,11 +7,10 @@
 //! and its path is printed so a failing test can be diagnosed.
 
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::future::Future;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -547,58 +546,24 @@ fn ensure_success(process: &ChildProcess, status: ExitStatus) -> Result<()> {
 }
 
 /// Sends one command to the Redis server on 127.0.0.1:`port` over a fresh connection and returns
-/// the reply: a simple string, an integer or a bulk string as text, `None` for a nil bulk string.
-/// An error reply is an error; arrays are not supported.
+/// the reply: a simple string, an integer or a bulk string as text, `None` for nil. An error reply is
+/// an error, and so is an array.
 pub fn redis_command(port: u16, args: &[&str]) -> Result<Option<String>> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&address, REDIS_IO_TIMEOUT)
+    let client = redis::Client::open(format!("redis://{address}")).context("describe a redis connection")?;
+    let mut connection = client
+        .get_connection_with_timeout(REDIS_IO_TIMEOUT)
         .with_context(|| format!("connect to redis at {address}"))?;
-    stream
+    connection
         .set_read_timeout(Some(REDIS_IO_TIMEOUT))
         .context("set a read timeout")?;
-    stream
+    connection
         .set_write_timeout(Some(REDIS_IO_TIMEOUT))
         .context("set a write timeout")?;
-    stream
-        .write_all(encode_command(args).as_bytes())
-        .with_context(|| format!("send {args:?} to redis at {address}"))?;
-    read_reply(&mut BufReader::new(stream))
-        .with_context(|| format!("read the reply to {args:?} from redis at {address}"))
-}
-
-fn encode_command(args: &[&str]) -> String {
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        // Writing to a String cannot fail.
-        let _ = write!(request, "${}\r\n{arg}\r\n", arg.len());
-    }
-    request
-}
-
-fn read_reply(reader: &mut impl BufRead) -> Result<Option<String>> {
-    let mut line = String::new();
-    reader.read_line(&mut line).context("read a reply line")?;
-    let line = line
-        .strip_suffix("\r\n")
-        .with_context(|| format!("incomplete reply {line:?}"))?;
-    let Some((kind, rest)) = line.split_at_checked(1) else {
-        bail!("empty reply");
-    };
-    match kind {
-        "+" | ":" => Ok(Some(rest.to_owned())),
-        "-" => bail!("redis replied with an error: {rest}"),
-        "$" => {
-            let length: i64 = rest.parse().with_context(|| format!("bulk length {rest:?}"))?;
-            let Ok(length) = usize::try_from(length) else {
-                return Ok(None);
-            };
-            let mut bulk = vec![0; length + 2];
-            reader.read_exact(&mut bulk).context("read a bulk string")?;
-            bulk.truncate(length);
-            String::from_utf8(bulk).map(Some).context("bulk string is not UTF-8")
-        }
-        other => bail!("unsupported reply type {other:?}"),
-    }
+    redis::Cmd::new()
+        .arg(args)
+        .query(&mut connection)
+        .with_context(|| format!("send {args:?} to redis at {address}"))
 }
 
 fn answers_ping(port: u16) -> bool {
@@ -934,30 +899,5 @@ mod tests {
         assert_eq!(parse_pss(rollup), Some(3 * 1024 * 1024));
         assert_eq!(parse_pss("Rss: 5120 kB\n"), None);
         assert!(proportional_set_size(std::process::id()).unwrap() > 0);
-    }
-
-    fn reply(bytes: &[u8]) -> Result<Option<String>> {
-        read_reply(&mut &bytes[..])
-    }
-
-    #[test]
-    fn encodes_commands_as_resp_arrays() {
-        assert_eq!(encode_command(&["PING"]), "*1\r\n$4\r\nPING\r\n");
-        assert_eq!(
-            encode_command(&["SET", "k", ""]),
-            "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn reads_replies() {
-        assert_eq!(reply(b"+PONG\r\n").unwrap().as_deref(), Some("PONG"));
-        assert_eq!(reply(b":42\r\n").unwrap().as_deref(), Some("42"));
-        assert_eq!(reply(b"$5\r\nhe\r\no\r\n").unwrap().as_deref(), Some("he\r\no"));
-        assert_eq!(reply(b"$-1\r\n").unwrap(), None);
-        assert!(reply(b"-ERR unknown\r\n").is_err());
-        assert!(reply(b"+PONG").is_err());
-        assert!(reply(b"*1\r\n$1\r\na\r\n").is_err());
-        assert!(reply(b"$5\r\nhe").is_err());
     }
 }
