@@ -2,6 +2,7 @@
 //! cache (RFC 9111) and applies purges.
 //!
 //! * [`cache`]: keys, policy (freshness, Vary, `Cache-Status`), the encrypted store, purges.
+//! * [`crypto`]: AES-256-GCM sealing under a rotating keyring (the cache's data at rest in memory).
 //! * [`proxy`]: pingora's request phases wired to the cache.
 //! * [`upstream`]: the origins behind the edge and their health.
 //! * [`control`]: the QUIC control-plane client (invalidations pushed by the origin) and the
@@ -18,6 +19,7 @@
 pub mod cache;
 pub mod config;
 pub mod control;
+pub mod crypto;
 pub mod downstream;
 pub mod metrics;
 pub mod proxy;

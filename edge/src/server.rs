@@ -17,11 +17,11 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use prometheus::{Encoder, TextEncoder};
-use shared::crypto::Keyring;
 
 use crate::cache::{Cache, EncryptedStore, StoreSettings};
 use crate::config::EdgeConfig;
 use crate::control::{ClientSettings, ControlClient, ControlState};
+use crate::crypto::Keyring;
 use crate::downstream::{ConnectionLimits, Downstream};
 use crate::metrics::Metrics;
 use crate::proxy::{EdgeProxy, ProxySettings};

@@ -1,7 +1,6 @@
 //! What the origin and the edges both need, and nothing else.
 //!
 //! * [`domain`]: instruments, timeframes, forecasts and models, checked when they are built.
-//! * [`crypto`]: AES-256-GCM sealing under a rotating keyring (data at rest in memory).
 //! * [`config`]: layered configuration loading (defaults → TOML file → prefixed environment).
 //! * [`telemetry`]: the one `tracing` setup.
 //! * [`tls`]: control-plane TLS: the development PKI (rcgen), the rustls configurations of origin and
@@ -16,7 +15,6 @@
 //! Invariant: this crate opens no sockets and spawns no tasks.
 
 pub mod config;
-pub mod crypto;
 pub mod domain;
 pub mod events;
 pub mod framed;

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use pingora::cache::eviction::lru;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
-use shared::crypto::Keyring;
 
 pub use purge::{PurgeMode, Selector};
 pub use store::{EncryptedStore, StoreSettings, StoreStats};
 
+use crate::crypto::Keyring;
 use crate::metrics::Metrics;
 
 /// Shards of the LRU eviction manager: fewer lock collisions between worker threads.

@@ -27,13 +27,13 @@ use pingora::cache::trace::{Span, SpanHandle};
 use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta, RespCacheable, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
-use shared::crypto::Keyring;
 use shared::time::{unix_ms, unix_ms_now};
 
 use super::key::{cache_key, fill_epoch, logical_key};
 use super::policy::{response_cacheability, stale_window};
 use super::purge::{PurgeLog, PurgeMode, Selector};
 use super::sealed::{CHUNK_BYTES, Part, associated_data, decode_meta, encode_meta};
+use crate::crypto::Keyring;
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 32;

@@ -6,12 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use edge::cache::{Cache, PurgeMode, Selector, StoreSettings, key};
+use edge::crypto::Keyring;
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::storage::{MissFinishType, MissHandler};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
-use shared::crypto::Keyring;
 
 const HOST: &str = "edge.test";
 
