@@ -1,20 +1,24 @@
 //! Wall-clock instants as milliseconds since the unix epoch: how the origin stores and the control
-//! plane sends them. One conversion serves `SystemTime` and `OffsetDateTime` alike.
+//! plane sends them. One conversion serves `SystemTime` and `OffsetDateTime` alike; durations added to
+//! or taken from such instants are whole milliseconds too ([`millis`]).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use time::OffsetDateTime;
 
 /// Milliseconds from the unix epoch to `at`: 0 for an instant before the epoch, saturating far after it.
 pub fn unix_ms(at: impl Into<SystemTime>) -> u64 {
-    at.into()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    at.into().duration_since(SystemTime::UNIX_EPOCH).map_or(0, millis)
 }
 
 /// The wall clock now, in milliseconds since the unix epoch.
 pub fn unix_ms_now() -> u64 {
     unix_ms(SystemTime::now())
+}
+
+/// `duration` in whole milliseconds, saturating.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The instant `ms` milliseconds after the unix epoch; the epoch itself for one past the calendar.
@@ -24,8 +28,6 @@ pub fn from_unix_ms(ms: u64) -> OffsetDateTime {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -46,6 +48,12 @@ mod tests {
             0
         );
         assert_eq!(unix_ms(OffsetDateTime::UNIX_EPOCH - time::Duration::days(1)), 0);
+    }
+
+    #[test]
+    fn durations_are_whole_saturating_milliseconds() {
+        assert_eq!(millis(Duration::from_micros(2_999)), 2);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 
     #[test]

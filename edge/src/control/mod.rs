@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use shared::time::unix_ms;
+use shared::time::{millis, unix_ms};
 use shared::wire::{
     self, Ack, DropAll, EdgeMessage, GoodbyeCode, Heartbeat, HotKey, Invalidate, OriginMessage, SUPPORTED_VERSIONS,
     Warm, Welcome,
@@ -97,7 +97,7 @@ impl ControlState {
     pub fn new(staleness_bound: Duration, now: SystemTime, metrics: &'static Metrics) -> Self {
         Self {
             hot_keys: HotKeys::default(),
-            staleness_bound_ms: u64::try_from(staleness_bound.as_millis()).unwrap_or(u64::MAX),
+            staleness_bound_ms: millis(staleness_bound),
             last_contact_ms: AtomicU64::new(unix_ms(now)),
             metrics,
         }

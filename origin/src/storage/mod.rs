@@ -700,8 +700,7 @@ pub struct LogRetention {
 impl LogRetention {
     /// Records appended before this instant (unix milliseconds) are past their age.
     pub fn cutoff_ms(&self, now: OffsetDateTime) -> u64 {
-        let max_age = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
-        shared::time::unix_ms(now).saturating_sub(max_age)
+        shared::time::unix_ms(now).saturating_sub(shared::time::millis(self.max_age))
     }
 }
 

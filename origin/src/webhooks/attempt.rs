@@ -12,11 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use shared::events::Event;
-use shared::time::unix_ms;
+use shared::time::{millis, unix_ms};
 use shared::webhooks::signature_header;
 use time::OffsetDateTime;
 
-use super::clock::millis;
 use super::delivery::DeliveryError;
 use super::endpoints::signing_secrets;
 use super::policy::{Verdict, retry_after, verdict};

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use shared::time::unix_ms_now;
+use shared::time::{millis, unix_ms_now};
 
 #[derive(Debug, Default)]
 pub struct Clock {
@@ -39,9 +39,4 @@ impl Clock {
 /// `delay` after `at_ms`, saturating.
 pub fn later(at_ms: u64, delay: Duration) -> u64 {
     at_ms.saturating_add(millis(delay))
-}
-
-/// `duration` in whole milliseconds, saturating.
-pub fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -11,8 +11,9 @@ use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
+use shared::time::millis;
 
-use super::clock::{later, millis};
+use super::clock::later;
 use crate::storage::webhooks::{Delivery, Finish, StoredEndpoint};
 
 /// What became of one attempt.

@@ -125,7 +125,7 @@ impl RedisStore {
     }
 
     async fn claim(&self, consumer: &str, limit: usize, reclaim_after: Duration) -> Result<Vec<Taken>> {
-        let min_idle = u64::try_from(reclaim_after.as_millis()).unwrap_or(u64::MAX);
+        let min_idle = shared::time::millis(reclaim_after);
         let (stale, fresh): (StreamAutoClaimReply, Option<StreamReadReply>) = self
             .run(|mut c| async move {
                 redis::pipe()
