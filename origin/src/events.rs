@@ -22,12 +22,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use shared::domain::Instrument;
 use shared::events::{Event, NewEvent, TopicPattern};
-use time::OffsetDateTime;
+use shared::time::unix_ms_now;
 use tokio::sync::{mpsc, watch};
 use utoipa::ToSchema;
 
 use crate::metrics::Metrics;
-use crate::storage::{EventPage, GapReason, LogStep, Result, SharedStore, StoredEvent, StoredEventAt, unix_millis};
+use crate::storage::{EventPage, GapReason, LogStep, Result, SharedStore, StoredEvent, StoredEventAt};
 
 /// Events read from the log at a time.
 pub const PAGE: NonZeroUsize = NonZeroUsize::new(1000).expect("non-zero");
@@ -85,7 +85,7 @@ impl Frame {
         let gap = serde_json::json!({"from": from, "to": to, "reason": reason});
         Self {
             id: to,
-            appended_at_ms: unix_millis(OffsetDateTime::now_utc()),
+            appended_at_ms: unix_ms_now(),
             bytes: Bytes::from(format!("event: gap\ndata: {gap}\n\n")),
         }
     }
@@ -255,7 +255,7 @@ impl Events {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let now = unix_millis(OffsetDateTime::now_utc());
+        let now = unix_ms_now();
         let stored: Vec<StoredEvent> = events
             .into_iter()
             .map(|event| StoredEvent {
@@ -350,7 +350,7 @@ impl Events {
                 queue: sender,
                 progress: progress.clone(),
                 who,
-                since_ms: unix_millis(OffsetDateTime::now_utc()),
+                since_ms: unix_ms_now(),
             },
         );
         self.metrics.subscribers.set(hub.subscribers.len() as i64);

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use shared::domain::{Forecast, ForecastKey, Instrument, ModelRef, Timeframe};
 use shared::events::{ForecastChange, ForecastUpdated, NewEvent};
+use shared::time::{millis, unix_ms, unix_ms_now};
 use shared::wire::{Invalidate, Selector};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, watch};
@@ -30,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::representation::Rendered;
 use crate::storage::{
     AuditEntry, Expect, History, InvalidationPage, NewInvalidation, NewVersion, PendingChange, Result, SharedStore,
-    StorageError, StoredEvent, VersionRecord, unix_millis,
+    StorageError, StoredEvent, VersionRecord,
 };
 
 /// How long a change may stay pending before it counts as left behind (its own request announces it
@@ -343,7 +344,7 @@ impl Forecasts {
         self.invalidate(cause, selectors, false).await.map_err(not_announced)?;
         let now = OffsetDateTime::now_utc();
         let event = StoredEvent {
-            appended_at_ms: unix_millis(now),
+            appended_at_ms: unix_ms(now),
             event: NewEvent::forecast_updated(&change.key.instrument, change.key.timeframe, &update, now),
         };
         let appended = self
@@ -359,8 +360,8 @@ impl Forecasts {
     /// Announces the changes left pending longer than [`PENDING_SETTLE`] (by a crash, or an outage of
     /// the logs); answers how many.
     pub async fn announce_pending(&self) -> Result<usize> {
-        let settle = u64::try_from(PENDING_SETTLE.as_millis()).unwrap_or(u64::MAX);
-        let before = unix_millis(OffsetDateTime::now_utc()).saturating_sub(settle);
+        let settle = millis(PENDING_SETTLE);
+        let before = unix_ms_now().saturating_sub(settle);
         let pending = self
             .timed("pending_changes", self.store.pending_changes(before))
             .await?;
@@ -486,7 +487,7 @@ impl Forecasts {
         let new = NewInvalidation {
             selectors,
             soft,
-            issued_at_ms: unix_millis(OffsetDateTime::now_utc()),
+            issued_at_ms: unix_ms_now(),
         };
         let sequence = self
             .timed("invalidation_append", self.store.append_invalidation(&new))

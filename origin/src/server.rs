@@ -95,7 +95,7 @@ async fn admin_tokens(config: &OriginConfig, store: &SharedStore) -> anyhow::Res
         hash: stored,
         scopes: vec![auth::Scope::Admin.name().to_owned()],
         topics: Vec::new(),
-        created_at_ms: crate::storage::unix_millis(time::OffsetDateTime::now_utc()),
+        created_at_ms: shared::time::unix_ms_now(),
         created_by: "origin".to_owned(),
         expires_at_ms: None,
         revoked_at_ms: None,

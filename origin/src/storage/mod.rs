@@ -605,9 +605,6 @@ impl PendingChange {
     }
 }
 
-/// [`shared::time::unix_ms`] under the name the callers not yet switched to it use.
-pub use shared::time::unix_ms as unix_millis;
-
 #[async_trait]
 pub trait Store: webhooks::WebhookStore + tokens::TokenStore + Send + Sync + std::fmt::Debug + 'static {
     /// Short name for metrics and logs.
