@@ -2,10 +2,7 @@
 //! published in the counted time, from the origin and, where it is installed, from nchan. No timing is
 //! checked.
 
-mod quick_run;
-mod support;
-
-use quick_run::quick_run;
+use crate::quick_run::quick_run;
 
 #[test]
 fn quick_run_delivers_every_event_to_every_subscriber() {

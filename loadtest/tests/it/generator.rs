@@ -2,8 +2,6 @@
 //! limit can be told apart from the limit of a server it measures. Run it in release mode:
 //!
 //! `cargo test --release -p loadtest --test generator -- --ignored --nocapture`
-#![allow(clippy::print_stdout, clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::mpsc;

@@ -1,9 +1,6 @@
 //! The origin an edge is attached to is killed (SIGKILL: no goodbye, no close) while forecasts are
 //! rewritten through a second origin sharing its Redis: the edge notices the silence, fails over to the
 //! second origin, is replayed what it missed, and then serves no version that a write replaced.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::profile_dir;
 use bytes::Bytes;
 use hyper::header::ETAG;
 use hyper::{Method, Response, StatusCode};
@@ -19,7 +17,6 @@ use loadtest::http::{self, Connection};
 use loadtest::launch::{self, ChildProcess, RedisServer};
 use loadtest::{edge, origin};
 use shared::tls::{self, EdgeIdentity};
-use support::profile_dir;
 
 const READY: Duration = Duration::from_secs(30);
 const KEYS: [&str; 4] = ["KILL/1h", "KILL/4h", "KILL/1d", "SURV/1h"];

@@ -2,12 +2,10 @@
 //! to loadtest, and nginx and Varnish when installed (each skipped by the run otherwise). Only the
 //! shape of the report is checked, never a timing.
 
-mod support;
-
 use std::process::Command;
 
+use crate::support::profile_dir;
 use serde_json::Value;
-use support::profile_dir;
 
 fn installed(program: &str) -> bool {
     loadtest::launch::find_on_path(program).is_some()

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::support::profile_dir;
+use crate::support::profile_dir;
 
 /// Runs `loadtest COMMAND --quick --NAME-bin PATH… --json FILE` with each of `binaries` (`origin`,
 /// `edge`) from this build profile, asserts that it succeeded, and answers its JSON report and what it

@@ -3,9 +3,6 @@
 //! certificate folder of its own: `up` makes the development PKI there, serves through the edge, a
 //! write reaches the edge over the control plane, its printed commands work, SIGTERM stops it and
 //! both servers, and the generated token still works afterwards.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,12 +10,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::profile_dir;
 use hyper::header::HeaderMap;
 use hyper::{Method, StatusCode};
 use loadtest::launch::{self, ChildProcess, ProcessTree};
 use loadtest::{edge, http, origin};
 use shared::tls::{self, CA_CERT_FILE, CA_KEY_FILE, EdgeIdentity, ORIGIN_CERT_FILE, ORIGIN_KEY_FILE};
-use support::profile_dir;
 
 /// How long `up` may take to print that both servers are ready (each has 30 s).
 const READY_WAIT: Duration = Duration::from_secs(70);

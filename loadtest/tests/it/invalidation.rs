@@ -1,10 +1,7 @@
 //! `loadtest invalidation --quick` with the edge built next to loadtest: every edge must apply every
 //! invalidation, of the writes and of the rate phase, and both hit-ratio runs happen. No timing is checked.
 
-mod quick_run;
-mod support;
-
-use quick_run::quick_run;
+use crate::quick_run::quick_run;
 use serde_json::Value;
 
 #[test]

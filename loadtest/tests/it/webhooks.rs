@@ -2,10 +2,7 @@
 //! answers failing, every message is delivered in the end, every signature verifies, and nothing is
 //! left in dead letters. No timing is checked.
 
-mod quick_run;
-mod support;
-
-use quick_run::quick_run;
+use crate::quick_run::quick_run;
 
 #[test]
 fn quick_run_delivers_every_message_despite_failing_answers() {
