@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::edge::{self, CacheKind};
+use crate::edge_hits::{self, CacheKind};
 use crate::invalidation;
 use crate::launch::Pinning;
 use crate::local;
-use crate::origin::{self, Backend};
+use crate::origin_throughput::{self, Backend};
 use crate::sse;
 use crate::webhooks;
 
@@ -97,13 +97,13 @@ pub struct OriginArgs {
 impl OriginArgs {
     /// The settings of this run; defaults of paths are relative to `exe_dir`, the directory of
     /// the running executable (such as `target/release`).
-    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> origin::Settings {
+    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> origin_throughput::Settings {
         let (instruments, duration, rounds) = if self.quick {
             (QUICK_INSTRUMENTS, QUICK_DURATION, QUICK_ROUNDS)
         } else {
             (self.instruments, self.load.duration, self.load.rounds)
         };
-        origin::Settings {
+        origin_throughput::Settings {
             origin_bin: self.origin_bin.clone().unwrap_or_else(|| exe_dir.join("origin")),
             instruments,
             duration,
@@ -144,7 +144,7 @@ pub struct EdgeHitsArgs {
 impl EdgeHitsArgs {
     /// The settings of this run; defaults of paths are relative to `exe_dir`, the directory of
     /// the running executable (such as `target/release`).
-    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> edge::Settings {
+    pub fn settings(&self, exe_dir: &Path, pinning: Option<Pinning>) -> edge_hits::Settings {
         let (instruments, entries_large, duration, rounds) = if self.quick {
             (
                 QUICK_EDGE_INSTRUMENTS,
@@ -160,7 +160,7 @@ impl EdgeHitsArgs {
                 self.load.rounds,
             )
         };
-        edge::Settings {
+        edge_hits::Settings {
             origin_bin: self.origin_bin.clone().unwrap_or_else(|| exe_dir.join("origin")),
             edge_bin: self.edge_bin.clone().unwrap_or_else(|| exe_dir.join("edge")),
             caches: distinct(&self.caches),

@@ -1,9 +1,9 @@
 //! The control plane between an origin and its edges as loadtest sets it up: QUIC with mutual TLS
-//! from a development PKI (see `certs/README.md`), which [`origin::configure`] and
-//! [`edge::configure`] hand to the servers.
+//! from a development PKI (see `certs/README.md`), which [`origin_throughput::configure`] and
+//! [`edge_hits::configure`] hand to the servers.
 //!
-//! [`origin::configure`]: crate::origin::configure
-//! [`edge::configure`]: crate::edge::configure
+//! [`origin_throughput::configure`]: crate::origin_throughput::configure
+//! [`edge_hits::configure`]: crate::edge_hits::configure
 
 use std::net::SocketAddr;
 

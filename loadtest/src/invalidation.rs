@@ -3,7 +3,7 @@
 //!
 //! The origin (embedded store in a temporary directory, control plane on a free UDP port) runs in
 //! this process, on a tokio runtime of its own, so that the acknowledgement each edge sends after
-//! applying an invalidation is read where the origin records it (`origin::control::Edges`) by a
+//! applying an invalidation is read where the origin records it (`origin_throughput::control::Edges`) by a
 //! thread that looks every [`ACK_POLL_INTERVAL`], without a request that would compete with the
 //! traffic measured. The edges are the `edge` executable, each with its own identity (`edge-0`,
 //! `edge-1`, … in region `local`) from a development PKI written into a temporary directory, in
@@ -40,7 +40,7 @@ use crate::http::{self, Body, Connection};
 use crate::launch::{self, ChildProcess, Pinning};
 use crate::measure::Machine;
 use crate::relay::DelayRelay;
-use crate::{edge, origin as origin_server};
+use crate::{edge_hits, origin_throughput as origin_server};
 
 /// How often the acknowledgements the origin recorded are looked at.
 pub const ACK_POLL_INTERVAL: Duration = Duration::from_micros(100);
@@ -455,7 +455,7 @@ async fn hit_ratio(settings: &Settings, pki: &Path, identity: &EdgeIdentity, war
             let response = edge.get_path(&path).await?;
             if Instant::now() >= counted_from {
                 reads += 1;
-                hits += u64::from(edge::is_hit(response.headers()));
+                hits += u64::from(edge_hits::is_hit(response.headers()));
             }
         }
         anyhow::Ok((reads, hits))
@@ -633,7 +633,7 @@ impl EdgeServer {
             address: control_address,
             tls: &tls,
         };
-        edge::configure(&mut command, listen, metrics, origin.address, Some(control));
+        edge_hits::configure(&mut command, listen, metrics, origin.address, Some(control));
         command
             .env("EDGE_CONTROL__STATS_INTERVAL", STATS_INTERVAL)
             .env("RUST_LOG", "warn");
@@ -676,7 +676,7 @@ impl EdgeServer {
             let response = self.get().await?;
             let served = etag_of(&response)?;
             ensure!(served == etag, "{} served {served} instead of {etag}", self.name);
-            if edge::is_hit(response.headers()) {
+            if edge_hits::is_hit(response.headers()) {
                 return Ok(());
             }
         }

@@ -4,9 +4,9 @@
 //!   tree such as nginx's) and pins them to CPUs; the integration tests of the other crates use it
 //!   too. Whatever it starts is killed on drop.
 //! * [`http`] is the HTTP/1.1 load generator, closed or open loop.
-//! * [`origin`] is the `loadtest origin` measurement; [`ceiling`] measures `redis-benchmark`
+//! * [`origin_throughput`] is the `loadtest origin` measurement; [`ceiling`] measures `redis-benchmark`
 //!   for comparison.
-//! * [`edge`] is the `loadtest edge-hits` measurement; [`peers`] configures and starts the caches
+//! * [`edge_hits`] is the `loadtest edge-hits` measurement; [`peers`] configures and starts the caches
 //!   it compares the edge with (nginx, Varnish).
 //! * [`invalidation`] is the `loadtest invalidation` measurement: how long a write takes to be
 //!   applied by every edge over the control plane.
@@ -23,14 +23,14 @@
 pub mod ceiling;
 pub mod cli;
 pub mod control;
-pub mod edge;
+pub mod edge_hits;
 pub mod http;
 pub mod invalidation;
 pub mod launch;
 pub mod local;
 pub mod measure;
 pub mod median;
-pub mod origin;
+pub mod origin_throughput;
 pub mod peers;
 pub mod relay;
 pub mod report;

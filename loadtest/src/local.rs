@@ -26,8 +26,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::control::{self, Control, TlsFiles};
 use crate::launch::{self, ChildProcess};
-use crate::origin::BOOTSTRAP_TOKEN_VARIABLE;
-use crate::{edge, origin};
+use crate::origin_throughput::BOOTSTRAP_TOKEN_VARIABLE;
+use crate::{edge_hits, origin_throughput};
 
 /// How long `cargo build` of the origin and the edge may take: a first release build takes minutes.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -154,7 +154,7 @@ impl Token {
     pub fn new(configured: Option<String>) -> Self {
         match configured {
             Some(token) if !token.is_empty() => Self::Configured(token),
-            _ => Self::Generated(origin::random_token()),
+            _ => Self::Generated(origin_throughput::random_token()),
         }
     }
 
@@ -263,7 +263,7 @@ async fn start(
         tls,
     };
     let mut command = Command::new(settings.bin("origin"));
-    origin::configure(
+    origin_throughput::configure(
         &mut command,
         settings.origin_listen,
         None,
@@ -278,7 +278,7 @@ async fn start(
         .context("start the origin (its output is above)")?;
 
     let mut command = Command::new(settings.bin("edge"));
-    edge::configure(
+    edge_hits::configure(
         &mut command,
         settings.edge_listen,
         settings.edge_metrics_listen,

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use loadtest::cli::{EdgeHitsArgs, InvalidationArgs, OriginArgs, SseArgs, UpArgs, WebhooksArgs};
 use loadtest::launch::Pinning;
 use loadtest::local::{self, Token};
-use loadtest::{edge, invalidation, origin, report, sse, webhooks};
+use loadtest::{edge_hits, invalidation, origin_throughput, report, sse, webhooks};
 
 #[derive(Debug, Parser)]
 #[command(about = "Starts a local topology on loopback and measures it")]
@@ -57,7 +57,7 @@ fn up_command(args: &UpArgs) -> Result<()> {
     let cargo = std::env::var_os("CARGO").filter(|_| !args.no_build);
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
     local::ensure_built(&settings, cargo.as_deref(), manifest_dir.as_deref())?;
-    let token = Token::new(std::env::var(origin::BOOTSTRAP_TOKEN_VARIABLE).ok());
+    let token = Token::new(std::env::var(origin_throughput::BOOTSTRAP_TOKEN_VARIABLE).ok());
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -70,7 +70,7 @@ fn origin_command(args: &OriginArgs) -> Result<()> {
     let json_path = args.load.json_path(&exe_dir, "origin");
     let report = measure(&json_path, report::print_table, |nproc, pinning| {
         let settings = args.settings(&exe_dir, pinning);
-        async move { origin::run(&settings, nproc).await }
+        async move { origin_throughput::run(&settings, nproc).await }
     })?;
     report.ensure_clean()
 }
@@ -80,7 +80,7 @@ fn edge_hits_command(args: &EdgeHitsArgs) -> Result<()> {
     let json_path = args.load.json_path(&exe_dir, "edge-hits");
     let report = measure(&json_path, report::print_edge_table, |nproc, pinning| {
         let settings = args.settings(&exe_dir, pinning);
-        async move { edge::run(&settings, nproc).await }
+        async move { edge_hits::run(&settings, nproc).await }
     })?;
     report.ensure_clean()
 }

@@ -7,11 +7,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::edge::{self, CacheKind, Status};
+use crate::edge_hits::{self, CacheKind, Status};
 use crate::invalidation::{self, Summary};
 use crate::measure::Machine;
 use crate::median::Median;
-use crate::origin::{self, Backend};
+use crate::origin_throughput::{self, Backend};
 use crate::sse;
 use crate::webhooks;
 
@@ -24,7 +24,7 @@ fn spread(median: &Median) -> String {
 
 /// Prints the read scenarios, the ceiling and the write rates as a table, with notes on how
 /// they were measured and how the processes shared the CPUs.
-pub fn print_table(report: &origin::Report) {
+pub fn print_table(report: &origin_throughput::Report) {
     let ceiling = report.ceiling.get.median_round();
     println!();
     println!(
@@ -108,7 +108,7 @@ pub fn print_table(report: &origin::Report) {
 
 /// Prints the hit rates of every cache per scenario, their latency at half rate and their memory
 /// per cached URL, with notes on how they were measured.
-pub fn print_edge_table(report: &edge::Report) {
+pub fn print_edge_table(report: &edge_hits::Report) {
     println!();
     println!(
         "{:<12}{:<9}{:>10}{:>9}{:>9}{:>10}{:>8}{:>8}{:>9}  vs best peer",

@@ -170,10 +170,10 @@ impl Target {
                     settings.origin_bin.display()
                 );
                 let data = tempfile::Builder::new().prefix("loadtest-sse-").tempdir()?;
-                let token = crate::origin::random_token();
+                let token = crate::origin_throughput::random_token();
                 let mut command = launch::command_on_cpu(&settings.origin_bin, cpu);
                 launch::remove_env_prefixed(&mut command, "ORIGIN_");
-                crate::origin::configure(&mut command, address, None, data.path(), Some(&token), None);
+                crate::origin_throughput::configure(&mut command, address, None, data.path(), Some(&token), None);
                 command
                     .env("ORIGIN_EVENTS__ANONYMOUS_TOPICS", "bench.**")
                     .env("RUST_LOG", "warn");

@@ -30,7 +30,7 @@ use shared::webhooks::Secret;
 use crate::http::{self, Connection};
 use crate::launch::Pinning;
 use crate::measure::Machine;
-use crate::origin::{Backend, OriginServer, random_token};
+use crate::origin_throughput::{Backend, OriginServer, random_token};
 use crate::sse::{self, OriginPublisher, TOPIC, WARM_UP, Window};
 
 /// How often the drain checks whether every message was accepted.

@@ -15,7 +15,7 @@ use hyper::{Method, Response, StatusCode};
 use loadtest::control::{Control, TlsFiles};
 use loadtest::http::{self, Connection};
 use loadtest::launch::{self, ChildProcess, RedisServer};
-use loadtest::{edge, origin};
+use loadtest::{edge_hits, origin_throughput};
 use shared::tls::{self, EdgeIdentity};
 
 const READY: Duration = Duration::from_secs(30);
@@ -44,7 +44,7 @@ async fn start_origin(name: &str, redis: &str, pki: &Path, data: &Path, token: &
         address: control,
         tls: &tls,
     };
-    origin::configure(&mut command, http, Some(redis), data, Some(token), Some(plane));
+    origin_throughput::configure(&mut command, http, Some(redis), data, Some(token), Some(plane));
     command
         .env("ORIGIN_QUIC__HEARTBEAT_INTERVAL", HEARTBEAT)
         .env("RUST_LOG", "warn");
@@ -97,7 +97,7 @@ async fn killing_the_origin_an_edge_follows_loses_no_invalidation() {
     let identity = EdgeIdentity::new("edge-0", "local").unwrap();
     tls::write_dev_pki(pki.path(), std::slice::from_ref(&identity)).unwrap();
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let token = origin::random_token();
+    let token = origin_throughput::random_token();
     let mut doomed = start_origin("origin-a", &redis.url(), pki.path(), data_a.path(), &token).await;
     let survivor = start_origin("origin-b", &redis.url(), pki.path(), data_b.path(), &token).await;
 
@@ -111,7 +111,7 @@ async fn killing_the_origin_an_edge_follows_loses_no_invalidation() {
         address: doomed.control,
         tls: &edge_tls,
     };
-    edge::configure(&mut command, listen, metrics, survivor.http, Some(plane));
+    edge_hits::configure(&mut command, listen, metrics, survivor.http, Some(plane));
     command
         .env(
             "EDGE_CONTROL__ORIGINS",
@@ -132,7 +132,7 @@ async fn killing_the_origin_an_edge_follows_loses_no_invalidation() {
     .await
     .unwrap();
 
-    let body = origin::forecast_body(time::Duration::HOUR, 0).unwrap();
+    let body = origin_throughput::forecast_body(time::Duration::HOUR, 0).unwrap();
     let mut writer = Connection::open(&survivor.http.to_string()).await.unwrap();
     let mut reader = Connection::open(&listen.to_string()).await.unwrap();
     let mut newest = BTreeMap::new();

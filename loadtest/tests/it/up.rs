@@ -14,7 +14,7 @@ use crate::support::profile_dir;
 use hyper::header::HeaderMap;
 use hyper::{Method, StatusCode};
 use loadtest::launch::{self, ChildProcess, ProcessTree};
-use loadtest::{edge, http, origin};
+use loadtest::{edge_hits, http, origin_throughput};
 use shared::tls::{self, CA_CERT_FILE, CA_KEY_FILE, EdgeIdentity, ORIGIN_CERT_FILE, ORIGIN_KEY_FILE};
 
 /// How long `up` may take to print that both servers are ready (each has 30 s).
@@ -38,7 +38,7 @@ async fn plain_origin(data_dir: &Path, log: &Path) -> (ChildProcess, SocketAddr)
     let address = loopback(launch::free_port().unwrap());
     let mut command = Command::new(profile_dir().join("origin"));
     launch::remove_env_prefixed(&mut command, "ORIGIN_");
-    origin::configure(&mut command, address, None, data_dir, None, None);
+    origin_throughput::configure(&mut command, address, None, data_dir, None, None);
     let log = File::create(log).unwrap();
     command.stderr(log.try_clone().unwrap()).stdout(log);
     let mut process = ChildProcess::spawn_keeping_output("plain-origin", command).unwrap();
@@ -64,7 +64,7 @@ fn generated_token(log: &Path) -> Option<String> {
 }
 
 async fn put(origin: SocketAddr, key: &str, token: &str) -> StatusCode {
-    let body = origin::forecast_body(time::Duration::HOUR, 0).unwrap();
+    let body = origin_throughput::forecast_body(time::Duration::HOUR, 0).unwrap();
     let path = format!("/admin/v1/forecasts/{key}");
     let request = http::json_request(Method::PUT, &path, body, Some(token)).unwrap();
     http::send(&origin.to_string(), request).await.unwrap().status()
@@ -173,7 +173,7 @@ async fn up_serves_through_the_edge_and_stops_on_sigterm() {
         .arg(&data_dir)
         .arg("--certs-dir")
         .arg(&certs_dir)
-        .env_remove(origin::BOOTSTRAP_TOKEN_VARIABLE)
+        .env_remove(origin_throughput::BOOTSTRAP_TOKEN_VARIABLE)
         .stdout(File::create(&stdout_path).unwrap())
         .stderr(File::create(&stderr_path).unwrap());
     // Dropped on a failure: SIGTERM to `up`, then SIGKILL to whatever of it is left.
@@ -218,7 +218,7 @@ async fn up_serves_through_the_edge_and_stops_on_sigterm() {
     let first_read = cache_status(&get(edge_listen, "UP/1h").await);
     assert!(first_read.contains("fwd=miss"), "{first_read}");
     let second_read = get(edge_listen, "UP/1h").await;
-    assert!(edge::is_hit(&second_read), "{}", cache_status(&second_read));
+    assert!(edge_hits::is_hit(&second_read), "{}", cache_status(&second_read));
 
     // A new version purges the edge's copy over the control plane, so the next reads fetch it.
     let first_etag = header(&second_read, "etag");

@@ -32,7 +32,7 @@ use crate::http::{self, LoadResult, Plan};
 use crate::launch::{self, ChildProcess, Pinning, ProcessTree};
 use crate::measure::{self, Machine};
 use crate::median::Rounds;
-use crate::origin::{self, Backend, OriginServer};
+use crate::origin_throughput::{self, Backend, OriginServer};
 use crate::peers;
 
 /// Memory for cached entries in every cache: the edge's budget, nginx's `max_size`, Varnish's
@@ -281,9 +281,9 @@ pub async fn run(settings: &Settings, nproc: usize) -> Result<Report> {
         settings.instruments
     );
     let (forecast_keys, url_keys) = urls(settings.instruments, settings.entries_large);
-    let paths = origin::read_paths(&url_keys)?;
-    let token = origin::random_token();
-    let body = origin::forecast_body(VALID_FOR, FORECAST_BYTES).context("build the forecast body")?;
+    let paths = origin_throughput::read_paths(&url_keys)?;
+    let token = origin_throughput::random_token();
+    let body = origin_throughput::forecast_body(VALID_FOR, FORECAST_BYTES).context("build the forecast body")?;
 
     eprintln!("origin: starting");
     let load_cpu = Pinning::load_cpu(settings.pinning);
@@ -386,10 +386,10 @@ fn urls(instruments: u64, entries: u64) -> (Vec<String>, Vec<String>) {
         if urls.len() as u64 >= entries {
             break;
         }
-        forecasts.extend((0..instruments).map(|index| format!("{}/{timeframe}", origin::instrument(index))));
+        forecasts.extend((0..instruments).map(|index| format!("{}/{timeframe}", origin_throughput::instrument(index))));
         for suffix in URLS_PER_FORECAST {
             let timeframe_urls =
-                (0..instruments).map(|index| format!("{}/{timeframe}{suffix}", origin::instrument(index)));
+                (0..instruments).map(|index| format!("{}/{timeframe}{suffix}", origin_throughput::instrument(index)));
             urls.extend(timeframe_urls);
         }
     }
