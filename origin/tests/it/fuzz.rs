@@ -147,7 +147,7 @@ async fn campaign(mut config: OriginConfig, dir: &Path, max_examples: u32) {
     let output = work.join("output.txt");
     let log = std::fs::File::create(&output).unwrap();
     let mut command = tokio::process::Command::new("python3");
-    command
+    support::without_proxies(&mut command)
         .args(["-m", "schemathesis.cli", "--config-file"])
         .arg(format!("{SCRIPTS}/schemathesis.toml"))
         .arg("run")
@@ -164,13 +164,6 @@ async fn campaign(mut config: OriginConfig, dir: &Path, max_examples: u32) {
         .current_dir(&work)
         .env("SCHEMATHESIS_HOOKS", format!("{SCRIPTS}/schemathesis_hooks.py"))
         .env("FUZZ_FINDINGS", &findings)
-        .env("NO_PROXY", "*")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("all_proxy")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -42,18 +42,11 @@ fn require_generator() -> String {
 /// killed when it runs past [`STEP_TIMEOUT`].
 async fn python(args: &[&str], dir: &std::path::Path) -> Result<Output, String> {
     let mut command = tokio::process::Command::new("python3");
-    command
+    support::without_proxies(&mut command)
         .args(args)
         .current_dir(dir)
-        .env("NO_PROXY", "*")
         .env("NO_COLOR", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("all_proxy")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     match tokio::time::timeout(STEP_TIMEOUT, command.output()).await {

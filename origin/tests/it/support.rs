@@ -157,3 +157,20 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
     assert!(!message.is_empty());
     message
 }
+
+/// `command` with its proxies cleared, so that a tool it runs reaches the loopback origin directly and
+/// nothing else.
+pub fn without_proxies(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    command.env("NO_PROXY", "*");
+    for variable in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        command.env_remove(variable);
+    }
+    command
+}
