@@ -362,21 +362,23 @@ pub(crate) struct LogRead {
     pub records: Vec<(u64, Vec<u8>)>,
 }
 
-/// An analysis event as the log stores it: when it was appended (trimming by age) and the event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An analysis event as the log stores it: when it was appended (trimming by age) and the event. Stored
+/// as JSON, in the form of [`EventRecord`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     pub appended_at_ms: u64,
-    #[serde(flatten)]
     pub event: NewEvent,
 }
 
 impl StoredEvent {
     pub fn encode(&self) -> Result<String> {
-        serde_json::to_string(self).map_err(StorageError::corrupt)
+        serde_json::to_string(&EventRecord::from(self)).map_err(StorageError::corrupt)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(StorageError::corrupt)
+        serde_json::from_slice::<EventRecord>(bytes)
+            .map_err(StorageError::corrupt)?
+            .try_into()
     }
 
     /// When a stored record was appended, read without decoding the event, so retention trims a record
@@ -387,6 +389,66 @@ impl StoredEvent {
             appended_at_ms: u64,
         }
         serde_json::from_slice::<AppendedAt>(bytes).map_or(0, |record| record.appended_at_ms)
+    }
+}
+
+/// The event log's record format: its own type, so that a change of the events' domain types never
+/// changes (or breaks the reading of) what is already stored. Values are checked again when read.
+#[derive(Serialize, Deserialize)]
+struct EventRecord {
+    appended_at_ms: u64,
+    topic: String,
+    #[serde(rename = "type")]
+    kind: String,
+    instrument: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeframe: Option<String>,
+    produced_at: String,
+    schema_version: u16,
+    payload: serde_json::Value,
+}
+
+impl From<&StoredEvent> for EventRecord {
+    fn from(stored: &StoredEvent) -> Self {
+        let event = &stored.event;
+        Self {
+            appended_at_ms: stored.appended_at_ms,
+            topic: event.topic.to_string(),
+            kind: event.kind.clone(),
+            instrument: event.instrument.to_string(),
+            timeframe: event.timeframe.map(|timeframe| timeframe.to_string()),
+            produced_at: event
+                .produced_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            schema_version: event.schema_version,
+            payload: event.payload.clone(),
+        }
+    }
+}
+
+impl TryFrom<EventRecord> for StoredEvent {
+    type Error = StorageError;
+
+    fn try_from(record: EventRecord) -> Result<Self> {
+        let event = NewEvent {
+            topic: record.topic.parse().map_err(StorageError::corrupt)?,
+            kind: record.kind,
+            instrument: record.instrument.parse().map_err(StorageError::corrupt)?,
+            timeframe: record
+                .timeframe
+                .map(|timeframe| timeframe.parse())
+                .transpose()
+                .map_err(StorageError::corrupt)?,
+            produced_at: OffsetDateTime::parse(&record.produced_at, &time::format_description::well_known::Rfc3339)
+                .map_err(StorageError::corrupt)?,
+            schema_version: record.schema_version,
+            payload: record.payload,
+        };
+        Ok(Self {
+            appended_at_ms: record.appended_at_ms,
+            event,
+        })
     }
 }
 
@@ -766,6 +828,33 @@ mod tests {
         let bad_model = stored.replace("lstm", "ls/tm");
         assert!(matches!(
             NewInvalidation::decode(bad_model.as_bytes()),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    /// The event log's record format, byte for byte, as for invalidations.
+    #[test]
+    fn the_event_record_format_is_fixed() {
+        let stored = r#"{"appended_at_ms":1764900000123,"topic":"indicators.AAPL.rsi14","type":"TechnicalIndicatorComputed","instrument":"AAPL","timeframe":"1h","produced_at":"2026-11-23T14:00:00.5Z","schema_version":1,"payload":{"indicator":"rsi","value":63.2}}"#;
+        let read = StoredEvent::decode(stored.as_bytes()).unwrap();
+        assert_eq!(read.appended_at_ms, 1_764_900_000_123);
+        assert_eq!(read.event.topic.to_string(), "indicators.AAPL.rsi14");
+        assert_eq!(read.event.kind, "TechnicalIndicatorComputed");
+        assert_eq!(read.event.instrument.as_str(), "AAPL");
+        assert_eq!(read.event.timeframe, Some(Timeframe::H1));
+        assert_eq!(
+            read.event.produced_at,
+            time::macros::datetime!(2026-11-23 14:00:00.5 UTC)
+        );
+        assert_eq!(read.event.payload["value"], 63.2);
+        assert_eq!(read.encode().unwrap(), stored);
+        let without_timeframe = stored.replace(r#""timeframe":"1h","#, "");
+        let read = StoredEvent::decode(without_timeframe.as_bytes()).unwrap();
+        assert_eq!(read.event.timeframe, None);
+        assert_eq!(read.encode().unwrap(), without_timeframe);
+        let bad_topic = stored.replace("indicators.AAPL.rsi14", "indicators..rsi14");
+        assert!(matches!(
+            StoredEvent::decode(bad_topic.as_bytes()),
             Err(StorageError::Corrupt(_))
         ));
     }
