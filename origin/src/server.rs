@@ -225,10 +225,14 @@ impl Running {
         // Serving stops at the first sign of this too.
         let stopping = tasks.stop();
         let served = async {
-            match tokio::time::timeout(grace, task).await {
+            let mut task = task;
+            match tokio::time::timeout(grace, &mut task).await {
                 Ok(result) => result.context("server task")?.context("serving"),
                 Err(_) => {
                     tracing::warn!("requests still in flight after the grace period; stopping anyway");
+                    // Cut short, and waited for: what the requests held is released on return.
+                    task.abort();
+                    let _ = task.await;
                     Ok(())
                 }
             }
