@@ -69,17 +69,8 @@ fn transcript(output: &Output) -> String {
 async fn a_client_generated_from_the_openapi_document_walks_the_readme_examples() {
     let generator = require_generator();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(dir.path());
-    // The walk registers a disabled endpoint at `https://[100::1]/hook`: an address literal, so that
-    // registering it resolves no name, in the discard-only prefix, where nothing answers.
-    config.webhooks.allowed_targets = vec!["100::/64".to_owned()];
-    config.webhooks.allow_http = false;
-    let origin = TestOrigin::start(config).await;
-    assert!(
-        origin.base.starts_with("http://127.0.0.1:"),
-        "the origin must listen on loopback: {}",
-        origin.base
-    );
+    // The walk registers a disabled endpoint at `https://[100::1]/hook`.
+    let origin = TestOrigin::start_for_tools(support::config(dir.path())).await;
 
     let work = dir.path().join("generated-client");
     std::fs::create_dir_all(&work).unwrap();

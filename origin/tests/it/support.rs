@@ -49,6 +49,19 @@ impl TestOrigin {
         }
     }
 
+    /// An origin for outside tools (a fuzzer, a generated client) to be pointed at: on loopback, and
+    /// taking webhook targets in the discard-only prefix only (see [`allow_discard_targets`]).
+    pub async fn start_for_tools(mut config: OriginConfig) -> Self {
+        allow_discard_targets(&mut config);
+        let origin = Self::start(config).await;
+        assert!(
+            origin.base.starts_with("http://127.0.0.1:"),
+            "the origin must listen on loopback: {}",
+            origin.base
+        );
+        origin
+    }
+
     /// Stops the origin; once it has stopped, nothing of it holds the store, so that another origin
     /// can open it.
     pub async fn stop(mut self) {
@@ -97,6 +110,14 @@ impl Drop for TestOrigin {
             runtime.spawn(running.shutdown(std::time::Duration::from_secs(1)));
         }
     }
+}
+
+/// Webhook targets over https in the discard-only prefix `100::/64` (RFC 6666) only: an endpoint
+/// registered at an address literal there (`https://[100::1]/hook`) is accepted without resolving a
+/// name, and nothing ever answers there.
+pub fn allow_discard_targets(config: &mut OriginConfig) {
+    config.webhooks.allowed_targets = vec!["100::/64".to_owned()];
+    config.webhooks.allow_http = false;
 }
 
 /// A valid forecast body from `model` with value `point`, valid for the next hour.
